@@ -1,0 +1,122 @@
+"""One skill at a time: action chunks in, a control-rate command out, and when to stop.
+
+The skill controller node drives this from its control timer; the action server thread only
+reads `status`. A skill succeeds when the policy reports its goal reached (`skill_done`), and
+fails on timeout, on silence from the policy, or on cancel; in every case the command holds the
+last target (the arm stays where it is) rather than vanishing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+from vla_bringup.core.chunk_schedule import ChunkScheduler, TimedChunk
+
+
+class SkillState(enum.Enum):
+    IDLE = "idle"
+    WAITING_FOR_POLICY = "waiting_for_policy"
+    EXECUTING = "executing"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (SkillState.SUCCEEDED, SkillState.FAILED, SkillState.CANCELED)
+
+
+@dataclasses.dataclass(frozen=True)
+class SkillStatus:
+    state: SkillState
+    message: str
+    progress: float
+    chunks_received: int
+    chunk_stamp: Optional[float]  # observation stamp of the chunk now being followed
+
+
+@dataclasses.dataclass(frozen=True)
+class SkillTiming:
+    timeout_s: float = 30.0  # whole skill
+    first_chunk_timeout_s: float = 10.0  # policy warm-up allowance
+    starvation_timeout_s: float = 2.0  # silence from the policy mid-skill
+
+
+class SkillExecutor:
+    def __init__(self, joint_names: Sequence[str], blend_time_s: float = 0.1,
+                 max_chunk_age_s: float = 1.0) -> None:
+        self.joint_names = tuple(joint_names)
+        self.scheduler = ChunkScheduler(self.joint_names, blend_time_s, max_chunk_age_s)
+        self.skill_id: Optional[str] = None
+        self.state = SkillState.IDLE
+        self.message = ""
+        self.progress = 0.0
+        self.chunks_received = 0
+        self.timing = SkillTiming()
+        self.started_at = 0.0
+
+    def start(self, skill_id: str, now: float, timing: SkillTiming,
+              measured_positions: Optional[Sequence[float]] = None) -> None:
+        self.scheduler.set_skill(skill_id)
+        if measured_positions is not None and self.scheduler.sample(now) is None:
+            self.scheduler.set_anchor(measured_positions)
+        self.skill_id, self.timing, self.started_at = skill_id, timing, now
+        self.state, self.message, self.progress, self.chunks_received = (
+            SkillState.WAITING_FOR_POLICY, "waiting for the first action chunk", 0.0, 0)
+
+    def on_chunk(self, chunk: TimedChunk, now: float) -> tuple[bool, str]:
+        if self.state not in (SkillState.WAITING_FOR_POLICY, SkillState.EXECUTING):
+            return False, "no_active_skill"
+        accepted, reason = self.scheduler.add(chunk, now)
+        if not accepted:
+            return False, reason
+        self.chunks_received += 1
+        self.progress = max(self.progress, min(1.0, max(0.0, float(chunk.progress))))
+        if chunk.skill_done:
+            self._finish(SkillState.SUCCEEDED, "policy reports the goal reached", progress=1.0)
+        elif self.state is SkillState.WAITING_FOR_POLICY:
+            self.state, self.message = SkillState.EXECUTING, "executing"
+        return True, "ok"
+
+    def command(self, now: float) -> Optional[np.ndarray]:
+        """The target to stream now (None until a skill ever produced one); updates timeouts."""
+        self._check_time(now)
+        return self.scheduler.sample(now)
+
+    def cancel(self, reason: str = "cancelled") -> None:
+        if not self.state.finished and self.state is not SkillState.IDLE:
+            self._finish(SkillState.CANCELED, reason)
+
+    def status(self) -> SkillStatus:
+        chunk = self.scheduler.current_chunk
+        return SkillStatus(self.state, self.message, self.progress, self.chunks_received,
+                           chunk.start_time if chunk is not None else None)
+
+    def _check_time(self, now: float) -> None:
+        if self.state.finished or self.state is SkillState.IDLE:
+            return
+        elapsed = now - self.started_at
+        if elapsed > self.timing.timeout_s:
+            self._finish(SkillState.FAILED, f"timed out after {self.timing.timeout_s:.1f} s")
+        elif self.state is SkillState.WAITING_FOR_POLICY:
+            if elapsed > self.timing.first_chunk_timeout_s:
+                self._finish(SkillState.FAILED,
+                             f"no action chunk from the policy within "
+                             f"{self.timing.first_chunk_timeout_s:.1f} s")
+        else:
+            silent = self.scheduler.time_since_last_chunk(now)
+            if math.isfinite(silent) and silent > self.timing.starvation_timeout_s:
+                self._finish(SkillState.FAILED,
+                             f"policy silent for {silent:.1f} s (dead or stalled?)")
+
+    def _finish(self, state: SkillState, message: str, progress: Optional[float] = None) -> None:
+        # Freeze: drop the rest of the chunks so the command holds where the arm is now
+        # (a cancelled or failed skill must not keep following its last trajectory).
+        self.scheduler.set_skill(f"{self.skill_id}#finished")
+        self.state, self.message = state, message
+        if progress is not None:
+            self.progress = progress

@@ -1,0 +1,100 @@
+"""What every node shares: parameter declaration from the specs, QoS choices, time, start-up."""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import rclpy
+from builtin_interfaces.msg import Time
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+
+from vla_bringup.core.params import ParamSpec, specs_for
+
+# Cameras and joint states: newest sample wins, a lost one is replaced by the next.
+SENSOR_QOS = qos_profile_sensor_data
+# Commands: every message matters, a small queue so a slow reader never works on old commands.
+COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                         history=HistoryPolicy.KEEP_LAST)
+# Action chunks: reliable, but only the newest two are worth anything.
+CHUNK_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
+                       history=HistoryPolicy.KEEP_LAST)
+# State that late joiners must see (status, plans, active skill): latched.
+LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL,
+                         history=HistoryPolicy.KEEP_LAST)
+
+
+def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
+    unit = f" [{spec.unit}]" if spec.unit else ""
+    choices = f" one of {list(spec.choices)}" if spec.choices else ""
+    descriptor = ParameterDescriptor(description=spec.description + unit + choices,
+                                     read_only=spec.read_only)
+    if isinstance(spec.default, float) and spec.min is not None:
+        descriptor.floating_point_range = [
+            FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
+    elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.min is not None:
+        descriptor.integer_range = [
+            IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
+    return descriptor
+
+
+def declare_parameters(node: Node, node_key: str) -> dict:
+    """Declare every parameter of `node_key` with its descriptor; return a validated snapshot.
+
+    rclpy checks the numeric ranges itself; choices are checked here so a bad value stops the
+    node at start-up with a message naming the parameter.
+    """
+    values = {}
+    for spec in specs_for(node_key):
+        value = node.declare_parameter(spec.name, spec.default, _descriptor(spec)).value
+        spec.check(value)
+        values[spec.name] = value
+    return values
+
+
+def stamp_to_sec(stamp: Time) -> float:
+    return stamp.sec + stamp.nanosec * 1e-9
+
+
+def sec_to_stamp(seconds: float) -> Time:
+    sec = int(seconds // 1)
+    return Time(sec=sec, nanosec=int(round((seconds - sec) * 1e9)) % 1_000_000_000)
+
+
+def now_sec(node: Node) -> float:
+    return node.get_clock().now().nanoseconds * 1e-9
+
+
+def config_dir() -> str:
+    """The installed config folder (share/vla_bringup/config); VLA_CONFIG_DIR overrides."""
+    override = os.environ.get("VLA_CONFIG_DIR")
+    if override:
+        return override
+    from ament_index_python.packages import get_package_share_directory
+    return os.path.join(get_package_share_directory("vla_bringup"), "config")
+
+
+def run(make_node: Callable[[], Node], threads: int = 2) -> None:
+    """Start rclpy, spin the node on a multi-threaded executor, shut down cleanly on Ctrl-C."""
+    rclpy.init(args=sys.argv)
+    node = None
+    try:
+        node = make_node()
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if close:
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()

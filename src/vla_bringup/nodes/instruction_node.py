@@ -1,0 +1,149 @@
+"""Instruction ingestion node: language in, a plan of skills executed one after another.
+
+Serves /vla/execute_instruction (feedback, cancel; a new goal preempts the running one) and
+listens on /vla/instruction (fire and forget: it becomes a goal of the same action). Validates
+and plans the text (core.instruction), publishes /vla/task_plan (latched) and hands each skill to
+the skill controller through /vla/execute_skill.
+"""
+from __future__ import annotations
+
+import threading
+
+from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+from std_msgs.msg import Header, String
+
+from vla_bringup.core.instruction import InstructionError, plan, validate
+from vla_bringup.nodes.common import COMMAND_QOS, LATCHED_QOS, declare_parameters, run
+from vla_msgs.action import ExecuteInstruction, ExecuteSkill
+from vla_msgs.msg import TaskPlan
+
+
+def wait_for(future, timeout_s: float) -> bool:
+    """Block this (worker) thread until `future` is done; the executor keeps spinning elsewhere."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    return done.wait(timeout_s)
+
+
+def goal_key(goal_handle) -> bytes:
+    return bytes(goal_handle.goal_id.uuid)
+
+
+class InstructionNode(Node):
+    def __init__(self) -> None:
+        super().__init__("instruction")
+        self.params = declare_parameters(self, "instruction")
+        group = ReentrantCallbackGroup()
+        self.plan_pub = self.create_publisher(TaskPlan, "/vla/task_plan", LATCHED_QOS)
+        self.skill_client = ActionClient(self, ExecuteSkill, "/vla/execute_skill",
+                                         callback_group=group)
+        self.server = ActionServer(
+            self, ExecuteInstruction, "/vla/execute_instruction", self.execute,
+            goal_callback=lambda _: GoalResponse.ACCEPT,
+            handle_accepted_callback=self.on_accepted,
+            cancel_callback=lambda _: CancelResponse.ACCEPT, callback_group=group)
+        # The topic interface reuses the action, so both share validation and preemption.
+        self.self_client = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction",
+                                        callback_group=group)
+        self.create_subscription(String, "/vla/instruction", self.on_instruction_topic,
+                                 COMMAND_QOS, callback_group=group)
+        self.goal_lock = threading.Lock()
+        self.active_goal = None
+        self.preempted = set()  # ids of goals that a newer goal replaced
+        self.get_logger().info("instruction ingestion ready on /vla/execute_instruction")
+
+    def on_instruction_topic(self, msg: String) -> None:
+        if not self.self_client.wait_for_server(timeout_sec=1.0):
+            self.get_logger().error("own action server unavailable; instruction dropped")
+            return
+        self.self_client.send_goal_async(ExecuteInstruction.Goal(instruction=msg.data))
+
+    def on_accepted(self, goal_handle) -> None:
+        with self.goal_lock:
+            if self.active_goal is not None and self.active_goal.is_active:
+                self.preempted.add(goal_key(self.active_goal))
+                self.get_logger().info("new instruction preempts the running one")
+            self.active_goal = goal_handle
+        goal_handle.execute()
+
+    def execute(self, goal_handle):
+        text = goal_handle.request.instruction
+        try:
+            validate(text, max_length=self.params["max_instruction_length"])
+            task = plan(text)
+        except InstructionError as error:
+            self.get_logger().warning(f"rejected instruction {text[:80]!r}: {error}")
+            return self.finish(goal_handle, False, f"invalid instruction: {error}")
+        self.plan_pub.publish(TaskPlan(
+            header=Header(stamp=self.get_clock().now().to_msg()), instruction=text,
+            family=task.family, target_object=task.target, destination=task.destination,
+            skills=[s.skill for s in task.skills],
+            skill_instructions=[s.instruction for s in task.skills]))
+        self.get_logger().info(
+            f"'{text}' -> {task.family}: " + " | ".join(s.instruction for s in task.skills))
+        if not self.skill_client.wait_for_server(timeout_sec=self.params["skill_server_wait_s"]):
+            return self.finish(goal_handle, False, "skill controller (/vla/execute_skill) is not running")
+        count = len(task.skills)
+        for index, skill in enumerate(task.skills):
+            ok, message = self.run_skill(goal_handle, skill, index, count)
+            if not ok:
+                return self.finish(goal_handle, False,
+                                   f"skill {index + 1}/{count} '{skill.instruction}' {message}")
+        return self.finish(goal_handle, True, f"done: {text}")
+
+    def run_skill(self, goal_handle, skill, index: int, count: int) -> tuple[bool, str]:
+        def publish(skill_progress: float) -> None:
+            goal_handle.publish_feedback(ExecuteInstruction.Feedback(
+                current_skill=skill.instruction, skill_index=index, skill_count=count,
+                progress=min(1.0, (index + skill_progress) / count)))
+
+        publish(0.0)
+        goal = ExecuteSkill.Goal(skill=skill.skill, instruction=skill.instruction,
+                                 target_object=skill.target_object,
+                                 destination=skill.destination,
+                                 timeout_s=float(self.params["skill_timeout_s"]))
+        send = self.skill_client.send_goal_async(
+            goal, feedback_callback=lambda msg: publish(float(msg.feedback.progress)))
+        if not wait_for(send, 5.0) or not send.result().accepted:
+            return False, "was refused by the skill controller"
+        skill_handle = send.result()
+        result_future = skill_handle.get_result_async()
+        deadline_s = self.params["skill_timeout_s"] + 5.0
+        waited = 0.0
+        while not wait_for(result_future, 0.05):
+            waited += 0.05
+            if goal_handle.is_cancel_requested or goal_key(goal_handle) in self.preempted:
+                cancel = skill_handle.cancel_goal_async()
+                wait_for(cancel, 2.0)
+                wait_for(result_future, 2.0)
+                return False, "was cancelled" if goal_handle.is_cancel_requested else "was preempted"
+            if waited > deadline_s:
+                skill_handle.cancel_goal_async()
+                return False, "timed out waiting for the skill controller"
+        result = result_future.result().result
+        return bool(result.success), result.message
+
+    def finish(self, goal_handle, success: bool, message: str):
+        with self.goal_lock:
+            preempted = goal_key(goal_handle) in self.preempted
+            self.preempted.discard(goal_key(goal_handle))
+        if goal_handle.is_cancel_requested and not success:
+            goal_handle.canceled()
+        elif success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        if preempted:
+            message = f"preempted by a newer instruction ({message})"
+        self.get_logger().info(f"instruction finished: success={success}: {message}")
+        return ExecuteInstruction.Result(success=success, message=message)
+
+
+def main() -> None:
+    run(InstructionNode, threads=4)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Policy node: observations in, action chunks out, inference on a worker thread.
+
+Subscribes /vla/perception/image, /joint_states, /vla/active_skill (and /sim/scene_state only for
+privileged backends such as the scripted expert); publishes /vla/action_chunk stamped with the
+camera frame it used. Callbacks only store the newest inputs; the backend runs on its own thread,
+so sensor callbacks and every other node keep their rates however slow inference is.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Header
+
+from vla_bringup.core import image_conversion as conv
+from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
+                                      declare_parameters, now_sec, run, sec_to_stamp,
+                                      stamp_to_sec)
+from vla_bringup.policy.base import ObjectPose, Observation, SkillSpec
+from vla_bringup.policy.registry import make_backend
+from vla_msgs.msg import ActionChunk, SceneState, SkillCommand
+
+
+def nearest(history, stamp: float):
+    """The entry of a (stamp, ...) history closest in time to `stamp`, or None."""
+    return min(history, key=lambda entry: abs(entry[0] - stamp)) if history else None
+
+
+class PolicyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("policy")
+        self.params = p = declare_parameters(self, "policy")
+        self.backend = make_backend(p["backend"], horizon=p["chunk_horizon"], dt=p["chunk_dt_s"],
+                                    device=p["device"], checkpoint=p["checkpoint"])
+        self.inputs_lock = threading.Lock()
+        self.image = None  # (stamp s, HxWx3 uint8)
+        # Short histories, so the observation pairs the frame with the joint state and scene of
+        # the same instant rather than whatever arrived last.
+        self.joints = collections.deque(maxlen=100)  # (stamp s, names, positions)
+        self.scenes = collections.deque(maxlen=10)  # (stamp s, {name: ObjectPose})
+        self.skill = None  # SkillSpec or None when idle
+        self.wake = threading.Event()  # a new frame or a new skill: worth an inference
+        self.chunk_id = 0
+
+        self.chunk_pub = self.create_publisher(ActionChunk, "/vla/action_chunk", CHUNK_QOS)
+        self.create_subscription(Image, "/vla/perception/image", self.on_image, SENSOR_QOS)
+        self.create_subscription(JointState, "/joint_states", self.on_joints, SENSOR_QOS)
+        self.create_subscription(SkillCommand, "/vla/active_skill", self.on_skill, LATCHED_QOS)
+        if self.backend.requires_ground_truth:
+            self.create_subscription(SceneState, "/sim/scene_state", self.on_scene, COMMAND_QOS)
+
+        self.running = True
+        self.worker = threading.Thread(target=self.inference_loop, name="inference", daemon=True)
+        self.worker.start()
+        self.get_logger().info(
+            f"policy backend '{self.backend.name}' at {p['inference_rate_hz']} Hz, chunks of "
+            f"{p['chunk_horizon']} x {p['chunk_dt_s']} s"
+            + (" (privileged: reads simulator ground truth)"
+               if self.backend.requires_ground_truth else ""))
+
+    # --- input callbacks: store only ----------------------------------------------------------
+    def on_image(self, msg: Image) -> None:
+        try:
+            rgb = conv.to_rgb8(conv.image_to_array(msg.height, msg.width, msg.encoding,
+                                                   msg.is_bigendian, msg.step, bytes(msg.data)),
+                               msg.encoding)
+        except conv.ImageFormatError as error:
+            self.get_logger().error(f"bad perception image: {error}", throttle_duration_sec=1.0)
+            return
+        with self.inputs_lock:
+            self.image = (stamp_to_sec(msg.header.stamp), rgb)
+        self.wake.set()
+
+    def on_joints(self, msg: JointState) -> None:
+        with self.inputs_lock:
+            self.joints.append((stamp_to_sec(msg.header.stamp), list(msg.name),
+                                np.asarray(msg.position, dtype=np.float64)))
+
+    def on_scene(self, msg: SceneState) -> None:
+        scene = {name: ObjectPose(
+            (pose.position.x, pose.position.y, pose.position.z),
+            (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w))
+            for name, pose in zip(msg.object_names, msg.object_poses)}
+        with self.inputs_lock:
+            self.scenes.append((stamp_to_sec(msg.header.stamp), scene))
+
+    def on_skill(self, msg: SkillCommand) -> None:
+        skill = (SkillSpec(msg.skill_id, msg.skill, msg.instruction, msg.target_object,
+                           msg.destination) if msg.active else None)
+        with self.inputs_lock:
+            self.skill = skill
+        self.wake.set()
+
+    # --- inference thread ---------------------------------------------------------------------
+    def inference_loop(self) -> None:
+        # Infer as soon as a new frame arrives (so the frame used is as fresh as possible), but
+        # no more often than inference_rate_hz.
+        period = 1.0 / self.params["inference_rate_hz"]
+        current_skill_id = None
+        last_image_stamp = None
+        next_allowed = 0.0
+        while self.running:
+            self.wake.wait(1.0)
+            self.wake.clear()
+            delay = next_allowed - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            with self.inputs_lock:
+                skill, image = self.skill, self.image
+                joints = nearest(self.joints, image[0]) if image else None
+                scene = nearest(self.scenes, image[0]) if image else None
+            if skill is not None and skill.skill_id != current_skill_id:
+                self.backend.reset(skill)
+                current_skill_id = skill.skill_id
+                last_image_stamp = None
+            if skill is not None and image is not None and image[0] != last_image_stamp:
+                next_allowed = time.monotonic() + period
+                if self.infer_and_publish(skill, image, joints, scene):
+                    last_image_stamp = image[0]
+
+    def infer_and_publish(self, skill, image, joints, scene) -> bool:
+        stamp, rgb = image
+        age = now_sec(self) - stamp
+        if age > self.params["max_observation_age_s"]:
+            self.get_logger().warning(f"camera frame is {age:.2f} s old: not inferring",
+                                      throttle_duration_sec=2.0)
+            return False
+        if joints is None or (self.backend.requires_ground_truth and scene is None):
+            self.get_logger().info("waiting for joint states / scene state",
+                                   throttle_duration_sec=2.0)
+            return False
+        observation = Observation(stamp=stamp, joint_names=joints[1], joint_positions=joints[2],
+                                  skill=skill, image=rgb, scene=scene[1] if scene else None)
+        started = time.perf_counter()
+        try:
+            chunk = self.backend.infer(observation)
+        except Exception as error:  # a failing model must not take the node down
+            self.get_logger().error(f"{self.backend.name} failed on skill '{skill.instruction}': "
+                                    f"{error}", throttle_duration_sec=1.0)
+            return False
+        inference_ms = (time.perf_counter() - started) * 1000.0
+        self.chunk_id += 1
+        self.chunk_pub.publish(ActionChunk(
+            header=Header(stamp=sec_to_stamp(stamp), frame_id="camera_optical_frame"),
+            policy_name=self.backend.name, chunk_id=self.chunk_id,
+            skill_id=skill.skill_id, joint_names=list(chunk.joint_names), horizon=chunk.horizon,
+            dt=float(chunk.dt), positions=chunk.positions.ravel().tolist(),
+            skill_done=bool(chunk.skill_done), progress=float(chunk.progress),
+            inference_ms=float(inference_ms)))
+        return True
+
+    def close(self) -> None:
+        self.running = False
+        self.wake.set()
+        self.worker.join(timeout=2.0)
+
+
+def main() -> None:
+    run(PolicyNode)
+
+
+if __name__ == "__main__":
+    main()

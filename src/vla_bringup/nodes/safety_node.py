@@ -1,0 +1,188 @@
+"""Safety checker node: the only publisher to the robot.
+
+Inputs: /vla/command_raw (autonomy), /teleop/joint_jog (teleop, outranks autonomy),
+/vla/cmd_vel_raw + /teleop/cmd_vel (mobile base), /joint_states, /safety/estop (true engages,
+latched) and the /safety/reset service. Every control period it publishes what the safety core
+allows on /safety/joint_command (arm) or /cmd_vel (base): the winning source's command clamped to
+the limits, or a stop. /safety/status (latched) and /diagnostics report what it is doing.
+The control timer has its own callback group, so a flood of inputs cannot delay it.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from builtin_interfaces.msg import Duration
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Bool, Header
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from vla_bringup.core.safety import ArmSafetyGate, BaseSafetyGate
+from vla_bringup.core.safety_limits import ArmLimits, BaseLimits, load_limits_file
+from vla_bringup.nodes.common import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, config_dir,
+                                      declare_parameters, now_sec, run, sec_to_stamp,
+                                      stamp_to_sec)
+from vla_msgs.msg import JointJog, SafetyStatus
+
+
+class SafetyNode(Node):
+    def __init__(self) -> None:
+        super().__init__("safety")
+        self.params = p = declare_parameters(self, "safety")
+        path = p["limits_file"]
+        if not os.path.isabs(path):
+            path = os.path.join(config_dir(), path)
+        limits = load_limits_file(path)
+        self.period = 1.0 / p["control_rate_hz"]
+        sources = (("teleop", 100, p["teleop_timeout_s"]),
+                   ("autonomy", 10, p["watchdog_timeout_s"]))
+        self.is_arm = p["robot"] == "arm"
+        if self.is_arm:
+            self.gate = ArmSafetyGate(ArmLimits.from_dict(limits), self.period,
+                                      p["watchdog_timeout_s"], sources)
+        else:
+            self.gate = BaseSafetyGate(BaseLimits.from_dict(limits["base"]), self.period,
+                                       p["watchdog_timeout_s"], sources)
+        self.lock = threading.Lock()  # the gate is shared by inputs and the control timer
+        self.stamps = {}  # source -> stamp (s) of its latest accepted command
+        self.last_rejection = ""
+
+        control_group = MutuallyExclusiveCallbackGroup()
+        if self.is_arm:
+            self.command_pub = self.create_publisher(JointTrajectory, "/safety/joint_command",
+                                                     COMMAND_QOS)
+            self.create_subscription(JointTrajectory, "/vla/command_raw", self.on_autonomy,
+                                     COMMAND_QOS)
+            self.create_subscription(JointJog, "/teleop/joint_jog", self.on_jog, COMMAND_QOS)
+            self.create_subscription(JointState, "/joint_states", self.on_joints, SENSOR_QOS)
+        else:
+            self.command_pub = self.create_publisher(Twist, "/cmd_vel", COMMAND_QOS)
+            self.create_subscription(Twist, "/vla/cmd_vel_raw",
+                                     lambda m: self.on_twist("autonomy", m), COMMAND_QOS)
+            self.create_subscription(Twist, "/teleop/cmd_vel",
+                                     lambda m: self.on_twist("teleop", m), COMMAND_QOS)
+        self.create_subscription(Bool, "/safety/estop", self.on_estop, COMMAND_QOS)
+        self.create_service(Trigger, "/safety/reset", self.on_reset)
+        self.status_pub = self.create_publisher(SafetyStatus, "/safety/status", LATCHED_QOS)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
+        self.create_timer(self.period, self.control_step, callback_group=control_group)
+        self.create_timer(1.0 / p["status_rate_hz"], self.publish_status)
+        self.last_reported = None
+        self.get_logger().info(
+            f"safety checker gating the {p['robot']} at {p['control_rate_hz']:.0f} Hz, "
+            f"watchdog {p['watchdog_timeout_s'] * 1000:.0f} ms, limits {path}")
+
+    # --- inputs -------------------------------------------------------------------------------
+    def note(self, source: str, verdict, stamp: float) -> None:
+        if verdict.accepted:
+            self.stamps[source] = stamp
+        else:
+            self.last_rejection = f"{source}: {verdict.reason}"
+            self.get_logger().warning(f"rejected {source} command: {verdict.reason}",
+                                      throttle_duration_sec=1.0)
+
+    def on_autonomy(self, msg: JointTrajectory) -> None:
+        if len(msg.points) != 1:
+            with self.lock:
+                self.last_rejection = f"autonomy: expected one point, got {len(msg.points)}"
+            return
+        with self.lock:
+            verdict = self.gate.submit("autonomy", list(msg.joint_names),
+                                       list(msg.points[0].positions), now_sec(self))
+            self.note("autonomy", verdict, stamp_to_sec(msg.header.stamp))
+
+    def on_jog(self, msg: JointJog) -> None:
+        with self.lock:
+            verdict = self.gate.submit_jog("teleop", list(msg.joint_names), list(msg.velocities),
+                                           now_sec(self))
+            self.note("teleop", verdict, now_sec(self))
+
+    def on_twist(self, source: str, msg: Twist) -> None:
+        with self.lock:
+            verdict = self.gate.submit(source, msg.linear.x, msg.linear.y, msg.angular.z,
+                                       now_sec(self))
+            self.note(source, verdict, now_sec(self))
+
+    def on_joints(self, msg: JointState) -> None:
+        with self.lock:
+            self.gate.update_measured(list(msg.name), list(msg.position), now_sec(self))
+
+    def on_estop(self, msg: Bool) -> None:
+        with self.lock:
+            self.gate.set_estop_input(bool(msg.data))
+        if msg.data:
+            self.get_logger().error("E-STOP engaged by /safety/estop")
+            self.control_step()  # the stop goes out now, not at the next tick
+        self.publish_status()
+
+    def on_reset(self, _request, response: Trigger.Response) -> Trigger.Response:
+        with self.lock:
+            response.success, response.message = self.gate.reset(now_sec(self))
+        self.get_logger().info(f"/safety/reset: {response.message}")
+        self.publish_status()
+        return response
+
+    # --- output -------------------------------------------------------------------------------
+    def control_step(self) -> None:
+        now = now_sec(self)
+        with self.lock:
+            output = self.gate.tick(now)
+        if output is None:
+            return  # no joint state yet: never invent a position to send
+        # A followed command keeps the stamp of the observation it came from (latency is
+        # measured from it); a stop is the gate's own decision, stamped now.
+        stamp = now if output.stopped else self.stamps.get(output.active_source, now)
+        if self.is_arm:
+            self.command_pub.publish(JointTrajectory(
+                header=Header(stamp=sec_to_stamp(stamp)), joint_names=list(output.names),
+                points=[JointTrajectoryPoint(
+                    positions=output.positions.tolist(), velocities=output.velocities.tolist(),
+                    time_from_start=Duration(nanosec=int(self.period * 1e9)))]))
+        else:
+            twist = Twist()
+            twist.linear.x, twist.linear.y, twist.angular.z = output.vx, output.vy, output.wz
+            self.command_pub.publish(twist)
+        report = (output.active_source, output.stopped, self.gate.estop_engaged)
+        if report != self.last_reported:
+            self.last_reported = report
+            self.publish_status()
+
+    def publish_status(self) -> None:
+        with self.lock:
+            status = self.gate.status()
+            last_rejection = self.last_rejection
+        header = Header(stamp=self.get_clock().now().to_msg())
+        msg = SafetyStatus(
+            header=header, estop_engaged=status["estop_engaged"],
+            estop_reason=status["estop_reason"] or "",
+            active_source=status["active_source"] or "none",
+            watchdog_tripped=status["watchdog_tripped"],
+            engaged_limits=list(status["last_clamped"]),
+            commands_received=sum(status["received"].values()),
+            commands_clamped=sum(status["clamped"].values()),
+            commands_rejected=sum(status["rejected"].values()), last_rejection=last_rejection)
+        self.status_pub.publish(msg)
+        level = (DiagnosticStatus.ERROR if msg.estop_engaged else
+                 DiagnosticStatus.WARN if msg.watchdog_tripped else DiagnosticStatus.OK)
+        values = {"active_source": msg.active_source, "estop_reason": msg.estop_reason,
+                  "received": str(msg.commands_received), "clamped": str(msg.commands_clamped),
+                  "rejected": str(msg.commands_rejected), "last_rejection": last_rejection}
+        self.diag_pub.publish(DiagnosticArray(header=header, status=[DiagnosticStatus(
+            level=level, name="vla/safety", hardware_id=self.params["robot"],
+            message=("e-stop: " + msg.estop_reason) if msg.estop_engaged else
+            "holding (no fresh command)" if msg.watchdog_tripped else
+            f"following {msg.active_source}",
+            values=[KeyValue(key=k, value=v) for k, v in values.items()])]))
+
+
+def main() -> None:
+    run(SafetyNode, threads=3)
+
+
+if __name__ == "__main__":
+    main()

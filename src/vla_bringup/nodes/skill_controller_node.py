@@ -1,0 +1,182 @@
+"""Skill controller node: executes one skill at a time with the active policy.
+
+Serves /vla/execute_skill; announces the running skill on /vla/active_skill (latched) so the
+policy conditions on it; accepts /vla/action_chunk for that skill and streams the interpolated
+target on /vla/command_raw at the control rate, stamped with the observation the chunk came from.
+The control loop runs on its own timer (mutually exclusive group); the action server threads only
+wait and report.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import numpy as np
+import rclpy
+from builtin_interfaces.msg import Duration
+from rclpy.action import ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from sensor_msgs.msg import JointState
+from std_msgs.msg import Header
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
+
+from vla_bringup.core.chunk_schedule import TimedChunk
+from vla_bringup.core.skill_executor import SkillExecutor, SkillState, SkillTiming
+from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
+                                      declare_parameters, now_sec, run, sec_to_stamp,
+                                      stamp_to_sec)
+from vla_bringup.core.robot import PANDA_JOINT_NAMES
+from vla_msgs.action import ExecuteSkill
+from vla_msgs.msg import ActionChunk, SkillCommand
+
+SKILLS = ("pick", "place", "push")
+# After a skill ends, keep streaming the held target briefly so the hand-over to the next skill
+# does not look like a dead controller to the safety watchdog.
+HOLD_AFTER_FINISH_S = 0.5
+
+
+class SkillControllerNode(Node):
+    def __init__(self) -> None:
+        super().__init__("skill_controller")
+        self.params = p = declare_parameters(self, "skill_controller")
+        if p["robot"] != "arm":
+            raise RuntimeError("skill_controller: robot:=base is not implemented yet; use robot:=arm")
+        self.executor_core = SkillExecutor(PANDA_JOINT_NAMES, p["blend_time_s"], p["max_chunk_age_s"])
+        self.core_lock = threading.Lock()  # the core is shared by timer, chunk and goal callbacks
+        self.measured = None
+        self.finished_at = None
+        self.skill_ids = itertools.count(1)
+        self.goal_lock = threading.Lock()
+        self.active_goal = None
+
+        control_group = MutuallyExclusiveCallbackGroup()
+        self.command_pub = self.create_publisher(JointTrajectory, "/vla/command_raw", COMMAND_QOS)
+        self.skill_pub = self.create_publisher(SkillCommand, "/vla/active_skill", LATCHED_QOS)
+        self.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS,
+                                 callback_group=control_group)
+        self.create_subscription(JointState, "/joint_states", self.on_joints, SENSOR_QOS,
+                                 callback_group=control_group)
+        self.create_timer(1.0 / p["control_rate_hz"], self.control_step,
+                          callback_group=control_group)
+        self.server = ActionServer(
+            self, ExecuteSkill, "/vla/execute_skill", self.execute,
+            goal_callback=self.on_goal, handle_accepted_callback=self.on_accepted,
+            cancel_callback=lambda _: CancelResponse.ACCEPT,
+            callback_group=ReentrantCallbackGroup())
+        self.skill_pub.publish(SkillCommand(active=False))
+        self.get_logger().info(f"skill controller ready: {p['control_rate_hz']:.0f} Hz control")
+
+    # --- control loop (one group: never runs concurrently with chunk/joint callbacks) ---------
+    def on_joints(self, msg: JointState) -> None:
+        positions = dict(zip(msg.name, msg.position))
+        if all(name in positions for name in PANDA_JOINT_NAMES):
+            self.measured = np.array([positions[n] for n in PANDA_JOINT_NAMES])
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        now = now_sec(self)
+        try:
+            positions = np.asarray(msg.positions, dtype=np.float64).reshape(
+                int(msg.horizon), len(msg.joint_names))
+            chunk = TimedChunk(stamp_to_sec(msg.header.stamp), float(msg.dt), positions,
+                               list(msg.joint_names), msg.skill_id, int(msg.chunk_id),
+                               bool(msg.skill_done), float(msg.progress))
+        except ValueError as error:
+            self.get_logger().error(f"malformed action chunk dropped: {error}",
+                                    throttle_duration_sec=1.0)
+            return
+        with self.core_lock:
+            accepted, reason = self.executor_core.on_chunk(chunk, now)
+        if not accepted and reason not in ("stale_skill", "no_active_skill"):
+            self.get_logger().warning(f"action chunk {msg.chunk_id} dropped: {reason}",
+                                      throttle_duration_sec=1.0)
+
+    def control_step(self) -> None:
+        now = now_sec(self)
+        with self.core_lock:
+            target = self.executor_core.command(now)
+            status = self.executor_core.status()
+        if status.state.finished:
+            self.finished_at = self.finished_at or now
+        else:
+            self.finished_at = None
+        streaming = status.state in (SkillState.WAITING_FOR_POLICY, SkillState.EXECUTING) or (
+            self.finished_at is not None and now - self.finished_at < HOLD_AFTER_FINISH_S)
+        if target is None or not streaming:
+            return
+        stamp = status.chunk_stamp if status.chunk_stamp is not None else now
+        period = 1.0 / self.params["control_rate_hz"]
+        self.command_pub.publish(JointTrajectory(
+            header=Header(stamp=sec_to_stamp(stamp)), joint_names=list(PANDA_JOINT_NAMES),
+            points=[JointTrajectoryPoint(positions=target.tolist(),
+                                         time_from_start=Duration(nanosec=int(period * 1e9)))]))
+
+    # --- action server --------------------------------------------------------------------------
+    def on_goal(self, goal: ExecuteSkill.Goal) -> GoalResponse:
+        if goal.skill not in SKILLS:
+            self.get_logger().error(f"unknown skill {goal.skill!r}; known: {SKILLS}")
+            return GoalResponse.REJECT
+        return GoalResponse.ACCEPT
+
+    def on_accepted(self, goal_handle) -> None:
+        with self.goal_lock:
+            previous, self.active_goal = self.active_goal, goal_handle
+        if previous is not None and previous.is_active:
+            with self.core_lock:
+                self.executor_core.cancel("preempted by a new skill")
+        goal_handle.execute()
+
+    def execute(self, goal_handle) -> ExecuteSkill.Result:
+        goal = goal_handle.request
+        p = self.params
+        skill_id = f"{goal.skill}-{next(self.skill_ids)}-{time.time_ns() % 10**9}"
+        timing = SkillTiming(timeout_s=goal.timeout_s if goal.timeout_s > 0 else
+                             p["default_skill_timeout_s"],
+                             first_chunk_timeout_s=p["first_chunk_timeout_s"],
+                             starvation_timeout_s=p["starvation_timeout_s"])
+        with self.core_lock:
+            self.executor_core.start(skill_id, now_sec(self), timing, self.measured)
+        self.skill_pub.publish(SkillCommand(
+            header=Header(stamp=self.get_clock().now().to_msg()), active=True,
+            skill_id=skill_id, skill=goal.skill, instruction=goal.instruction,
+            target_object=goal.target_object, destination=goal.destination))
+        self.get_logger().info(f"skill '{goal.instruction}' started ({skill_id})")
+        while rclpy.ok():
+            time.sleep(0.05)
+            if goal_handle.is_cancel_requested:
+                with self.core_lock:
+                    self.executor_core.cancel()
+            with self.core_lock:
+                status = self.executor_core.status()
+                preempted = self.executor_core.skill_id != skill_id
+            if preempted:
+                goal_handle.abort()
+                return ExecuteSkill.Result(success=False, message="preempted by a new skill")
+            if status.state.finished or not goal_handle.is_active:
+                break
+            goal_handle.publish_feedback(ExecuteSkill.Feedback(
+                state=status.state.value, progress=status.progress,
+                chunks_received=status.chunks_received))
+        with self.goal_lock:
+            still_current = self.active_goal is goal_handle
+        if still_current:
+            self.skill_pub.publish(SkillCommand(
+                header=Header(stamp=self.get_clock().now().to_msg()), active=False))
+        success = status.state is SkillState.SUCCEEDED
+        if status.state is SkillState.CANCELED and goal_handle.is_cancel_requested:
+            goal_handle.canceled()
+        elif success:
+            goal_handle.succeed()
+        else:
+            goal_handle.abort()
+        self.get_logger().info(f"skill {skill_id} {status.state.value}: {status.message}")
+        return ExecuteSkill.Result(success=success, message=status.message)
+
+
+def main() -> None:
+    run(SkillControllerNode, threads=4)
+
+
+if __name__ == "__main__":
+    main()
