@@ -21,6 +21,9 @@ PANDA_BASE_POSITION = (0.6, 0.0, TABLE_TOP_Z)
 PANDA_BASE_YAW = np.pi
 PANDA_BASE_ORIENTATION = tuple(p.getQuaternionFromEuler((0.0, 0.0, PANDA_BASE_YAW)))
 
+# The command space of the whole stack, in this order (see docs/architecture.md).
+JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)] + [
+    "panda_finger_joint1", "panda_finger_joint2"]
 ARM_JOINTS = tuple(range(7))  # panda_joint1..7
 FINGER_JOINTS = (9, 10)  # panda_finger_joint1..2
 GRASP_LINK = 11  # panda_grasptarget_hand: between the finger pads, 1 cm above their tips

@@ -16,12 +16,10 @@ from pybullet_utils.bullet_client import BulletClient
 
 from vla_bringup.policy.base import ObjectPose
 from vla_bringup.sim.kinematics import (
-    ARM_JOINTS, FINGER_JOINTS, FINGER_OPEN, GRASP_LINK, HOME_ARM, PANDA_BASE_ORIENTATION,
-    PANDA_BASE_POSITION, PANDA_URDF, TABLE_TOP_Z)
+    ARM_JOINTS, FINGER_JOINTS, FINGER_OPEN, GRASP_LINK, HOME_ARM, JOINT_NAMES,
+    PANDA_BASE_ORIENTATION, PANDA_BASE_POSITION, PANDA_URDF, TABLE_TOP_Z)
 from vla_bringup.sim.tasks import CUBE_SIZE, cube_in_tray
 
-JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)] + [
-    "panda_finger_joint1", "panda_finger_joint2"]
 COLORS = {
     "red": (0.85, 0.08, 0.08, 1.0), "green": (0.1, 0.65, 0.2, 1.0),
     "blue": (0.1, 0.25, 0.85, 1.0), "yellow": (0.9, 0.8, 0.1, 1.0),
@@ -54,6 +52,22 @@ CUBE_FRICTION = 0.5
 
 def _forward_to_world(forward: float, y: float) -> tuple[float, float]:
     return PANDA_BASE_POSITION[0] - forward, y  # the arm faces -x
+
+
+def _quaternion(rotation: np.ndarray) -> np.ndarray:
+    """(x, y, z, w) of a rotation matrix, branching on the largest component for accuracy."""
+    m = rotation
+    trace = np.trace(m)
+    if trace > 0.0:
+        s = 2.0 * np.sqrt(trace + 1.0)
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, s / 4]
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * np.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
+        q[i], q[j], q[k] = s / 4, (m[j, i] + m[i, j]) / s, (m[k, i] + m[i, k]) / s
+    return np.array(q)
 
 
 class TabletopWorld:
@@ -216,10 +230,17 @@ class TabletopWorld:
         fy = (self.image_height / 2.0) / np.tan(np.radians(CAMERA_FOV_DEG) / 2.0)
         return fy, fy, (self.image_width - 1) / 2.0, (self.image_height - 1) / 2.0
 
-    @property
-    def camera_eye(self) -> np.ndarray:
-        """Camera position (m, world) after this reset's jitter."""
-        return self._camera_eye.copy()
+    def camera_pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """Position (m) and quaternion (x, y, z, w) of `camera_frame_id` in the world frame.
+
+        Optical-frame convention (REP 103): z along the view, x to image right, y to image down.
+        """
+        forward = np.asarray(CAMERA_TARGET) - self._camera_eye
+        forward /= np.linalg.norm(forward)
+        right = np.cross(forward, (0.0, 0.0, 1.0))
+        right /= np.linalg.norm(right)
+        down = np.cross(forward, right)
+        return self._camera_eye.copy(), _quaternion(np.column_stack([right, down, forward]))
 
     def close(self) -> None:
         if self._client is not None:

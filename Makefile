@@ -1,0 +1,30 @@
+# The two commands of the README: `make demo` and `make test`. Both set up first (idempotent:
+# seconds when already done). Everything runs inside .venv + the colcon install tree.
+SHELL := /bin/bash
+ENV := source scripts/env.sh
+# Each run gets its own DDS domain unless the caller chose one.
+DOMAIN ?= $(shell echo $$(( ($$$$ % 100) + 100 )))
+
+.PHONY: setup demo test test-unit test-integration launch clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+demo: setup
+	@$(ENV) && ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$(DOMAIN)} python -m vla_bringup.cli.demo $(ARGS)
+
+test: setup
+	@$(ENV) && python -m pytest test $(ARGS)
+
+test-unit: setup
+	@$(ENV) && python -m pytest test/unit $(ARGS)
+
+test-integration: setup
+	@$(ENV) && python -m pytest test/integration $(ARGS)
+
+# Start the graph in the foreground (Ctrl-C stops it), e.g. make launch ARGS="policy:=scripted_expert"
+launch: setup
+	@$(ENV) && python -m vla_bringup.cli.launch_embedded $(ARGS)
+
+clean:
+	rm -rf build install log artifacts .pytest_cache

@@ -1,0 +1,79 @@
+"""Live-graph fixtures: real nodes, real rclpy, real Fast DDS, in a DDS domain of their own.
+
+The domain id is chosen before rclpy starts, from this process id, so parallel runs on one
+machine (two checkouts, CI beside a developer) do not hear each other.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+os.environ["ROS_DOMAIN_ID"] = str(os.environ.get("VLA_TEST_DOMAIN_ID") or 1 + os.getpid() % 100)
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+import rclpy  # noqa: E402  (after the domain id is set)
+from rclpy.executors import MultiThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+
+from vla_bringup.cli.launch_embedded import EmbeddedLaunch  # noqa: E402
+
+pytestmark = pytest.mark.integration
+ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts")
+
+
+class Probe:
+    """A test-side node spinning in the background, with helpers that wait for things."""
+
+    def __init__(self) -> None:
+        self.node = Node("test_probe")
+        self.executor = MultiThreadedExecutor(num_threads=2)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def wait(predicate, timeout_s: float, period_s: float = 0.02) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(period_s)
+        return bool(predicate())
+
+    def wait_future(self, future, timeout_s: float):
+        assert self.wait(future.done, timeout_s), f"future not done within {timeout_s} s"
+        return future.result()
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+@pytest.fixture(scope="session")
+def ros():
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def graph(ros):
+    """The whole default graph (sim:=embedded, scripted expert), node output in a log file."""
+    os.makedirs(ARTIFACTS, exist_ok=True)
+    log = os.path.join(ARTIFACTS, "integration_graph.log")
+    launch = EmbeddedLaunch(echo=False, log_path=log).start()
+    yield launch
+    codes = launch.stop()
+    # A node that crashed during the tests shows up here, not as a silent pass.
+    crashed = {name: code for name, code in codes.items() if code not in (0, -2)}
+    assert not crashed, f"nodes exited badly: {crashed} (see {log})"
+
+
+@pytest.fixture(scope="module")
+def probe(ros):
+    probe = Probe()
+    yield probe
+    probe.close()
