@@ -85,7 +85,8 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
               0.01, 10.0),
     ),
     "skill_controller": (
-        _spec("robot", "arm", "robot kind", choices=ROBOTS),
+        _spec("robot", "arm", "robot kind: arm = joint positions, base = velocities",
+              choices=ROBOTS),
         _spec("control_rate_hz", 100.0, "/vla/command_raw stream rate", "Hz", 5.0, 1000.0),
         _spec("blend_time_s", 0.1, "cross-fade when a new chunk replaces the old one", "s",
               0.0, 1.0),
@@ -100,7 +101,8 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
               1.0, 600.0),
     ),
     "safety": (
-        _spec("robot", "arm", "robot kind", choices=ROBOTS),
+        _spec("robot", "arm", "robot kind: arm = joint positions, base = velocities",
+              choices=ROBOTS),
         _spec("limits_file", "robots/panda.yaml",
               "robot limits YAML, absolute or relative to the package's config folder"),
         _spec("control_rate_hz", 100.0, "/safety/joint_command publish rate", "Hz", 5.0, 1000.0),

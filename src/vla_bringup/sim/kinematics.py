@@ -32,9 +32,6 @@ HOME_ARM = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4])
 FINGER_OPEN = 0.04
 FINGER_CLOSED = 0.0
 
-_LOWER = np.array([-2.9671, -1.8326, -2.9671, -3.1416, -2.9671, -0.0873, -2.9671])
-_UPPER = np.array([2.9671, 1.8326, 2.9671, 0.0, 2.9671, 3.8223, 2.9671])
-
 
 def down_orientation(yaw: float = PANDA_BASE_YAW) -> np.ndarray:
     """Quaternion (x, y, z, w) of the gripper pointing straight down, rotated `yaw` about z.
@@ -56,6 +53,10 @@ class PandaKinematics:
         self._client.setAdditionalSearchPath(pybullet_data.getDataPath())
         self._robot = self._client.loadURDF(
             PANDA_URDF, PANDA_BASE_POSITION, PANDA_BASE_ORIENTATION, useFixedBase=True)
+        # The null-space variant of PyBullet's IK wants limits for every movable joint (9).
+        limits = [self._client.getJointInfo(self._robot, j)[8:10]
+                  for j in ARM_JOINTS + FINGER_JOINTS]
+        self._lower, self._upper = (np.array(v) for v in zip(*limits))
         self._set_arm(HOME_ARM)
         for j in FINGER_JOINTS:
             self._client.resetJointState(self._robot, j, FINGER_OPEN)
@@ -86,25 +87,20 @@ class PandaKinematics:
         target = np.asarray(position, dtype=float)
         quat = down_orientation() if orientation is None else np.asarray(orientation, float)
         rest7 = HOME_ARM if rest is None else np.asarray(rest, dtype=float)[:7]
-        # The null-space variant wants limits and rest poses for every movable joint (9).
-        lower = list(_LOWER) + [0.0, 0.0]
-        upper = list(_UPPER) + [FINGER_OPEN, FINGER_OPEN]
-        ranges = [u - lo for u, lo in zip(upper, lower)]
-        rest9 = list(rest7) + [FINGER_OPEN, FINGER_OPEN]
-        q = np.clip(rest7, _LOWER, _UPPER)
+        null_space = dict(lowerLimits=self._lower.tolist(), upperLimits=self._upper.tolist(),
+                          jointRanges=(self._upper - self._lower).tolist(),
+                          restPoses=list(rest7) + [FINGER_OPEN, FINGER_OPEN])
+        lower, upper = self._lower[:7], self._upper[:7]
+        q = np.clip(rest7, lower, upper)
         self._set_arm(q)
         for i in range(self._max_iterations):
             # Null-space steps first pick the branch near `rest`; they settle ~1 mm off the
             # target though, so the last steps are plain damped least squares from there.
-            if i < self._null_space_steps:
-                extra = dict(lowerLimits=lower, upperLimits=upper, jointRanges=ranges,
-                             restPoses=rest9)
-            else:
-                extra = {}
+            extra = null_space if i < self._null_space_steps else {}
             solution = self._client.calculateInverseKinematics(
                 self._robot, GRASP_LINK, target.tolist(), quat.tolist(),
                 maxNumIterations=20, residualThreshold=1e-5, **extra)
-            q = np.clip(np.array(solution[:7]), _LOWER, _UPPER)
+            q = np.clip(np.array(solution[:7]), lower, upper)
             self._set_arm(q)
             if i >= self._null_space_steps and (
                     np.linalg.norm(self._grasp_pose()[0] - target) < self._tolerance):

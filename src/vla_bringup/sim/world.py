@@ -104,8 +104,26 @@ class TabletopWorld:
         c.setTimeStep(self.time_step)
         c.loadURDF("plane.urdf")
         c.loadURDF("table/table.urdf", useFixedBase=True)
+        self._load_robot()
+        self._load_objects(rng)
+        # Drawn last so that jitter never changes the object layout of a seed.
+        self._camera_eye = np.array(CAMERA_EYE) + rng.uniform(
+            -self._camera_jitter, self._camera_jitter, 3)
+        self._view = c.computeViewMatrix(self._camera_eye.tolist(), CAMERA_TARGET, (0, 0, 1))
+        for _ in range(SETTLE_STEPS):
+            c.stepSimulation()
+        self._steps = 0
+
+    def _load_robot(self) -> None:
+        c = self._client
         self._robot = c.loadURDF(PANDA_URDF, PANDA_BASE_POSITION, PANDA_BASE_ORIENTATION,
                                  useFixedBase=True)
+        self._joint_index = dict(zip(JOINT_NAMES, list(ARM_JOINTS) + list(FINGER_JOINTS)))
+        # Arm joints get the URDF's effort and velocity limits; fingers a stronger grip.
+        self._limits = {}
+        for j in self._joint_index.values():
+            info = c.getJointInfo(self._robot, j)
+            self._limits[j] = (FINGER_FORCE if j in FINGER_JOINTS else info[10], info[11])
         for j in FINGER_JOINTS:
             c.changeDynamics(self._robot, j, lateralFriction=FINGER_FRICTION)
         # The real fingers are coupled by a rack; with two independent motors one finger
@@ -113,40 +131,26 @@ class TabletopWorld:
         gear = c.createConstraint(self._robot, FINGER_JOINTS[0], self._robot, FINGER_JOINTS[1],
                                   p.JOINT_GEAR, (1, 0, 0), (0, 0, 0), (0, 0, 0))
         c.changeConstraint(gear, gearRatio=-1, erp=0.1, maxForce=FINGER_FORCE)
-        for j, q in zip(ARM_JOINTS, HOME_ARM):
+        home = list(HOME_ARM) + [FINGER_OPEN, FINGER_OPEN]
+        for j, q in zip(self._joint_index.values(), home):
             c.resetJointState(self._robot, j, float(q))
-        for j in FINGER_JOINTS:
-            c.resetJointState(self._robot, j, FINGER_OPEN)
-        self._joint_index = dict(zip(JOINT_NAMES, list(ARM_JOINTS) + list(FINGER_JOINTS)))
-        self._max_force = {}
-        self._max_velocity = {}
-        for j in self._joint_index.values():
-            info = c.getJointInfo(self._robot, j)
-            self._max_force[j] = FINGER_FORCE if j in FINGER_JOINTS else info[10]
-            self._max_velocity[j] = info[11]
+        self.set_joint_targets(JOINT_NAMES, home)
 
+    def _load_objects(self, rng: np.random.Generator) -> None:
+        c = self._client
         tray_xy = np.array(_forward_to_world(*TRAY_NOMINAL)) + rng.uniform(
             -TRAY_JITTER, TRAY_JITTER, 2)
         self._tray = c.loadURDF("tray/traybox.urdf", [tray_xy[0], tray_xy[1], TABLE_TOP_Z],
                                 useFixedBase=True, globalScaling=TRAY_SCALE)
+        positions = self._sample_cube_xy(rng)
+        yaws = rng.uniform(-CUBE_MAX_YAW, CUBE_MAX_YAW, len(self._colors))
         self._cubes = {}
-        for name, color, (x, y), yaw in zip(self.cube_names, self._colors,
-                                            self._sample_cube_xy(rng),
-                                            rng.uniform(-CUBE_MAX_YAW, CUBE_MAX_YAW,
-                                                        len(self._colors))):
+        for name, color, (x, y), yaw in zip(self.cube_names, self._colors, positions, yaws):
             body = c.loadURDF("cube_small.urdf", [x, y, TABLE_TOP_Z + CUBE_SIZE / 2 + 1e-3],
                               c.getQuaternionFromEuler((0.0, 0.0, yaw)))
             c.changeVisualShape(body, -1, rgbaColor=COLORS[color])
             c.changeDynamics(body, -1, lateralFriction=CUBE_FRICTION)
             self._cubes[name] = body
-        # Drawn last so that jitter never changes the object layout of a seed.
-        self._camera_eye = np.array(CAMERA_EYE) + rng.uniform(
-            -self._camera_jitter, self._camera_jitter, 3)
-        self._view = c.computeViewMatrix(self._camera_eye.tolist(), CAMERA_TARGET, (0, 0, 1))
-        self.set_joint_targets(JOINT_NAMES, list(HOME_ARM) + [FINGER_OPEN, FINGER_OPEN])
-        for _ in range(SETTLE_STEPS):
-            c.stepSimulation()
-        self._steps = 0
 
     def _sample_cube_xy(self, rng: np.random.Generator) -> list[tuple[float, float]]:
         # Rejection sampling of the whole set: retrying only the last cube could dead-end.
@@ -175,9 +179,10 @@ class TabletopWorld:
         # setJointMotorControlArray has no maxVelocity argument, so joints are set one by one.
         for name, q in zip(names, positions):
             j = self._joint_index[name]
+            force, velocity = self._limits[j]
             self._client.setJointMotorControl2(
-                self._robot, j, p.POSITION_CONTROL, targetPosition=float(q),
-                force=self._max_force[j], maxVelocity=self._max_velocity[j])
+                self._robot, j, p.POSITION_CONTROL, targetPosition=float(q), force=force,
+                maxVelocity=velocity)
 
     def step(self, n: int = 1) -> None:
         for _ in range(int(n)):

@@ -1,0 +1,90 @@
+"""The skill executor: success on the policy's word, failure on silence or timeout, hold on stop."""
+from __future__ import annotations
+
+import numpy as np
+
+from vla_bringup.core.chunk_schedule import TimedChunk
+from vla_bringup.core.skill_executor import SkillExecutor, SkillState, SkillTiming
+
+NAMES = ("a", "b")
+TIMING = SkillTiming(timeout_s=10.0, first_chunk_timeout_s=2.0, starvation_timeout_s=1.0)
+
+
+def chunk(start, skill_id="s1", chunk_id=1, done=False, rows=5, speed=1.0, dt=0.1):
+    times = dt * np.arange(1, rows + 1)
+    positions = np.stack([speed * times, -speed * times], axis=1)
+    return TimedChunk(start, dt, positions, NAMES, skill_id, chunk_id, done, 0.5)
+
+
+def started(now=0.0):
+    executor = SkillExecutor(NAMES, blend_time_s=0.05)
+    executor.start("s1", now, TIMING, measured_positions=[0.0, 0.0])
+    return executor
+
+
+def test_follows_chunks_then_succeeds_when_the_policy_says_done():
+    executor = started()
+    assert executor.status().state is SkillState.WAITING_FOR_POLICY
+    assert executor.on_chunk(chunk(0.0), 0.05) == (True, "ok")
+    assert executor.status().state is SkillState.EXECUTING
+    target = executor.command(0.2)
+    np.testing.assert_allclose(target, [0.2, -0.2], atol=1e-9)
+    assert executor.on_chunk(chunk(0.2, chunk_id=2, done=True), 0.25)[0]
+    status = executor.status()
+    assert status.state is SkillState.SUCCEEDED and status.progress == 1.0
+
+
+def test_chunks_of_another_skill_are_ignored():
+    executor = started()
+    accepted, reason = executor.on_chunk(chunk(0.0, skill_id="old"), 0.05)
+    assert not accepted and reason == "stale_skill"
+    assert executor.status().chunks_received == 0
+
+
+def test_no_first_chunk_fails_with_a_reason():
+    executor = started()
+    executor.command(2.5)
+    status = executor.status()
+    assert status.state is SkillState.FAILED and "no action chunk" in status.message
+
+
+def test_a_silent_policy_fails_the_skill_and_the_arm_holds():
+    executor = started()
+    executor.on_chunk(chunk(0.0, rows=20), 0.05)
+    moving = executor.command(0.5)
+    executor.command(1.2)  # 1.15 s since the last chunk: starved
+    status = executor.status()
+    assert status.state is SkillState.FAILED and "silent" in status.message
+    # Frozen at the last command sent, not following the rest of the chunk (which goes to 2.0).
+    np.testing.assert_allclose(executor.command(1.3), moving)
+    np.testing.assert_allclose(executor.command(1.8), moving)
+
+
+def test_cancel_freezes_the_command_where_it_is():
+    executor = started()
+    executor.on_chunk(chunk(0.0, rows=30), 0.05)
+    at_cancel = executor.command(0.4)
+    executor.cancel()
+    assert executor.status().state is SkillState.CANCELED
+    np.testing.assert_allclose(executor.command(1.0), at_cancel)
+    assert not executor.on_chunk(chunk(0.5, chunk_id=9), 0.55)[0]
+
+
+def test_timeout_fails_the_skill():
+    executor = started()
+    t = 0.0
+    for i in range(120):  # keep the policy talking, never done
+        executor.on_chunk(chunk(t, chunk_id=i + 1, speed=0.0), t + 0.01)
+        t += 0.1
+        executor.command(t)
+    status = executor.status()
+    assert status.state is SkillState.FAILED and "timed out" in status.message
+
+
+def test_a_new_skill_starts_from_the_held_command():
+    executor = started()
+    executor.on_chunk(chunk(0.0, done=False, rows=10), 0.05)
+    held = executor.command(0.3)
+    executor.cancel()
+    executor.start("s2", 0.4, TIMING, measured_positions=[5.0, 5.0])
+    np.testing.assert_allclose(executor.command(0.45), held)  # not a jump to the measurement
