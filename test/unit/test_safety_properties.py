@@ -291,7 +291,8 @@ class ArmRun(Run):
             elapsed = np.arange(1, end - start + 1)[:, None]
             assert np.all(np.abs(v[start:end])[elapsed >= need] <= TOL)
         moving = np.any(v != 0.0, axis=1)
-        event(f"moved: {moving.any()}, ticks {min(len(v) // 100 * 100, 500)}+, heartbeat {self.oracle.use_heartbeat}")
+        if not moving.any():
+            event("the arm never moved")
         if np.any(stop_ticks[1:] & moving[:-1]):
             event("e-stop while moving")
         if any(moving[start - 1] for start, _ in runs(watchdog)):
@@ -313,9 +314,6 @@ def test_arm_gate_properties(ops, seed, use_heartbeat):
     run = ArmRun(np.random.default_rng(seed), use_heartbeat)
     run.play(ops)
     run.check()
-    if os.environ.get("DBG") and not np.any(np.array(run.velocities) != 0):
-        with open("/tmp/dbg.txt", "a") as f:
-            f.write(repr((ops, use_heartbeat)) + "\n")
 
 
 # ---- mobile base ------------------------------------------------------------------------------

@@ -82,6 +82,8 @@ def test_joint_state_and_targets(world):
     np.testing.assert_allclose(q[7:], [0.0, 0.0], atol=2e-3)
     with pytest.raises(ValueError, match="unknown joints"):
         world.set_joint_targets(["elbow"], [0.0])
+    world.reset(1)
+    assert world.sim_time == pytest.approx(t0 + 1.0)  # a new episode does not turn time back
 
 
 def test_kinematics_matches_world(world, kinematics):

@@ -496,8 +496,12 @@ class ArmSafetyGate(_GateCore):
             if abs(wanted) > joint.max_step + _EPS:
                 clamped.append(f"velocity:{joint.name}")
             wanted = min(max(wanted, -joint.max_step), joint.max_step)
-            desired = min(max(wanted, -_max_step_to_stop(pos - lo, joint.dstep)),
-                          _max_step_to_stop(hi - pos, joint.dstep))
+            if wanted > 0.0:
+                desired = min(wanted, _max_step_to_stop(hi - pos, joint.dstep))
+            elif wanted < 0.0:
+                desired = max(wanted, -_max_step_to_stop(pos - lo, joint.dstep))
+            else:
+                desired = 0.0
             if abs(desired - wanted) > _EPS:
                 clamped.append(f"position:{joint.name}")
         # Acceleration: the step changes by at most max_acceleration * period^2 per tick.

@@ -13,6 +13,8 @@ import pybullet as p
 import pybullet_data
 from pybullet_utils.bullet_client import BulletClient
 
+from vla_bringup.core.robot import PANDA_JOINT_NAMES
+
 PANDA_URDF = "franka_panda/panda.urdf"
 TABLE_TOP_Z = 0.625  # m, top face of pybullet_data's table.urdf loaded at the origin
 # The arm stands at the +x end of the table facing -x, so a camera in front of the robot looks
@@ -22,8 +24,7 @@ PANDA_BASE_YAW = np.pi
 PANDA_BASE_ORIENTATION = tuple(p.getQuaternionFromEuler((0.0, 0.0, PANDA_BASE_YAW)))
 
 # The command space of the whole stack, in this order (see docs/architecture.md).
-JOINT_NAMES = [f"panda_joint{i}" for i in range(1, 8)] + [
-    "panda_finger_joint1", "panda_finger_joint2"]
+JOINT_NAMES = list(PANDA_JOINT_NAMES)
 ARM_JOINTS = tuple(range(7))  # panda_joint1..7
 FINGER_JOINTS = (9, 10)  # panda_finger_joint1..2
 GRASP_LINK = 11  # panda_grasptarget_hand: between the finger pads, 1 cm above their tips

@@ -87,6 +87,7 @@ class TabletopWorld:
         self._camera_jitter = float(camera_jitter_m)
         self._client = BulletClient(connection_mode=p.DIRECT)
         self._client.setAdditionalSearchPath(pybullet_data.getDataPath())
+        self._steps = 0
         aspect = self.image_width / self.image_height
         self._projection = self._client.computeProjectionMatrixFOV(
             CAMERA_FOV_DEG, aspect, CAMERA_NEAR, CAMERA_FAR)
@@ -110,9 +111,8 @@ class TabletopWorld:
         self._camera_eye = np.array(CAMERA_EYE) + rng.uniform(
             -self._camera_jitter, self._camera_jitter, 3)
         self._view = c.computeViewMatrix(self._camera_eye.tolist(), CAMERA_TARGET, (0, 0, 1))
-        for _ in range(SETTLE_STEPS):
+        for _ in range(SETTLE_STEPS):  # not counted in sim_time: the episode starts after
             c.stepSimulation()
-        self._steps = 0
 
     def _load_robot(self) -> None:
         c = self._client
@@ -191,7 +191,10 @@ class TabletopWorld:
 
     @property
     def sim_time(self) -> float:
-        """Seconds simulated since the last reset (settling excluded)."""
+        """Seconds simulated by `step` since construction.
+
+        A reset does not turn it back, so stamps derived from it stay ordered across episodes.
+        """
         return self._steps * self.time_step
 
     def joint_state(self) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
