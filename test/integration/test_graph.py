@@ -183,3 +183,74 @@ def test_cancel_stops_the_arm(graph, probe):
     assert max(speeds) < 1e-6, f"arm still commanded to move after cancel: {max(speeds)}"
     positions = np.array([m.points[0].positions for m in after])
     assert np.ptp(positions, axis=0).max() < 1e-6
+
+
+def latched_status(probe):
+    statuses = []
+    probe.node.create_subscription(get_message("vla_msgs/msg/SafetyStatus"), "/safety/status",
+                                   statuses.append, LATCHED_QOS)
+    assert probe.wait(lambda: statuses, 5.0), "no /safety/status"
+    return statuses
+
+
+def test_teleop_jog_outranks_autonomy(graph, probe):
+    statuses = latched_status(probe)
+    commands = []
+    probe.node.create_subscription(JointTrajectory, "/safety/joint_command", commands.append,
+                                   COMMAND_QOS)
+    jog = probe.node.create_publisher(get_message("vla_msgs/msg/JointJog"), "/teleop/joint_jog",
+                                      COMMAND_QOS)
+    assert probe.wait(lambda: commands, 5.0)
+    start = commands[-1].points[0].positions[0]
+    for _ in range(40):  # 0.8 s of jogging joint 1 at 0.3 rad/s
+        jog.publish(get_message("vla_msgs/msg/JointJog")(joint_names=["panda_joint1"],
+                                                         velocities=[0.3]))
+        time.sleep(0.02)
+    assert any(s.active_source == "teleop" for s in statuses), [s.active_source for s in statuses]
+    moved = commands[-1].points[0].positions[0] - start
+    assert 0.1 < moved < 0.3, moved  # followed the jog, within the velocity it asked for
+
+
+def test_estop_holds_and_reset_needs_the_input_released(graph, probe):
+    statuses = latched_status(probe)
+    commands = []
+    probe.node.create_subscription(JointTrajectory, "/safety/joint_command",
+                                   lambda m: commands.append((time.monotonic(), m)), COMMAND_QOS)
+    estop = probe.node.create_publisher(get_message("std_msgs/msg/Bool"), "/safety/estop",
+                                        COMMAND_QOS)
+    reset = probe.node.create_client(get_message("std_srvs/srv/Trigger"), "/safety/reset")
+    assert reset.wait_for_service(timeout_sec=5.0)
+    assert probe.wait(lambda: estop.get_subscription_count() > 0, 5.0)
+    estop.publish(get_message("std_msgs/msg/Bool")(data=True))
+    engaged_at = time.monotonic()
+    assert probe.wait(lambda: statuses[-1].estop_engaged, 2.0)
+    time.sleep(0.3)
+    held = [m for t, m in commands if t > engaged_at + 0.1]
+    assert held and all(max(map(abs, m.points[0].velocities)) == 0.0 for m in held)
+    Trigger = get_message("std_srvs/srv/Trigger")
+    refused = probe.wait_future(reset.call_async(Trigger.Request()), 5.0)
+    assert not refused.success and "still active" in refused.message
+    estop.publish(get_message("std_msgs/msg/Bool")(data=False))
+    time.sleep(0.2)
+    assert statuses[-1].estop_engaged, "released without a reset: the e-stop must latch"
+    released = probe.wait_future(reset.call_async(Trigger.Request()), 5.0)
+    assert released.success, released.message
+    assert probe.wait(lambda: not statuses[-1].estop_engaged, 2.0)
+
+
+def test_scene_reset_replaces_objects_and_keeps_the_arm(graph, probe):
+    before = latest_scene(probe)
+    joints = []
+    probe.node.create_subscription(get_message("sensor_msgs/msg/JointState"), "/joint_states",
+                                   joints.append, qos_profile_sensor_data)
+    assert probe.wait(lambda: joints, 5.0)
+    arm_before = np.array(joints[-1].position[:7])
+    client = probe.node.create_client(get_message("vla_msgs/srv/ResetScene"), "/sim/reset_scene")
+    assert client.wait_for_service(timeout_sec=5.0)
+    request = get_message("vla_msgs/srv/ResetScene").Request(seed=before.episode_seed + 7)
+    response = probe.wait_future(client.call_async(request), 10.0)
+    assert response.success, response.message
+    assert probe.wait(lambda: latest_scene(probe).episode_seed == request.seed, 5.0)
+    assert latest_scene(probe).objects_in_tray == []
+    time.sleep(0.5)
+    assert np.abs(np.array(joints[-1].position[:7]) - arm_before).max() < 0.05

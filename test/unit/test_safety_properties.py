@@ -54,34 +54,33 @@ PROFILE = settings(deadline=None, database=None, print_blob=True,
 source_st = st.sampled_from(("teleop", "teleop", "autonomy", "autonomy", "autonomy", "intruder"))
 # Sampled, not st.integers: hypothesis favours small integers, and most streams should move far.
 ticks_st = st.sampled_from((1, 3, 8, 12, 40))  # 40 ticks: long enough for any stop
-OP_PARAMS = {
+OP_PARAMS = {  # the parameter strategies of each op
     # A publisher (teleop, autonomy or both) at the control rate or slower, for n ticks.
-    "stream": st.tuples(st.sampled_from((("teleop",), ("autonomy",), ("teleop", "autonomy"))),
-                        st.sampled_from((5, 15, 30, 60)), st.sampled_from((1, 1, 2, 4)),
-                        st.booleans()),
-    "tick": st.tuples(ticks_st),
-    "gap": st.tuples(st.floats(0.05, 1.0)),
-    "burst": st.tuples(source_st, st.integers(2, 6)),
-    "estop": st.just(()),
-    "estop_input": st.tuples(st.booleans()),
-    "reset": st.just(()),
-    "heartbeat": st.just(()),
+    "stream": (st.sampled_from((("teleop",), ("autonomy",), ("teleop", "autonomy"))),
+               st.sampled_from((5, 15, 30, 60)), st.sampled_from((1, 1, 2, 4)), st.booleans()),
+    "tick": (ticks_st,),
+    "gap": (st.floats(0.05, 1.0),),  # no ticks: the control loop stalled
+    "clock_back": (st.floats(0.01, 0.5),),  # the clock jumped backwards
+    "burst": (source_st, st.integers(2, 6)),
+    "estop": (),
+    "estop_input": (st.booleans(),),
+    "reset": (),
+    "heartbeat": (),
 }
 
 
 def ops_st(weights: dict, submit_kinds: tuple) -> st.SearchStrategy:
     """Ops drawn by weight. Without weights hypothesis spends most streams on e-stop ops, and
     most of those streams never move."""
-    params = dict(OP_PARAMS, submit=st.tuples(source_st, st.sampled_from(submit_kinds),
-                                              st.booleans()))
+    params = dict(OP_PARAMS, submit=(source_st, st.sampled_from(submit_kinds), st.booleans()))
+    op = {name: st.tuples(st.just(name), *params[name]) for name in weights}
     names = [name for name, weight in weights.items() for _ in range(weight)]
-    op = st.sampled_from(names).flatmap(lambda name: params[name].map(lambda p: (name,) + p))
-    return st.lists(op, min_size=4, max_size=30)
+    return st.lists(st.sampled_from(names).flatmap(op.__getitem__), min_size=4, max_size=30)
 
 
-arm_ops = ops_st({"stream": 8, "tick": 4, "submit": 5, "burst": 1, "gap": 1, "heartbeat": 2,
-                  "estop": 1, "estop_input": 1, "reset": 2}, ARM_KINDS)
-base_ops = ops_st({"stream": 8, "tick": 4, "submit": 4, "burst": 1, "gap": 1,
+arm_ops = ops_st({"stream": 8, "tick": 4, "submit": 5, "burst": 1, "gap": 1, "clock_back": 1,
+                  "heartbeat": 2, "estop": 1, "estop_input": 1, "reset": 2}, ARM_KINDS)
+base_ops = ops_st({"stream": 8, "tick": 4, "submit": 4, "burst": 1, "gap": 1, "clock_back": 1,
                    "estop": 1, "estop_input": 1, "reset": 2}, BASE_KINDS)
 
 
@@ -191,6 +190,8 @@ class Run:
                     self.tick()
             elif kind == "gap":
                 self.now += op[1]
+            elif kind == "clock_back":
+                self.now -= op[1]
             elif kind == "submit":
                 self.send(op[1], op[2], op[3])
             elif kind == "burst":

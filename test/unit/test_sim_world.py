@@ -191,3 +191,17 @@ def test_success_checks():
         TaskSpec("stack", "red_cube", "red_cube")
     with pytest.raises(ValueError, match="no object"):
         cube_in_tray(before, "green_cube")
+
+
+def test_reset_can_keep_the_arm_where_it_is():
+    world = TabletopWorld(seed=1)
+    try:
+        _, home, _, _ = world.joint_state()
+        bent = home + np.array([0.3, -0.2, 0.1, 0.2, 0.0, 0.1, 0.0, -0.02, -0.02])
+        world.reset(2, joint_positions=bent)
+        _, positions, _, _ = world.joint_state()
+        np.testing.assert_allclose(positions[:7], bent[:7], atol=0.02)
+        with pytest.raises(ValueError, match="9 joint positions"):
+            world.reset(2, joint_positions=bent[:7])
+    finally:
+        world.close()

@@ -77,7 +77,8 @@ class SimNode(Node):
     def on_reset(self, request: ResetScene.Request, response: ResetScene.Response):
         with self.lock:
             try:
-                self.world.reset(int(request.seed))
+                # Objects are re-placed; the arm stays where the safety checker holds it.
+                self.world.reset(int(request.seed), joint_positions=self.world.joint_state()[1])
             except Exception as error:  # a bad seed must not kill the simulator
                 response.success, response.message = False, f"reset failed: {error}"
                 return response

@@ -7,7 +7,7 @@ so image left is +y.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import pybullet as p
@@ -94,8 +94,12 @@ class TabletopWorld:
         self.reset(seed)
 
     # ----------------------------------------------------------------- scene
-    def reset(self, seed: int) -> None:
-        """Rebuild the scene from `seed`; the same seed always gives the same poses."""
+    def reset(self, seed: int, joint_positions: Optional[Sequence[float]] = None) -> None:
+        """Rebuild the scene from `seed`; the same seed always gives the same poses.
+
+        `joint_positions` (9 values, `joint_names` order) puts the arm there instead of home: a
+        live graph keeps commanding the arm's last pose, so a reset must not teleport it away.
+        """
         rng = np.random.default_rng(seed)
         c = self._client
         # A full rebuild (not repositioning) also clears contact caches, so a reset is exactly
@@ -105,7 +109,7 @@ class TabletopWorld:
         c.setTimeStep(self.time_step)
         c.loadURDF("plane.urdf")
         c.loadURDF("table/table.urdf", useFixedBase=True)
-        self._load_robot()
+        self._load_robot(joint_positions)
         self._load_objects(rng)
         # Drawn last so that jitter never changes the object layout of a seed.
         self._camera_eye = np.array(CAMERA_EYE) + rng.uniform(
@@ -114,7 +118,7 @@ class TabletopWorld:
         for _ in range(SETTLE_STEPS):  # not counted in sim_time: the episode starts after
             c.stepSimulation()
 
-    def _load_robot(self) -> None:
+    def _load_robot(self, joint_positions: Optional[Sequence[float]] = None) -> None:
         c = self._client
         self._robot = c.loadURDF(PANDA_URDF, PANDA_BASE_POSITION, PANDA_BASE_ORIENTATION,
                                  useFixedBase=True)
@@ -132,6 +136,10 @@ class TabletopWorld:
                                   p.JOINT_GEAR, (1, 0, 0), (0, 0, 0), (0, 0, 0))
         c.changeConstraint(gear, gearRatio=-1, erp=0.1, maxForce=FINGER_FORCE)
         home = list(HOME_ARM) + [FINGER_OPEN, FINGER_OPEN]
+        if joint_positions is not None:
+            if len(joint_positions) != len(home):
+                raise ValueError(f"reset needs {len(home)} joint positions, got {len(joint_positions)}")
+            home = [float(q) for q in joint_positions]
         for j, q in zip(self._joint_index.values(), home):
             c.resetJointState(self._robot, j, float(q))
         self.set_joint_targets(JOINT_NAMES, home)
