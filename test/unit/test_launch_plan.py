@@ -84,3 +84,16 @@ def test_ros_launch_file_uses_the_shared_plan_and_declares_every_argument():
     for executable in console_scripts():
         assert not re.search(rf"executable\s*=\s*['\"]{executable}['\"]", source), \
             f"robot.launch.py names node {executable} itself instead of taking it from the plan"
+
+
+def test_gazebo_bridge_feeds_the_graph_and_only_safety_drives_the_robot():
+    bridge = yaml.safe_load(open(os.path.join(CONFIG, "gazebo", "bridge.yaml")))
+    from_gazebo = {b["ros_topic_name"] for b in bridge if b["direction"] == "GZ_TO_ROS"}
+    to_gazebo = {b["ros_topic_name"] for b in bridge if b["direction"] == "ROS_TO_GZ"}
+    assert {"/camera/image_raw", "/camera/camera_info", "/joint_states", "/clock"} <= from_gazebo
+    assert to_gazebo == {"/safety/joint_command"}
+    world = open(os.path.join(CONFIG, "gazebo", "tabletop.sdf")).read()
+    for entry in bridge:
+        if entry["ros_topic_name"] != "/clock":
+            assert entry["gz_topic_name"] in world or "/world/tabletop/model/panda" in \
+                entry["gz_topic_name"], entry["gz_topic_name"]

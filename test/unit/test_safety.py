@@ -277,7 +277,6 @@ def test_teleop_wins_over_autonomy_and_autonomy_resumes_after_teleop_times_out(l
 def test_source_timeout_then_watchdog_controlled_stop(limits):
     gate, clock = make_gate(limits)
     clock.run(40, every=lambda t: gate.submit("autonomy", ["panda_joint2"], [1.5], t))
-    last_cmd = clock.t
     v0 = gate.tick(clock.t).velocities[1]  # same time: autonomy still fresh, cruising
     assert v0 == pytest.approx(limits.max_velocity[1])
     outs = clock.run(60)
@@ -293,7 +292,7 @@ def test_source_timeout_then_watchdog_controlled_stop(limits):
     assert speeds[needed - 1] == 0.0 and speeds[needed - 2] > 0.0
     assert stop[-1].reason == "watchdog: no fresh command, holding"
     assert stop[-1].positions[1] == stop[needed - 1].positions[1]
-    assert gate.status()["watchdog_tripped"] and last_cmd < clock.t
+    assert gate.status()["watchdog_tripped"]
 
 
 # ---- e-stop and heartbeats ------------------------------------------------------------------------
