@@ -35,6 +35,7 @@ class Clock:
         self.gate, self.t = gate, t
 
     def run(self, n: int = 1, every=None):
+        """`every(t)`, if given, is called before each tick (a publisher at the control rate)."""
         outs = []
         for _ in range(n):
             self.t += DT
@@ -50,7 +51,7 @@ def make_gate(limits, start=HOME, **kwargs):
     return gate, Clock(gate)
 
 
-# ---- limits file ------------------------------------------------------------------------------
+# ---- limits file --------------------------------------------------------------------------------
 def test_panda_limits_load(limits, raw):
     assert limits.names == tuple(ARM + ["panda_finger_joint1", "panda_finger_joint2"])
     assert limits.max_velocity[0] == pytest.approx(2.175)
@@ -159,7 +160,7 @@ def test_starting_inside_the_margin_holds_without_moving(limits):
     assert outs[-1].positions[0] == pytest.approx(limits.safe_upper[0])
 
 
-# ---- rejections ----------------------------------------------------------------------------------
+# ---- rejections ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("source, names, values, code, text", [
     ("nobody", ARM, HOME[:7], "unknown_source", "unknown source 'nobody'"),
     ("autonomy", ARM, HOME[:6], "length_mismatch", "7 names but values of shape"),
@@ -198,7 +199,7 @@ def test_a_position_within_one_range_past_the_limit_is_clamped_not_rejected(limi
     assert "position:panda_joint1" in out.clamped
 
 
-# ---- motion limits -------------------------------------------------------------------------------
+# ---- motion limits ------------------------------------------------------------------------------
 def test_clamped_target_velocity_and_acceleration_limits(limits):
     gate, clock = make_gate(limits)
     vmax, amax = limits.max_velocity[0], limits.max_acceleration[0]
@@ -255,7 +256,7 @@ def test_jog_follows_velocity_and_stops_before_the_band_edge(limits):
     assert np.all(np.abs(np.diff(np.r_[0.0, v])) <= limits.max_acceleration[0] * DT + 1e-9)
 
 
-# ---- arbitration ----------------------------------------------------------------------------------
+# ---- arbitration --------------------------------------------------------------------------------
 def test_teleop_wins_over_autonomy_and_autonomy_resumes_after_teleop_times_out(limits):
     gate, clock = make_gate(limits)
 
@@ -295,7 +296,16 @@ def test_source_timeout_then_watchdog_controlled_stop(limits):
     assert gate.status()["watchdog_tripped"]
 
 
-# ---- e-stop and heartbeats ------------------------------------------------------------------------
+def test_command_from_the_future_is_stale(limits):
+    # After the clock jumps back, a command stamped "later" must not stay fresh until the clock
+    # catches up.
+    gate, _ = make_gate(limits)
+    assert gate.submit("autonomy", ["panda_joint1"], [0.5], 5.0).accepted
+    out = gate.tick(1.0)
+    assert out.active_source is None and out.stopped
+
+
+# ---- e-stop and heartbeats ----------------------------------------------------------------------
 def test_estop_holds_at_once_is_latched_and_refuses_reset_while_input_active(limits):
     gate, clock = make_gate(limits)
     moving = clock.run(30, every=lambda t: gate.submit("autonomy", ["panda_joint1"], [2.0], t))
@@ -360,7 +370,7 @@ def test_estop_before_joint_state_is_latched(limits):
     assert gate.tick(0.01).reason.startswith("e-stop")
 
 
-# ---- workspace ------------------------------------------------------------------------------------
+# ---- workspace ----------------------------------------------------------------------------------
 def test_workspace_box_is_checked_with_forward_kinematics(limits):
     def fk(q):  # toy kinematics: joint1 drives x, joint2 drives z
         if q[2] > 1.0:
@@ -392,9 +402,10 @@ def test_status_counts(limits):
     assert status["active_source"] == "teleop" and status["clamped"]["position"] == 2
     assert status["limits"]["panda_joint1"]["upper"] == pytest.approx(2.8473)
     assert status["ticks"] == 2 and not status["estop_engaged"]
+    assert status["initialised"] and status["measured_at"] == 0.0
 
 
-# ---- mobile base ----------------------------------------------------------------------------------
+# ---- mobile base --------------------------------------------------------------------------------
 def base_gate(holonomic: bool = True) -> BaseSafetyGate:
     return BaseSafetyGate(BaseLimits(0.5, 1.0, 0.5, 1.5, holonomic=holonomic), period_s=DT)
 
@@ -434,3 +445,4 @@ def test_base_rejections_watchdog_and_estop():
     assert (out.vx, out.vy, out.wz) == (0.0, 0.0, 0.0) and out.reason == "e-stop: bumper"
     assert gate.submit("autonomy", 0.4, 0, 0, clock.t).code == "estop_engaged"
     assert gate.reset(clock.t)[0]
+    assert gate.status()["limits"]["max_linear_velocity"] == 0.5

@@ -8,7 +8,8 @@ the e-stop state; after each stream the outputs are checked against the limits.
 
 VLA_SAFETY_PROPERTY_STREAMS sets the total number of streams (arm + base). The default keeps the
 unit run short; `VLA_SAFETY_PROPERTY_STREAMS=100000` is the benchmark-sized run. Run with
-`--hypothesis-show-statistics` to see which situations the streams reached (events).
+`--hypothesis-show-statistics` to see which situations the streams reached (events). Both
+tests carry the `slow` marker; `-m "not slow"` skips them.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -46,6 +48,13 @@ DEFECTS = {"nan": "non_finite", "inf": "non_finite", "huge": "implausible",
            "duplicate_joint": "duplicate_joint", "empty": "empty"}
 ARM_KINDS = ("valid",) * 6 + tuple(DEFECTS)
 BASE_KINDS = ("valid",) * 4 + ("nan", "inf", "huge")
+
+
+def time_budget(streams: int) -> int:
+    """pytest-timeout budget, s: pytest.ini gives every test 300 s, and a stream takes about
+    2-10 ms on a 2-core machine, so the benchmark-sized run needs more."""
+    return max(300, int(0.05 * streams))
+
 
 PROFILE = settings(deadline=None, database=None, print_blob=True,
                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -308,6 +317,8 @@ def runs(flags: np.ndarray):
     return [(a, b) for a, b in zip(edges[::2], edges[1::2]) if a > 0]
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(time_budget(ARM_STREAMS))
 @settings(PROFILE, max_examples=ARM_STREAMS)
 @given(ops=arm_ops, seed=st.integers(0, 2 ** 32 - 1),
        use_heartbeat=st.sampled_from((False, False, False, True)))
@@ -367,6 +378,8 @@ class BaseRun(Run):
                 event("watchdog stop while moving")
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(time_budget(BASE_STREAMS))
 @settings(PROFILE, max_examples=BASE_STREAMS)
 @given(ops=base_ops, seed=st.integers(0, 2 ** 32 - 1),
        holonomic=st.booleans())

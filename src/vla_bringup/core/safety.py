@@ -313,7 +313,7 @@ class ArmSafetyGate(_GateCore):
                  forward_kinematics: Optional[Callable[[np.ndarray], Sequence[float]]] = None):
         """`forward_kinematics(positions in limits.names order) -> (x, y, z)` of the end
         effector in the world frame; with it, position targets outside `limits.workspace` are
-        rejected. Without it the workspace box is not checked (see status()["workspace_checked"])."""
+        rejected. Without it the workspace box is not checked (status()["workspace_checked"])."""
         super().__init__(period_s, watchdog_s, sources)
         self.limits = limits
         self.names = limits.names
@@ -328,6 +328,7 @@ class ArmSafetyGate(_GateCore):
                                           limits.max_velocity, limits.max_acceleration))
         self._fk = forward_kinematics if limits.workspace is not None else None
         self._measured: Optional[list[float]] = None
+        self._measured_at: Optional[float] = None  # for status(): a stale joint state shows
         self._pos: Optional[list[float]] = None  # last sent
         self._step: list[float] = []  # last sent position change
         self._target: list[float] = []  # held position target
@@ -351,7 +352,7 @@ class ArmSafetyGate(_GateCore):
         measured = [lookup[n] for n in self.names]
         if not all(math.isfinite(q) for q in measured):
             return _reject("non_finite", "joint state holds NaN or inf")
-        self._measured = measured
+        self._measured, self._measured_at = measured, float(now)
         if self._pos is None:
             self._resync()
         return Verdict(True, "accepted")
@@ -431,7 +432,8 @@ class ArmSafetyGate(_GateCore):
         index = np.array([self._index[n] for n in names])
         bad = ~np.isfinite(values)
         if bad.any():
-            return _reject("non_finite", f"NaN or inf for {[names[i] for i in np.flatnonzero(bad)]}")
+            joints = [names[i] for i in np.flatnonzero(bad)]
+            return _reject("non_finite", f"NaN or inf for {joints}")
         if is_velocity:
             bound = IMPLAUSIBLE_VELOCITY_FACTOR * self.limits.max_velocity[index]
             bad = np.abs(values) > bound
@@ -527,6 +529,7 @@ class ArmSafetyGate(_GateCore):
         status = super().status()
         status.update({
             "initialised": self._pos is not None,
+            "measured_at": self._measured_at,
             "workspace_checked": self._fk is not None,
             "limits": {name: {"lower": float(self._band_lo[i]), "upper": float(self._band_hi[i]),
                               "max_velocity": float(self.limits.max_velocity[i]),
@@ -604,3 +607,8 @@ class BaseSafetyGate(_GateCore):
     def _output(self, stopped: bool, reason: str, clamped: list[str]) -> BaseOutput:
         return BaseOutput(*self._velocity, self._active, stopped, reason,
                           self._note_clamped(clamped))
+
+    def status(self) -> dict:
+        status = super().status()
+        status["limits"] = dataclasses.asdict(self.limits)
+        return status
