@@ -321,11 +321,12 @@ class ArmSafetyGate(_GateCore):
         self._lower, self._upper = limits.lower, limits.upper
         self._band_lo, self._band_hi = limits.safe_lower, limits.safe_upper
         self._span = self._upper - self._lower
+        self._max_velocity, self._max_acceleration = limits.max_velocity, limits.max_acceleration
         self._joints = tuple(
             _Joint(name, float(lo), float(hi), float(v) * self.period_s,
                    float(a) * self.period_s ** 2)
             for name, lo, hi, v, a in zip(self.names, self._band_lo, self._band_hi,
-                                          limits.max_velocity, limits.max_acceleration))
+                                          self._max_velocity, self._max_acceleration))
         self._fk = forward_kinematics if limits.workspace is not None else None
         self._measured: Optional[list[float]] = None
         self._measured_at: Optional[float] = None  # for status(): a stale joint state shows
@@ -435,7 +436,7 @@ class ArmSafetyGate(_GateCore):
             joints = [names[i] for i in np.flatnonzero(bad)]
             return _reject("non_finite", f"NaN or inf for {joints}")
         if is_velocity:
-            bound = IMPLAUSIBLE_VELOCITY_FACTOR * self.limits.max_velocity[index]
+            bound = IMPLAUSIBLE_VELOCITY_FACTOR * self._max_velocity[index]
             bad = np.abs(values) > bound
         else:
             bad = (values < self._lower[index] - self._span[index]) | (
@@ -532,8 +533,8 @@ class ArmSafetyGate(_GateCore):
             "measured_at": self._measured_at,
             "workspace_checked": self._fk is not None,
             "limits": {name: {"lower": float(self._band_lo[i]), "upper": float(self._band_hi[i]),
-                              "max_velocity": float(self.limits.max_velocity[i]),
-                              "max_acceleration": float(self.limits.max_acceleration[i])}
+                              "max_velocity": float(self._max_velocity[i]),
+                              "max_acceleration": float(self._max_acceleration[i])}
                        for i, name in enumerate(self.names)},
         })
         return status
