@@ -88,3 +88,19 @@ def test_a_new_skill_starts_from_the_held_command():
     executor.cancel()
     executor.start("s2", 0.4, TIMING, measured_positions=[5.0, 5.0])
     np.testing.assert_allclose(executor.command(0.45), held)  # not a jump to the measurement
+
+
+def test_a_quiet_policy_makes_the_arm_hold_then_resume_without_a_jump():
+    executor = started()
+    executor.on_chunk(chunk(0.0, rows=20), 0.05)
+    last_sent = executor.command(0.3)
+    executor.command(0.4)  # 0.35 s since the last chunk > policy_timeout_s (0.3 s)
+    status = executor.status()
+    assert status.state is SkillState.HOLDING
+    np.testing.assert_allclose(executor.command(0.6), executor.command(0.9))  # holding
+    held = executor.command(0.9)
+    assert np.max(np.abs(held - last_sent)) < 0.11  # held near the last command, no jump ahead
+    assert executor.on_chunk(chunk(0.85, chunk_id=2, rows=20), 0.9)[0]
+    assert executor.status().state is SkillState.EXECUTING
+    resumed = executor.command(0.91)
+    assert np.max(np.abs(resumed - held)) < 0.05  # resumes from where it held

@@ -107,6 +107,16 @@ class ChunkScheduler:
         self._tracks.clear()
         self.last_done_time = None
 
+    def hold(self) -> None:
+        """Stop following the chunks: hold the last output until a new chunk arrives.
+
+        For a policy that went quiet: the rest of its last chunk was planned from an
+        observation that is getting old, so the arm waits where it is instead of playing it out.
+        """
+        if self._last_output is not None:
+            self._anchor = self._last_output
+        self._tracks.clear()
+
     def set_anchor(self, positions: Sequence[float]) -> None:
         """Measured positions, used as the start of the first chunk when nothing was output yet."""
         anchor = np.asarray(positions, dtype=np.float64).copy()

@@ -21,6 +21,7 @@ class SkillState(enum.Enum):
     IDLE = "idle"
     WAITING_FOR_POLICY = "waiting_for_policy"
     EXECUTING = "executing"
+    HOLDING = "holding"  # the policy went quiet: the arm waits, the skill is still alive
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -28,6 +29,10 @@ class SkillState(enum.Enum):
     @property
     def finished(self) -> bool:
         return self in (SkillState.SUCCEEDED, SkillState.FAILED, SkillState.CANCELED)
+
+    @property
+    def active(self) -> bool:
+        return self in (SkillState.WAITING_FOR_POLICY, SkillState.EXECUTING, SkillState.HOLDING)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +48,8 @@ class SkillStatus:
 class SkillTiming:
     timeout_s: float = 30.0  # whole skill
     first_chunk_timeout_s: float = 10.0  # policy warm-up allowance
-    starvation_timeout_s: float = 2.0  # silence from the policy mid-skill
+    policy_timeout_s: float = 0.3  # silence after which the arm holds instead of playing out
+    starvation_timeout_s: float = 2.0  # silence after which the skill fails
 
 
 class SkillExecutor:
@@ -69,7 +75,7 @@ class SkillExecutor:
             SkillState.WAITING_FOR_POLICY, "waiting for the first action chunk", 0.0, 0)
 
     def on_chunk(self, chunk: TimedChunk, now: float) -> tuple[bool, str]:
-        if self.state not in (SkillState.WAITING_FOR_POLICY, SkillState.EXECUTING):
+        if not self.state.active:
             return False, "no_active_skill"
         accepted, reason = self.scheduler.add(chunk, now)
         if not accepted:
@@ -78,7 +84,7 @@ class SkillExecutor:
         self.progress = max(self.progress, min(1.0, max(0.0, float(chunk.progress))))
         if chunk.skill_done:
             self._finish(SkillState.SUCCEEDED, "policy reports the goal reached", progress=1.0)
-        elif self.state is SkillState.WAITING_FOR_POLICY:
+        elif self.state is not SkillState.EXECUTING:
             self.state, self.message = SkillState.EXECUTING, "executing"
         return True, "ok"
 
@@ -88,7 +94,7 @@ class SkillExecutor:
         return self.scheduler.sample(now)
 
     def cancel(self, reason: str = "cancelled") -> None:
-        if not self.state.finished and self.state is not SkillState.IDLE:
+        if self.state.active:
             self._finish(SkillState.CANCELED, reason)
 
     def status(self) -> SkillStatus:
@@ -97,7 +103,7 @@ class SkillExecutor:
                            chunk.start_time if chunk is not None else None)
 
     def _check_time(self, now: float) -> None:
-        if self.state.finished or self.state is SkillState.IDLE:
+        if not self.state.active:
             return
         elapsed = now - self.started_at
         if elapsed > self.timing.timeout_s:
@@ -112,6 +118,10 @@ class SkillExecutor:
             if math.isfinite(silent) and silent > self.timing.starvation_timeout_s:
                 self._finish(SkillState.FAILED,
                              f"policy silent for {silent:.1f} s (dead or stalled?)")
+            elif self.state is SkillState.EXECUTING and silent > self.timing.policy_timeout_s:
+                self.scheduler.hold()
+                self.state = SkillState.HOLDING
+                self.message = f"holding: no action chunk for {silent:.2f} s"
 
     def _finish(self, state: SkillState, message: str, progress: Optional[float] = None) -> None:
         # Freeze: drop the rest of the chunks so the command holds where the arm is now

@@ -111,9 +111,13 @@ class InstructionNode(Node):
         skill_handle = send.result()
         result_future = skill_handle.get_result_async()
         deadline_s = self.params["skill_timeout_s"] + 5.0
-        waited = 0.0
+        waited = unreachable = 0.0
         while not wait_for(result_future, 0.05):
             waited += 0.05
+            # A dead skill controller never answers: notice its server vanish instead of hanging.
+            unreachable = 0.0 if self.skill_client.server_is_ready() else unreachable + 0.05
+            if unreachable > 1.0:
+                return False, "failed: the skill controller stopped responding (dead?)"
             if goal_handle.is_cancel_requested or goal_key(goal_handle) in self.preempted:
                 cancel = skill_handle.cancel_goal_async()
                 wait_for(cancel, 2.0)

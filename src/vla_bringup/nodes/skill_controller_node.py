@@ -101,7 +101,7 @@ class SkillControllerNode(Node):
             self.finished_at = self.finished_at or now
         else:
             self.finished_at = None
-        streaming = status.state in (SkillState.WAITING_FOR_POLICY, SkillState.EXECUTING) or (
+        streaming = status.state.active or (
             self.finished_at is not None and now - self.finished_at < HOLD_AFTER_FINISH_S)
         if target is None or not streaming:
             return
@@ -134,6 +134,7 @@ class SkillControllerNode(Node):
         timing = SkillTiming(timeout_s=goal.timeout_s if goal.timeout_s > 0 else
                              p["default_skill_timeout_s"],
                              first_chunk_timeout_s=p["first_chunk_timeout_s"],
+                             policy_timeout_s=p["policy_timeout_s"],
                              starvation_timeout_s=p["starvation_timeout_s"])
         with self.core_lock:
             self.executor_core.start(skill_id, now_sec(self), timing, self.measured)
