@@ -18,6 +18,7 @@ NODES = {
 TOOLS = {
     "launch_embedded": "vla_bringup.cli.launch_embedded:main",
     "demo": "vla_bringup.cli.demo:main",
+    "teleop_keyboard": "vla_bringup.nodes.teleop_keyboard_node:main",
 }
 
 setup(

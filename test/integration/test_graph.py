@@ -210,11 +210,20 @@ def test_teleop_jog_outranks_autonomy(graph, probe):
                                    COMMAND_QOS)
     jog = probe.node.create_publisher(get_message("vla_msgs/msg/JointJog"), "/teleop/joint_jog",
                                       COMMAND_QOS)
+    enable = probe.node.create_publisher(get_message("std_msgs/msg/Bool"), "/teleop/enable",
+                                         COMMAND_QOS)
+    JointJog, Bool = get_message("vla_msgs/msg/JointJog"), get_message("std_msgs/msg/Bool")
     assert probe.wait(lambda: commands, 5.0)
     start = commands[-1].points[0].positions[0]
-    for _ in range(40):  # 0.8 s of jogging joint 1 at 0.3 rad/s
-        jog.publish(get_message("vla_msgs/msg/JointJog")(joint_names=["panda_joint1"],
-                                                         velocities=[0.3]))
+    for _ in range(10):  # without the deadman the jog is ignored
+        jog.publish(JointJog(joint_names=["panda_joint1"], velocities=[0.3]))
+        time.sleep(0.02)
+    assert abs(commands[-1].points[0].positions[0] - start) < 1e-6
+    assert "deadman" in statuses[-1].last_rejection or probe.wait(
+        lambda: "deadman" in statuses[-1].last_rejection, 3.0)
+    for _ in range(40):  # 0.8 s of jogging joint 1 at 0.3 rad/s, deadman held
+        enable.publish(Bool(data=True))
+        jog.publish(JointJog(joint_names=["panda_joint1"], velocities=[0.3]))
         time.sleep(0.02)
     assert any(s.active_source == "teleop" for s in statuses), [s.active_source for s in statuses]
     moved = commands[-1].points[0].positions[0] - start

@@ -113,6 +113,15 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
               0.01, 2.0),
         _spec("teleop_timeout_s", 0.25, "teleop command older than this is ignored", "s",
               0.01, 2.0),
+        _spec("teleop_requires_enable", True,
+              "teleop commands count only while /teleop/enable is true and fresh (deadman)"),
+        _spec("teleop_enable_timeout_s", 0.2, "how long one /teleop/enable true lasts", "s",
+              0.01, 2.0),
+        _spec("heartbeat_topics", "",
+              "comma-separated std_msgs/Bool topics that must stay alive (true) or the e-stop "
+              "engages; empty = none"),
+        _spec("heartbeat_timeout_s", 0.5, "silence on a heartbeat topic that engages the e-stop",
+              "s", 0.01, 10.0),
         _spec("status_rate_hz", 2.0, "/safety/status and /diagnostics rate", "Hz", 0.1, 50.0),
     ),
 }

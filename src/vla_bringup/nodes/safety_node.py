@@ -24,6 +24,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_bringup.core.safety import ArmSafetyGate, BaseSafetyGate
 from vla_bringup.core.safety_limits import ArmLimits, BaseLimits, load_limits_file
+from vla_bringup.core.teleop import Deadman
 from vla_bringup.nodes.common import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, config_dir,
                                       declare_parameters, now_sec, run, sec_to_stamp,
                                       stamp_to_sec)
@@ -48,6 +49,10 @@ class SafetyNode(Node):
         else:
             self.gate = BaseSafetyGate(BaseLimits.from_dict(limits["base"]), self.period,
                                        p["watchdog_timeout_s"], sources)
+        self.deadman = Deadman(p["teleop_enable_timeout_s"]) if p["teleop_requires_enable"] else None
+        self.heartbeats = [t.strip() for t in p["heartbeat_topics"].split(",") if t.strip()]
+        for topic in self.heartbeats:
+            self.gate.register_heartbeat(topic, p["heartbeat_timeout_s"])
         self.lock = threading.Lock()  # the gate is shared by inputs and the control timer
         self.stamps = {}  # source -> stamp (s) of its latest accepted command
         self.last_rejection = ""
@@ -67,6 +72,10 @@ class SafetyNode(Node):
             self.create_subscription(Twist, "/teleop/cmd_vel",
                                      lambda m: self.on_twist("teleop", m), COMMAND_QOS)
         self.create_subscription(Bool, "/safety/estop", self.on_estop, COMMAND_QOS)
+        self.create_subscription(Bool, "/teleop/enable", self.on_enable, COMMAND_QOS)
+        for topic in self.heartbeats:
+            self.create_subscription(Bool, topic, lambda m, t=topic: self.on_heartbeat(t, m),
+                                     COMMAND_QOS)
         self.create_service(Trigger, "/safety/reset", self.on_reset)
         self.status_pub = self.create_publisher(SafetyStatus, "/safety/status", LATCHED_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
@@ -96,13 +105,35 @@ class SafetyNode(Node):
                                        list(msg.points[0].positions), now_sec(self))
             self.note("autonomy", verdict, stamp_to_sec(msg.header.stamp))
 
+    def teleop_allowed(self) -> bool:
+        if self.deadman is None or self.deadman.allows(now_sec(self)):
+            return True
+        with self.lock:
+            self.last_rejection = "teleop: no /teleop/enable (deadman released)"
+        self.get_logger().warning("teleop command without /teleop/enable: ignored",
+                                  throttle_duration_sec=1.0)
+        return False
+
+    def on_enable(self, msg: Bool) -> None:
+        if self.deadman is not None:
+            self.deadman.update(bool(msg.data), now_sec(self))
+
+    def on_heartbeat(self, topic: str, msg: Bool) -> None:
+        if msg.data:  # an explicit false is a source saying "stop": let it go silent
+            with self.lock:
+                self.gate.heartbeat(topic, now_sec(self))
+
     def on_jog(self, msg: JointJog) -> None:
+        if not self.teleop_allowed():
+            return
         with self.lock:
             verdict = self.gate.submit_jog("teleop", list(msg.joint_names), list(msg.velocities),
                                            now_sec(self))
             self.note("teleop", verdict, now_sec(self))
 
     def on_twist(self, source: str, msg: Twist) -> None:
+        if source == "teleop" and not self.teleop_allowed():
+            return
         with self.lock:
             verdict = self.gate.submit(source, msg.linear.x, msg.linear.y, msg.angular.z,
                                        now_sec(self))
