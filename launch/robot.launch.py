@@ -1,5 +1,5 @@
 """ros2 launch vla_bringup robot.launch.py [sim:=embedded|gazebo|none] [robot:=arm|base]
-[policy:=scripted_expert] [device:=auto|cpu|cuda] [config:=extra_params.yaml]
+[policy:=scripted_expert] [device:=auto|cpu|cuda] [respawn:=false|true] [config:=extra.yaml]
 
 Which nodes start, and with which parameter files, comes from config/nodes.yaml through
 vla_bringup.core.launch_plan, the same code the embedded launcher uses (no node list here).
@@ -52,14 +52,13 @@ def _gazebo(context):
 
 def _nodes(context):
     arguments = {name: LaunchConfiguration(name).perform(context)
-                 for name in ("sim", "robot", "policy", "device", "config")}
+                 for name in ("sim", "robot", "policy", "device", "respawn", "config")}
     actions = _gazebo(context) if arguments["sim"] == "gazebo" else []
     for node in build_plan(_config_dir(), arguments):
+        parameters = list(node.param_files) + ([dict(node.overrides)] if node.overrides else [])
         actions.append(Node(
             package=PACKAGE, executable=node.executable, name=node.name, output="screen",
-            parameters=list(node.param_files) + [dict(node.overrides)] if node.overrides
-            else list(node.param_files),
-            emulate_tty=True))
+            parameters=parameters, respawn=node.respawn, respawn_delay=1.0, emulate_tty=True))
     return actions
 
 

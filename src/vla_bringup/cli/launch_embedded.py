@@ -1,7 +1,7 @@
 """Embedded launcher: starts the same nodes as launch/robot.launch.py where launch_ros is absent.
 
     launch_embedded [sim:=embedded] [robot:=arm] [policy:=scripted_expert] [device:=auto]
-                    [config:=extra.yaml] [--respawn]
+                    [respawn:=true|false] [config:=extra.yaml]
 
 Reads config/nodes.yaml through core.launch_plan (the one source of truth), starts each node's
 console script as its own process with the same parameter files, prefixes their output with the
@@ -20,6 +20,7 @@ from typing import Mapping, Optional, Sequence
 from vla_bringup.core.launch_plan import LaunchPlanError, NodeLaunch, build_plan
 
 STOP_GRACE_S = 5.0
+RESPAWN_DELAY_S = 1.0  # same as robot.launch.py's respawn_delay
 
 
 def executable_path(name: str) -> str:
@@ -39,11 +40,11 @@ def default_config_dir() -> str:
 class EmbeddedLaunch:
     """The running graph: one process per node of the plan."""
 
-    def __init__(self, arguments: Optional[Mapping[str, str]] = None, respawn: bool = False,
+    def __init__(self, arguments: Optional[Mapping[str, str]] = None,
                  config_dir: Optional[str] = None, echo: bool = True,
                  log_path: Optional[str] = None) -> None:
         self.plan: list[NodeLaunch] = build_plan(config_dir or default_config_dir(), arguments)
-        self.respawn = respawn
+        self.respawn = any(node.respawn for node in self.plan)
         self.echo = echo
         self.log = open(log_path, "a", encoding="utf-8") if log_path else None
         self.processes: dict[str, subprocess.Popen] = {}
@@ -68,24 +69,33 @@ class EmbeddedLaunch:
 
     def _pump(self, name: str, process: subprocess.Popen) -> None:
         for line in process.stdout:
-            with self.output_lock:
-                if self.echo:
-                    sys.stdout.write(f"[{name}] {line}")
-                    sys.stdout.flush()
-                if self.log:
-                    self.log.write(f"[{name}] {line}")
-                    self.log.flush()
+            self._say(name, line)
 
     def _watch(self) -> None:
+        exited_at: dict[str, float] = {}
         while not self.stopping:
             for node in self.plan:
                 process = self.processes.get(node.name)
-                if process is not None and process.poll() is not None and not self.stopping:
+                if not node.respawn or process is None or process.poll() is None:
+                    continue
+                # Wait RESPAWN_DELAY_S first, as launch_ros's respawn_delay does.
+                first_seen = exited_at.setdefault(node.name, time.monotonic())
+                if time.monotonic() - first_seen >= RESPAWN_DELAY_S and not self.stopping:
+                    del exited_at[node.name]
                     self.restarts[node.name] = self.restarts.get(node.name, 0) + 1
-                    print(f"[launch] {node.name} exited with {process.returncode}; respawning "
-                          f"(restart {self.restarts[node.name]})", flush=True)
+                    self._say("launch", f"{node.name} exited with {process.returncode}; "
+                                        f"respawning (restart {self.restarts[node.name]})\n")
                     self._spawn(node)
-            time.sleep(0.2)
+            time.sleep(0.1)
+
+    def _say(self, name: str, line: str) -> None:
+        with self.output_lock:
+            if self.echo:
+                sys.stdout.write(f"[{name}] {line}")
+                sys.stdout.flush()
+            if self.log:
+                self.log.write(f"[{name}] {line}")
+                self.log.flush()
 
     def dead(self) -> dict[str, int]:
         """Nodes that have exited, with their exit codes."""
@@ -122,23 +132,19 @@ class EmbeddedLaunch:
         self.stop()
 
 
-def parse_arguments(argv: Sequence[str]) -> tuple[dict[str, str], bool]:
-    arguments, respawn = {}, False
+def parse_arguments(argv: Sequence[str]) -> dict[str, str]:
+    arguments = {}
     for token in argv:
-        if token == "--respawn":
-            respawn = True
-        elif ":=" in token:
-            key, value = token.split(":=", 1)
-            arguments[key] = value
-        else:
-            raise LaunchPlanError(f"expected name:=value or --respawn, got {token!r}")
-    return arguments, respawn
+        if ":=" not in token:
+            raise LaunchPlanError(f"expected name:=value, got {token!r}")
+        key, value = token.split(":=", 1)
+        arguments[key] = value
+    return arguments
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
-        arguments, respawn = parse_arguments(sys.argv[1:] if argv is None else argv)
-        launch = EmbeddedLaunch(arguments, respawn=respawn)
+        launch = EmbeddedLaunch(parse_arguments(sys.argv[1:] if argv is None else argv))
     except (LaunchPlanError, FileNotFoundError) as error:
         print(f"launch_embedded: {error}", file=sys.stderr)
         return 2
@@ -150,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"(ROS_DOMAIN_ID={os.environ.get('ROS_DOMAIN_ID', '0')}); Ctrl-C stops", flush=True)
     while not stop.wait(0.5):
         dead = launch.dead()
-        if dead and not respawn:
+        if dead and not launch.respawn:
             print(f"[launch] node(s) exited: {dead}; stopping the rest", flush=True)
             break
     codes = launch.stop()

@@ -22,6 +22,7 @@ class NodeLaunch:
     executable: str
     param_files: tuple[str, ...]  # absolute paths, applied in order
     overrides: tuple[tuple[str, str], ...]  # (parameter, value) from launch arguments, applied last
+    respawn: bool = False  # restart the process when it exits
 
     def ros_args(self) -> list[str]:
         """The `--ros-args` tail a process needs; `ros2 launch` builds the same from Node()."""
@@ -78,5 +79,6 @@ def build_plan(config_dir: str, arguments: Optional[Mapping[str, str]] = None) -
         if extra:
             files.append(os.path.abspath(extra))
         overrides = tuple((param, args[arg]) for arg, param in entry.get("arguments", {}).items())
-        plan.append(NodeLaunch(entry["name"], entry["executable"], tuple(files), overrides))
+        plan.append(NodeLaunch(entry["name"], entry["executable"], tuple(files), overrides,
+                               respawn=args["respawn"] == "true"))
     return plan

@@ -70,6 +70,9 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
     "instruction": (
         _spec("max_instruction_length", 200, "longest accepted instruction", "chars", 10, 2000),
         _spec("skill_timeout_s", 30.0, "time allowed per skill before it fails", "s", 1.0, 600.0),
+        _spec("skill_feedback_timeout_s", 1.0,
+              "no skill feedback for this long: the skill controller is dead, the task fails", "s",
+              0.2, 30.0),
         _spec("skill_server_wait_s", 10.0, "wait for the skill controller's action server", "s",
               0.1, 120.0),
     ),

@@ -8,6 +8,7 @@ the skill controller through /vla/execute_skill.
 from __future__ import annotations
 
 import threading
+import time
 
 from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
@@ -94,7 +95,10 @@ class InstructionNode(Node):
         return self.finish(goal_handle, True, f"done: {text}")
 
     def run_skill(self, goal_handle, skill, index: int, count: int) -> tuple[bool, str]:
+        last_heard = [time.monotonic()]
+
         def publish(skill_progress: float) -> None:
+            last_heard[0] = time.monotonic()
             goal_handle.publish_feedback(ExecuteInstruction.Feedback(
                 current_skill=skill.instruction, skill_index=index, skill_count=count,
                 progress=min(1.0, (index + skill_progress) / count)))
@@ -111,13 +115,16 @@ class InstructionNode(Node):
         skill_handle = send.result()
         result_future = skill_handle.get_result_async()
         deadline_s = self.params["skill_timeout_s"] + 5.0
-        waited = unreachable = 0.0
+        waited = 0.0
         while not wait_for(result_future, 0.05):
             waited += 0.05
-            # A dead skill controller never answers: notice its server vanish instead of hanging.
-            unreachable = 0.0 if self.skill_client.server_is_ready() else unreachable + 0.05
-            if unreachable > 1.0:
-                return False, "failed: the skill controller stopped responding (dead?)"
+            # The skill controller sends feedback every 50 ms while a skill runs; a dead one
+            # never answers, and DDS may report its server alive for many seconds more.
+            silent = time.monotonic() - last_heard[0]
+            if silent > self.params["skill_feedback_timeout_s"]:
+                skill_handle.cancel_goal_async()
+                return False, (f"failed: the skill controller stopped responding "
+                               f"(no feedback for {silent:.1f} s)")
             if goal_handle.is_cancel_requested or goal_key(goal_handle) in self.preempted:
                 cancel = skill_handle.cancel_goal_async()
                 wait_for(cancel, 2.0)

@@ -92,8 +92,11 @@ class PolicyNode(Node):
         skill = (SkillSpec(msg.skill_id, msg.skill, msg.instruction, msg.target_object,
                            msg.destination) if msg.active else None)
         with self.inputs_lock:
-            self.skill = skill
-        self.wake.set()
+            changed, self.skill = skill != self.skill, skill
+        if changed:  # the skill controller repeats the active skill every second
+            self.get_logger().info(f"active skill: '{msg.instruction}' ({msg.skill_id})"
+                                   if skill else "no active skill: idle")
+            self.wake.set()
 
     # --- inference thread ---------------------------------------------------------------------
     def inference_loop(self) -> None:

@@ -65,7 +65,11 @@ class SkillControllerNode(Node):
             goal_callback=self.on_goal, handle_accepted_callback=self.on_accepted,
             cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=ReentrantCallbackGroup())
-        self.skill_pub.publish(SkillCommand(active=False))
+        self.skill_msg = SkillCommand(active=False)
+        self.skill_pub.publish(self.skill_msg)
+        # Latched, and repeated once a second: a policy that (re)starts mid-skill picks it up
+        # even if a transient-local hand-over is missed.
+        self.create_timer(1.0, lambda: self.skill_pub.publish(self.skill_msg))
         self.get_logger().info(f"skill controller ready: {p['control_rate_hz']:.0f} Hz control")
 
     # --- control loop (one group: never runs concurrently with chunk/joint callbacks) ---------
@@ -112,6 +116,10 @@ class SkillControllerNode(Node):
             points=[JointTrajectoryPoint(positions=target.tolist(),
                                          time_from_start=Duration(nanosec=int(period * 1e9)))]))
 
+    def announce(self, msg: SkillCommand) -> None:
+        self.skill_msg = msg
+        self.skill_pub.publish(msg)
+
     # --- action server --------------------------------------------------------------------------
     def on_goal(self, goal: ExecuteSkill.Goal) -> GoalResponse:
         if goal.skill not in SKILLS:
@@ -138,7 +146,7 @@ class SkillControllerNode(Node):
                              starvation_timeout_s=p["starvation_timeout_s"])
         with self.core_lock:
             self.executor_core.start(skill_id, now_sec(self), timing, self.measured)
-        self.skill_pub.publish(SkillCommand(
+        self.announce(SkillCommand(
             header=Header(stamp=self.get_clock().now().to_msg()), active=True,
             skill_id=skill_id, skill=goal.skill, instruction=goal.instruction,
             target_object=goal.target_object, destination=goal.destination))
@@ -162,8 +170,8 @@ class SkillControllerNode(Node):
         with self.goal_lock:
             still_current = self.active_goal is goal_handle
         if still_current:
-            self.skill_pub.publish(SkillCommand(
-                header=Header(stamp=self.get_clock().now().to_msg()), active=False))
+            self.announce(SkillCommand(header=Header(stamp=self.get_clock().now().to_msg()),
+                                       active=False))
         success = status.state is SkillState.SUCCEEDED
         if status.state is SkillState.CANCELED and goal_handle.is_cancel_requested:
             goal_handle.canceled()
