@@ -5,7 +5,7 @@ ENV := source scripts/env.sh
 # Each run gets its own DDS domain unless the caller chose one.
 DOMAIN ?= $(shell echo $$(( ($$$$ % 100) + 100 )))
 
-.PHONY: setup demo test test-unit test-integration launch clean
+.PHONY: setup demo test test-unit test-integration bench launch clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -21,6 +21,10 @@ test-unit: setup
 
 test-integration: setup
 	@$(ENV) && python -m pytest test/integration $(ARGS)
+
+# Safety reaction times on the live graph + the 100k-stream property run -> artifacts/bench.json
+bench: setup
+	@$(ENV) && ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$(DOMAIN)} python -m vla_bringup.cli.bench $(ARGS)
 
 # Start the graph in the foreground (Ctrl-C stops it), e.g. make launch ARGS="policy:=scripted_expert"
 launch: setup

@@ -104,3 +104,12 @@ def test_a_quiet_policy_makes_the_arm_hold_then_resume_without_a_jump():
     assert executor.status().state is SkillState.EXECUTING
     resumed = executor.command(0.91)
     assert np.max(np.abs(resumed - held)) < 0.05  # resumes from where it held
+
+
+def test_a_lost_policy_holds_at_once():
+    executor = started()
+    executor.on_chunk(chunk(0.0, rows=20), 0.05)
+    sent = executor.command(0.15)
+    executor.policy_lost()
+    assert executor.status().state is SkillState.HOLDING
+    np.testing.assert_allclose(executor.command(0.2), sent)

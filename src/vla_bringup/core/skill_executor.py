@@ -93,6 +93,12 @@ class SkillExecutor:
         self._check_time(now)
         return self.scheduler.sample(now)
 
+    def policy_lost(self) -> None:
+        """The policy process is gone (liveliness lost): hold now rather than at the timeout."""
+        if self.state is SkillState.EXECUTING:
+            self.scheduler.hold()
+            self.state, self.message = SkillState.HOLDING, "holding: policy lost"
+
     def cancel(self, reason: str = "cancelled") -> None:
         if self.state.active:
             self._finish(SkillState.CANCELED, reason)

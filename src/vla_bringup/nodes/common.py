@@ -10,8 +10,9 @@ from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
-from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                       qos_profile_sensor_data)
+from rclpy.duration import Duration
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile,
+                       ReliabilityPolicy, qos_profile_sensor_data)
 
 from vla_bringup.core.params import ParamSpec, specs_for
 
@@ -20,9 +21,13 @@ SENSOR_QOS = qos_profile_sensor_data
 # Commands: every message matters, a small queue so a slow reader never works on old commands.
 COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST)
-# Action chunks: reliable, but only the newest two are worth anything.
+# Action chunks: reliable, but only the newest two are worth anything. DDS liveliness with a
+# short lease tells the skill controller within POLICY_LEASE_S that the policy process is gone
+# (asserted by the DDS threads, so a slow inference alone does not trip it).
+POLICY_LEASE_S = 0.1
 CHUNK_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
-                       history=HistoryPolicy.KEEP_LAST)
+                       history=HistoryPolicy.KEEP_LAST, liveliness=LivelinessPolicy.AUTOMATIC,
+                       liveliness_lease_duration=Duration(seconds=POLICY_LEASE_S))
 # State that late joiners must see (status, plans, active skill): latched.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL,

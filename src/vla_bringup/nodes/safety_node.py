@@ -71,7 +71,9 @@ class SafetyNode(Node):
                                      lambda m: self.on_twist("autonomy", m), COMMAND_QOS)
             self.create_subscription(Twist, "/teleop/cmd_vel",
                                      lambda m: self.on_twist("teleop", m), COMMAND_QOS)
-        self.create_subscription(Bool, "/safety/estop", self.on_estop, COMMAND_QOS)
+        # The e-stop gets a callback group of its own: it never queues behind other inputs.
+        self.create_subscription(Bool, "/safety/estop", self.on_estop, COMMAND_QOS,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
         self.create_subscription(Bool, "/teleop/enable", self.on_enable, COMMAND_QOS)
         for topic in self.heartbeats:
             self.create_subscription(Bool, topic, lambda m, t=topic: self.on_heartbeat(t, m),
@@ -212,7 +214,7 @@ class SafetyNode(Node):
 
 
 def main() -> None:
-    run(SafetyNode, threads=3)
+    run(SafetyNode, threads=4)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import rclpy
 from builtin_interfaces.msg import Duration
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Header
@@ -54,8 +55,10 @@ class SkillControllerNode(Node):
         control_group = MutuallyExclusiveCallbackGroup()
         self.command_pub = self.create_publisher(JointTrajectory, "/vla/command_raw", COMMAND_QOS)
         self.skill_pub = self.create_publisher(SkillCommand, "/vla/active_skill", LATCHED_QOS)
-        self.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS,
-                                 callback_group=control_group)
+        self.create_subscription(
+            ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS,
+            callback_group=control_group,
+            event_callbacks=SubscriptionEventCallbacks(liveliness=self.on_policy_liveliness))
         self.create_subscription(JointState, "/joint_states", self.on_joints, SENSOR_QOS,
                                  callback_group=control_group)
         self.create_timer(1.0 / p["control_rate_hz"], self.control_step,
@@ -95,6 +98,12 @@ class SkillControllerNode(Node):
         if not accepted and reason not in ("stale_skill", "no_active_skill"):
             self.get_logger().warning(f"action chunk {msg.chunk_id} dropped: {reason}",
                                       throttle_duration_sec=1.0)
+
+    def on_policy_liveliness(self, info) -> None:
+        if info.alive_count == 0 and info.alive_count_change < 0:
+            self.get_logger().error("policy lost (DDS liveliness): holding the arm")
+            with self.core_lock:
+                self.executor_core.policy_lost()
 
     def control_step(self) -> None:
         now = now_sec(self)

@@ -1,0 +1,282 @@
+"""Safety benchmark on the live graph: how fast the robot stops and who is in charge.
+
+    python -m vla_bringup.cli.bench [--trials 10] [--property-streams 100000] [--out artifacts]
+
+Measured from outside the graph, as an operator's tool sees it (wall clock, both DDS hops
+included):
+- e-stop: /safety/estop published while the arm jogs -> first /safety/joint_command with every
+  velocity zero;
+- teleop takeover: first /teleop/joint_jog during an autonomous task -> /safety/status reports
+  teleop active;
+- killed policy / killed skill controller (SIGKILL mid-task): kill -> every command after has
+  zero velocity; for the policy also from its last chunk, since it can only be missed then.
+Then the property run of the safety core (>= 100,000 generated command streams) counts limit
+violations. Writes bench.json and bench.png under --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_bringup.cli.launch_embedded import EmbeddedLaunch
+from vla_bringup.core.params import specs_for
+from vla_bringup.nodes.common import CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, POLICY_LEASE_S
+from vla_msgs.action import ExecuteInstruction
+from vla_msgs.msg import ActionChunk, JointJog, SafetyStatus
+
+
+def default(node: str, name: str):
+    return next(spec.default for spec in specs_for(node) if spec.name == name)
+
+
+CONTROL_PERIOD_S = 1.0 / default("safety", "control_rate_hz")
+WATCHDOG_S = default("safety", "watchdog_timeout_s")
+
+
+class Observer(Node):
+    def __init__(self) -> None:
+        super().__init__("bench_observer")
+        self.lock = threading.Lock()
+        self.commands = []  # (wall time, max |velocity|)
+        self.statuses = []  # (wall time, active_source, estop_engaged)
+        self.last_chunk = 0.0
+        self.create_subscription(JointTrajectory, "/safety/joint_command", self.on_command,
+                                 COMMAND_QOS)
+        self.create_subscription(SafetyStatus, "/safety/status", self.on_status, LATCHED_QOS)
+        self.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS)
+        self.estop = self.create_publisher(Bool, "/safety/estop", COMMAND_QOS)
+        self.enable = self.create_publisher(Bool, "/teleop/enable", COMMAND_QOS)
+        self.jog_pub = self.create_publisher(JointJog, "/teleop/joint_jog", COMMAND_QOS)
+        self.reset = self.create_client(Trigger, "/safety/reset")
+        self.tasks = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction")
+
+    def on_command(self, msg: JointTrajectory) -> None:
+        speed = float(np.max(np.abs(msg.points[0].velocities))) if msg.points[0].velocities else 0.0
+        with self.lock:
+            self.commands.append((time.time(), speed))
+
+    def on_status(self, msg: SafetyStatus) -> None:
+        with self.lock:
+            self.statuses.append((time.time(), msg.active_source, msg.estop_engaged))
+
+    def on_chunk(self, _msg: ActionChunk) -> None:
+        self.last_chunk = time.time()
+
+    def jog(self, velocity: float) -> None:
+        self.enable.publish(Bool(data=True))
+        self.jog_pub.publish(JointJog(joint_names=["panda_joint1"], velocities=[velocity]))
+
+    def first_command(self, since: float, predicate):
+        with self.lock:
+            return next((t for t, v in self.commands if t >= since and predicate(v)), None)
+
+    def stopped_at(self, since: float, until: float):
+        with self.lock:
+            window = [(t, v) for t, v in self.commands if since <= t <= until]
+        stop = None
+        for t, v in window:
+            stop = None if v > 0.0 else (stop or t)
+        return stop
+
+    def moving_since(self, since: float) -> bool:
+        return self.first_command(since, lambda v: v > 0.01) is not None
+
+
+def wait_until(predicate, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def summary(values) -> dict:
+    values = [v * 1000.0 for v in values if v is not None]
+    if not values:
+        return {"n": 0}
+    return {"n": len(values), "p50_ms": round(float(np.percentile(values, 50)), 2),
+            "p99_ms": round(float(np.percentile(values, 99)), 2),
+            "max_ms": round(float(max(values)), 2)}
+
+
+def start_task(obs: Observer, text: str):
+    send = obs.tasks.send_goal_async(ExecuteInstruction.Goal(instruction=text))
+    wait_until(send.done, 10.0)
+    return send.result()
+
+
+def bench_estop(obs: Observer, trials: int) -> list:
+    results = []
+    for trial in range(trials):
+        direction = 1.0 if trial % 2 == 0 else -1.0
+        for _ in range(25):  # 0.5 s jog so the arm is moving when the e-stop comes
+            obs.jog(0.5 * direction)
+            time.sleep(0.02)
+        engaged = time.time()
+        obs.estop.publish(Bool(data=True))
+        wait_until(lambda: obs.first_command(engaged, lambda v: v == 0.0) is not None, 2.0)
+        stop = obs.first_command(engaged, lambda v: v == 0.0)
+        results.append(None if stop is None else stop - engaged)
+        obs.estop.publish(Bool(data=False))
+        time.sleep(0.1)
+        future = obs.reset.call_async(Trigger.Request())
+        wait_until(future.done, 5.0)
+        time.sleep(0.3)
+    return results
+
+
+def bench_teleop(obs: Observer, trials: int) -> list:
+    results = []
+    for trial in range(trials):
+        handle = start_task(obs, ["push the blue cube to the left", "push the blue cube to the right"][trial % 2])
+        wait_until(lambda: any(s == "autonomy" for _, s, _ in obs.statuses[-3:]), 15.0)
+        # The operator holds the deadman first, as with a joystick's enable button.
+        for _ in range(5):
+            obs.enable.publish(Bool(data=True))
+            time.sleep(0.02)
+        started = time.time()
+        for _ in range(10):
+            obs.jog(0.2)
+            time.sleep(0.02)
+        with obs.lock:
+            takeover = next((t for t, s, _ in obs.statuses if t >= started and s == "teleop"), None)
+        results.append(None if takeover is None else takeover - started)
+        cancel = handle.cancel_goal_async()
+        wait_until(cancel.done, 5.0)
+        time.sleep(2.0)
+    return results
+
+
+def bench_kill(obs: Observer, launch: EmbeddedLaunch, node: str, trials: int) -> dict:
+    from_kill, from_last_chunk = [], []
+    for trial in range(trials):
+        wait_until(lambda: node not in launch.dead(), 15.0)
+        time.sleep(3.0)  # the respawned node needs its start-up
+        started = time.time()
+        handle = start_task(obs, ["put the red cube in the tray", "put the green cube in the tray",
+                                  "put the yellow cube in the tray"][trial % 3])
+        if not wait_until(lambda: obs.moving_since(started + 1.0), 20.0):
+            continue
+        killed = time.time()
+        last_chunk = obs.last_chunk
+        launch.kill(node, signal.SIGKILL)
+        result = handle.get_result_async()
+        wait_until(result.done, 30.0)
+        stop = obs.stopped_at(killed, time.time())
+        from_kill.append(None if stop is None else stop - killed)
+        if node == "policy" and stop is not None:
+            from_last_chunk.append(stop - last_chunk)
+        time.sleep(1.0)
+    out = {"from_kill": summary(from_kill)}
+    if from_last_chunk:
+        out["from_last_chunk"] = summary(from_last_chunk)
+    return out
+
+
+def property_run(streams: int) -> dict:
+    started = time.monotonic()
+    env = {**os.environ, "VLA_SAFETY_PROPERTY_STREAMS": str(streams)}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.realpath(__file__)))))
+    test = os.path.join(root, "test", "unit", "test_safety_properties.py")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          os.path.abspath(test)], env=env, capture_output=True, text=True)
+    tail = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else run.stderr[-300:]
+    return {"streams": streams, "passed": run.returncode == 0, "summary": tail,
+            "violations": 0 if run.returncode == 0 else "see summary",
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def plot(results: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [("e-stop -> zero", results["estop"], results["targets"]["estop_ms"]),
+            ("teleop takeover", results["teleop_takeover"], results["targets"]["teleop_ms"]),
+            ("killed policy -> zero", results["killed_policy"]["from_kill"],
+             results["targets"]["killed_policy_ms"]),
+            ("killed skill ctrl -> zero", results["killed_skill_controller"]["from_kill"],
+             results["targets"]["killed_skill_controller_ms"])]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, (label, stats, target) in enumerate(rows):
+        if stats.get("n"):
+            ax.barh(i, stats["p50_ms"], color="tab:blue", label="p50" if i == 0 else None)
+            ax.plot([stats["p99_ms"]], [i], "k|", markersize=18, label="p99" if i == 0 else None)
+        ax.plot([target], [i], "r^", label="target" if i == 0 else None)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlabel("ms (wall clock, measured from outside the graph)")
+    ax.legend(loc="lower right")
+    ax.set_title("Safety reaction times")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--kill-trials", type=int, default=3)
+    parser.add_argument("--property-streams", type=int, default=100_000,
+                        help="0 skips the property run")
+    parser.add_argument("--out", default="artifacts")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    launch = EmbeddedLaunch({"respawn": "true"}, echo=False,
+                            log_path=os.path.join(args.out, "bench_graph.log")).start()
+    rclpy.init()
+    obs = Observer()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(obs)
+    threading.Thread(target=executor.spin, daemon=True).start()
+    results = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
+                          f"{os.cpu_count()} cores",
+               "targets": {"estop_ms": (CONTROL_PERIOD_S + 0.001) * 1000,
+                           "teleop_ms": CONTROL_PERIOD_S * 1000,
+                           "killed_policy_ms": (POLICY_LEASE_S + CONTROL_PERIOD_S) * 1000,
+                           "killed_skill_controller_ms": (WATCHDOG_S + CONTROL_PERIOD_S) * 1000}}
+    try:
+        print("[bench] waiting for the graph", flush=True)
+        if not obs.tasks.wait_for_server(timeout_sec=60.0) or not wait_until(
+                lambda: obs.commands, 30.0):
+            raise RuntimeError(f"graph did not come up; dead: {launch.dead()}")
+        print(f"[bench] e-stop x{args.trials}", flush=True)
+        results["estop"] = summary(bench_estop(obs, args.trials))
+        print(f"[bench] teleop takeover x{min(args.trials, 5)}", flush=True)
+        results["teleop_takeover"] = summary(bench_teleop(obs, min(args.trials, 5)))
+        print(f"[bench] killed policy x{args.kill_trials}", flush=True)
+        results["killed_policy"] = bench_kill(obs, launch, "policy", args.kill_trials)
+        print(f"[bench] killed skill controller x{args.kill_trials}", flush=True)
+        results["killed_skill_controller"] = bench_kill(obs, launch, "skill_controller",
+                                                        args.kill_trials)
+    finally:
+        executor.shutdown()
+        rclpy.try_shutdown()
+        launch.stop()
+    if args.property_streams:
+        print(f"[bench] safety core property run: {args.property_streams} streams", flush=True)
+        results["property_run"] = property_run(args.property_streams)
+    with open(os.path.join(args.out, "bench.json"), "w") as stream:
+        json.dump(results, stream, indent=2)
+    plot(results, os.path.join(args.out, "bench.png"))
+    print(json.dumps(results), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""`VLAPolicy`: the built-in learned backend (policy:=vla); camera + joints + skill text in.
+
+It reads only what a real robot has: the camera image, the measured joint positions and the
+active skill's instruction (never `Observation.scene`). The model predicts, for the next
+`action_horizon` steps of `action_dt` s, the 7 arm joints as offsets from the measured joints and
+the gripper opening (see config.py for why joint-space deltas), de-normalised with the dataset
+statistics of its config; the backend adds the measured joints back and returns absolute 9-joint
+targets, so the rest of the stack (chunk scheduling, safety limits) is unchanged.
+
+Device: "auto" takes CUDA when present; on CUDA the model runs in half precision. On CPU the
+torch thread count defaults to 1: the policy shares a few cores with the simulator and the other
+nodes, and OpenMP threads that spin against busy cores get far slower, not faster.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from vla_bringup.policy.base import ActionChunk, Observation, PolicyBackend, SkillSpec
+from vla_bringup.policy.vla.config import decode_actions, state_vector
+from vla_bringup.policy.vla.encoders import TextEncoder
+from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
+
+# Where the committed checkpoint lives (checkpoint:="" selects it).
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device cuda requested but torch sees no CUDA device")
+    return torch.device(device)
+
+
+class VLAPolicy(PolicyBackend):
+    name = "vla"
+    requires_ground_truth = False
+    requires_image = True
+
+    def __init__(self, checkpoint: str | Path = "", *, horizon: Optional[int] = None,
+                 dt: Optional[float] = None, device: str = "auto",
+                 half: Optional[bool] = None, num_threads: Optional[int] = 1,
+                 model: Optional[VLAModel] = None,
+                 text_encoder: Optional[TextEncoder] = None) -> None:
+        self.device = resolve_device(device)
+        if self.device.type == "cpu" and num_threads:
+            torch.set_num_threads(int(num_threads))
+        if model is None:
+            folder = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+            model = load_checkpoint(folder, "cpu")
+        self.half = self.device.type == "cuda" if half is None else bool(half)
+        if self.half and self.device.type != "cuda":
+            raise ValueError("half precision is for CUDA only")
+        self.dtype = torch.float16 if self.half else torch.float32
+        self.model = model.to(self.device, self.dtype).eval()
+        self.config = model.config
+        if horizon is not None and horizon < 1:
+            raise ValueError("horizon must be >= 1")
+        # The model's chunk has a fixed length and spacing: a shorter horizon truncates it, a
+        # longer one is capped (the scheduler samples chunks by time, so any dt is fine).
+        self.horizon = min(int(horizon or self.config.action_horizon), self.config.action_horizon)
+        # Chunks carry the model's own dt; a different requested dt is only reported.
+        self.dt_mismatch = dt is not None and not math.isclose(dt, self.config.action_dt,
+                                                               rel_tol=1e-6)
+        self.text_encoder = text_encoder if text_encoder is not None else TextEncoder()
+        self._language: dict[str, torch.Tensor] = {}  # instruction -> embedding on the device
+        self.last_outputs: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ contract
+    def reset(self, skill: Optional[SkillSpec]) -> None:
+        if skill is not None:
+            self._embedding(skill.instruction)  # encode now, not at the first frame
+
+    def infer(self, observation: Observation) -> ActionChunk:
+        if observation.image is None:
+            raise ValueError("the vla backend needs the camera image in the observation")
+        image = np.asarray(observation.image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"image must be HxWx3 uint8, got {image.shape} {image.dtype}")
+        joints = self._joints(observation)
+        with torch.inference_mode():
+            pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
+            pixels = self.model.preprocess(pixels.unsqueeze(0)).to(self.dtype)
+            language = self._embedding(observation.skill.instruction).unsqueeze(0)
+            state = torch.as_tensor(state_vector(joints), dtype=torch.float32,
+                                    device=self.device).unsqueeze(0)
+            prediction = self.model.predict(self.model(pixels, language, state))
+            actions = prediction["actions"][0].float().cpu().numpy()
+            done = float(prediction["done"][0])
+            progress = float(prediction["progress"][0])
+        positions = decode_actions(actions, joints, self.config.action_space)[:self.horizon]
+        self.last_outputs = {"done_probability": done, "progress": progress}
+        return ActionChunk(list(self.config.joint_names), positions, self.config.action_dt,
+                           skill_done=done >= self.config.done_threshold,
+                           progress=min(1.0, max(0.0, progress)))
+
+    # ------------------------------------------------------------------ helpers
+    def _joints(self, observation: Observation) -> np.ndarray:
+        index = {name: i for i, name in enumerate(observation.joint_names)}
+        missing = [n for n in self.config.joint_names if n not in index]
+        if missing:
+            raise ValueError(f"observation lacks joints {missing}")
+        values = np.asarray(observation.joint_positions, dtype=np.float64)
+        joints = np.array([values[index[n]] for n in self.config.joint_names])
+        if not np.all(np.isfinite(joints)):
+            raise ValueError("joint positions hold NaN or inf")
+        return joints
+
+    def _embedding(self, text: str) -> torch.Tensor:
+        vector = self._language.get(text)
+        if vector is None:
+            vector = self.text_encoder(text).to(self.device)
+            if len(self._language) > 4096:
+                self._language.clear()
+            self._language[text] = vector
+        return vector
+
+    def warmup(self, image_shape: tuple[int, int] = (224, 224), runs: int = 2) -> None:
+        """Run dummy inferences so the first real frame does not pay for lazy initialisation."""
+        dummy = np.zeros((*image_shape, 3), dtype=np.uint8)
+        skill = SkillSpec("warmup", "pick", "pick up the red cube", "red_cube")
+        joints = np.zeros(len(self.config.joint_names))
+        for _ in range(runs):
+            self.infer(Observation(0.0, list(self.config.joint_names), joints, skill, dummy))
+
+
+def default_checkpoint_available() -> bool:
+    return (DEFAULT_CHECKPOINT / "config.json").is_file() and (
+        DEFAULT_CHECKPOINT / "model.safetensors").is_file()
+
+
+__all__ = ["VLAPolicy", "DEFAULT_CHECKPOINT", "resolve_device", "default_checkpoint_available"]

@@ -1,0 +1,233 @@
+"""Every choice of the built-in VLA in one validated, JSON-serialisable dataclass.
+
+Action space (`action_space="joint_delta"`, the default): each chunk row holds 8 numbers, the 7
+arm joints as offsets (rad) from the joint positions measured at the observation, plus the gripper
+opening (m, 0 closed .. 0.04 open, both fingers get it). Why joint space: the whole stack speaks
+9-joint position targets (chunks, skill controller, safety limits), so the policy's output goes
+to the robot with no IK in the loop (no solver failures, no solver latency, no second copy of
+the kinematics in the policy) and the safety checker clamps exactly what the policy asked for.
+Why deltas: the same motion ("go down 5 cm") is nearly the same offset wherever the arm is, so
+offsets are easier to learn than absolute angles and stay near zero when the arm should hold.
+`joint_position` (absolute targets) is kept as an option. Both are normalised with dataset
+statistics per (chunk step, dimension): offsets grow along the chunk, so one scale per
+dimension would squash the first steps.
+
+No torch and no numpy at import time: `cli/bench_policy.py` imports this on bare machines.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from vla_bringup.core.robot import PANDA_JOINT_NAMES
+
+VISION_ENCODERS = ("efficientnet_lite0", "small_cnn")
+FUSIONS = ("early", "late", "dense", "cross_attention")
+HEADS = ("continuous", "discrete")
+HEAD_ARCHS = ("transformer", "mlp")
+ACTION_SPACES = ("joint_delta", "joint_position")
+ARM_DOF = 7
+ACTION_DIM = 8  # 7 arm joints + gripper opening
+STATE_DIM = 8  # 7 arm joint positions + gripper opening (mean of the fingers)
+LANGUAGE_DIM = 384  # all-MiniLM-L6-v2
+CONFIG_VERSION = 1
+
+
+def _matrix(value: Any, rows: int, cols: int, name: str) -> list[list[float]]:
+    if len(value) != rows or any(len(row) != cols for row in value):
+        raise ValueError(f"{name} must be {rows}x{cols}")
+    out = [[float(v) for v in row] for row in value]
+    if not all(math.isfinite(v) for row in out for v in row):
+        raise ValueError(f"{name} holds NaN or inf")
+    return out
+
+
+def _vector(value: Any, size: int, name: str) -> list[float]:
+    return _matrix([value], 1, size, name)[0]
+
+
+@dataclasses.dataclass
+class VLAConfig:
+    # --- observation
+    image_size: int = 224  # model input, square; frames are cropped then resized to it
+    image_crop: Optional[list[float]] = None  # (top, left, bottom, right) fractions, None = all
+    joint_names: list[str] = dataclasses.field(default_factory=lambda: list(PANDA_JOINT_NAMES))
+    # --- vision
+    vision_encoder: str = "efficientnet_lite0"
+    vision_trainable_blocks: int = 0  # 0: frozen; k: last k MBConv blocks + head conv trained
+    cnn_channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256, 256])
+    # --- language (all-MiniLM-L6-v2 embedding, mean pooled, cached per instruction)
+    language_dim: int = LANGUAGE_DIM
+    language_tokens: int = 4  # the sentence embedding becomes this many d_model tokens
+    # --- fusion
+    fusion: str = "cross_attention"
+    d_model: int = 256
+    n_heads: int = 4
+    fusion_layers: int = 2
+    keypoints: int = 32  # spatial-softmax keypoints in the pooled vision vector (early / late)
+    dropout: float = 0.1
+    # --- action head
+    head: str = "continuous"
+    head_arch: str = "transformer"
+    head_layers: int = 2
+    action_horizon: int = 16
+    action_dt: float = 0.1  # s between chunk rows
+    action_space: str = "joint_delta"
+    action_bins: int = 256  # discrete head only
+    done_threshold: float = 0.5
+    # --- dataset statistics (None: identity / defaults until `with_stats`)
+    state_mean: Optional[list[float]] = None
+    state_std: Optional[list[float]] = None
+    action_mean: Optional[list[list[float]]] = None  # (action_horizon, 8)
+    action_std: Optional[list[list[float]]] = None
+    action_low: Optional[list[list[float]]] = None  # bin range of the discrete head
+    action_high: Optional[list[list[float]]] = None
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        choices = {"vision_encoder": VISION_ENCODERS, "fusion": FUSIONS, "head": HEADS,
+                   "head_arch": HEAD_ARCHS, "action_space": ACTION_SPACES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
+        positive = ("image_size", "language_dim", "language_tokens", "d_model", "n_heads",
+                    "fusion_layers", "head_layers", "action_horizon", "keypoints")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.image_size % 32 or self.image_size < 64:
+            raise ValueError(f"image_size must be a multiple of 32 and >= 64, got {self.image_size}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if not 0 <= self.vision_trainable_blocks <= 16:
+            raise ValueError("vision_trainable_blocks must be in 0..16 (Lite0 has 16 blocks)")
+        if not self.cnn_channels or any(int(c) < 1 for c in self.cnn_channels):
+            raise ValueError("cnn_channels must be a non-empty list of positive integers")
+        if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:
+            raise ValueError("dropout must be in [0, 1) and done_threshold in (0, 1)")
+        if not (math.isfinite(self.action_dt) and self.action_dt > 0):
+            raise ValueError(f"action_dt must be > 0 s, got {self.action_dt}")
+        if self.action_bins < 2:
+            raise ValueError("action_bins must be >= 2")
+        if len(self.joint_names) != ARM_DOF + 2 or len(set(self.joint_names)) != ARM_DOF + 2:
+            raise ValueError("joint_names must name 7 arm joints then 2 fingers, all distinct")
+        if self.image_crop is not None:
+            top, left, bottom, right = (float(v) for v in self.image_crop)
+            if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+                raise ValueError(f"image_crop {self.image_crop} is not (top, left, bottom, right)")
+            self.image_crop = [top, left, bottom, right]
+        if (self.state_mean is None) != (self.state_std is None):
+            raise ValueError("state_mean and state_std come together")
+        if self.state_mean is not None:
+            self.state_mean = _vector(self.state_mean, STATE_DIM, "state_mean")
+            self.state_std = _vector(self.state_std, STATE_DIM, "state_std")
+        h = self.action_horizon
+        for name in ("action_mean", "action_std", "action_low", "action_high"):
+            if getattr(self, name) is not None:
+                setattr(self, name, _matrix(getattr(self, name), h, ACTION_DIM, name))
+        if (self.action_mean is None) != (self.action_std is None):
+            raise ValueError("action_mean and action_std come together")
+        if (self.action_low is None) != (self.action_high is None):
+            raise ValueError("action_low and action_high come together")
+        for name in ("state_std", "action_std"):
+            if getattr(self, name) is not None and min(min(r) if isinstance(r, list) else r
+                                                      for r in getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.action_low is not None and any(
+                lo >= hi for rl, rh in zip(self.action_low, self.action_high)
+                for lo, hi in zip(rl, rh)):
+            raise ValueError("action_low must be below action_high everywhere")
+
+    # ------------------------------------------------------------------ statistics
+    def normalisation(self) -> dict[str, list]:
+        """Stats with defaults filled in: state/action mean 0 std 1, bins at mean +- 3 std."""
+        h = self.action_horizon
+        state_mean = self.state_mean or [0.0] * STATE_DIM
+        state_std = self.state_std or [1.0] * STATE_DIM
+        mean = self.action_mean or [[0.0] * ACTION_DIM for _ in range(h)]
+        std = self.action_std or [[1.0] * ACTION_DIM for _ in range(h)]
+        low = self.action_low or [[m - 3 * s for m, s in zip(rm, rs)] for rm, rs in zip(mean, std)]
+        high = self.action_high or [[m + 3 * s for m, s in zip(rm, rs)]
+                                    for rm, rs in zip(mean, std)]
+        return {"state_mean": state_mean, "state_std": state_std, "action_mean": mean,
+                "action_std": std, "action_low": low, "action_high": high}
+
+    def with_stats(self, states: Any, actions: Any, min_std: float = 1e-3,
+                   quantile: float = 0.005) -> "VLAConfig":
+        """A copy with statistics of `states` (N, 8) and `actions` (N, H, 8) in model units.
+
+        Bins of the discrete head span the [quantile, 1 - quantile] range of each (step, dim).
+        """
+        import numpy as np
+        states = np.asarray(states, dtype=np.float64)
+        actions = np.asarray(actions, dtype=np.float64)
+        if states.ndim != 2 or states.shape[1] != STATE_DIM:
+            raise ValueError(f"states must be (N, {STATE_DIM}), got {states.shape}")
+        if actions.shape[1:] != (self.action_horizon, ACTION_DIM):
+            raise ValueError(f"actions must be (N, {self.action_horizon}, {ACTION_DIM})")
+        low = np.quantile(actions, quantile, axis=0)
+        high = np.maximum(np.quantile(actions, 1.0 - quantile, axis=0), low + min_std)
+        return dataclasses.replace(
+            self, state_mean=states.mean(0).tolist(),
+            state_std=np.maximum(states.std(0), min_std).tolist(),
+            action_mean=actions.mean(0).tolist(),
+            action_std=np.maximum(actions.std(0), min_std).tolist(),
+            action_low=low.tolist(), action_high=high.tolist())
+
+    # ------------------------------------------------------------------ JSON
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: Optional[str | Path] = None) -> str:
+        text = json.dumps(self.to_dict(), indent=1)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VLAConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown VLAConfig fields {unknown}")
+        if data.get("version", CONFIG_VERSION) > CONFIG_VERSION:
+            raise ValueError(f"config version {data['version']} is newer than this code")
+        return cls(**data)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "VLAConfig":
+        path = Path(text_or_path)
+        text = path.read_text() if not str(text_or_path).lstrip().startswith("{") else text_or_path
+        return cls.from_dict(json.loads(text))
+
+
+# ---------------------------------------------------------------------- action space (numpy)
+def state_vector(joint_positions: Sequence[float]) -> Any:
+    """(..., 9) joint positions -> (..., 8): 7 arm joints + gripper opening."""
+    import numpy as np
+    q = np.asarray(joint_positions, dtype=np.float64)
+    return np.concatenate([q[..., :ARM_DOF], q[..., ARM_DOF:].mean(-1, keepdims=True)], -1)
+
+
+def encode_actions(chunk_positions: Any, joint_positions: Any, action_space: str) -> Any:
+    """(..., H, 9) absolute targets + (..., 9) measured joints -> (..., H, 8) model actions."""
+    import numpy as np
+    rows = state_vector(chunk_positions)
+    if action_space == "joint_delta":
+        q = np.asarray(joint_positions, dtype=np.float64)[..., None, :ARM_DOF]
+        rows[..., :ARM_DOF] -= q
+    return rows
+
+
+def decode_actions(actions: Any, joint_positions: Any, action_space: str) -> Any:
+    """(..., H, 8) model actions + (..., 9) measured joints -> (..., H, 9) absolute targets."""
+    import numpy as np
+    actions = np.asarray(actions, dtype=np.float64)
+    arm = actions[..., :ARM_DOF].copy()
+    if action_space == "joint_delta":
+        arm += np.asarray(joint_positions, dtype=np.float64)[..., None, :ARM_DOF]
+    gripper = np.clip(actions[..., ARM_DOF:], 0.0, 0.04)
+    return np.concatenate([arm, gripper, gripper], -1)

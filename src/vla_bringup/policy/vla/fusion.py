@@ -1,0 +1,144 @@
+"""Fusion of vision tokens, language tokens and the robot-state token, selectable by config.
+
+Every fusion maps (vision (B, N, d), language (B, L, d), state (B, 1, d)) to context tokens
+(B, M, d) that the action head reads:
+- `early`: pooled vision, language and state concatenated, one MLP -> 1 token.
+- `late`: one MLP per modality, merged by a learned softmax weighting -> 1 token.
+- `dense`: stacked blocks of bidirectional cross-attention (vision attends to language+state and
+  language+state attend to vision, both from the previous block's values) -> N + L + 1 tokens.
+- `cross_attention`: language+state tokens as queries over the vision tokens (with
+  self-attention among the queries) -> L + 1 tokens.
+Pooling (early / late) keeps where things are: a spatial softmax gives, per learned keypoint
+channel, the expected (x, y) over the feature grid, next to the mean of the tokens.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp(inputs: int, outputs: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, outputs))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, d: int, dropout: float) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.net = mlp(d, d, 4 * d, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.drop(self.net(self.norm(x)))
+
+
+class CrossBlock(nn.Module):
+    """Pre-norm: [self-attention], cross-attention of x over y, feed-forward."""
+
+    def __init__(self, d: int, heads: int, dropout: float, self_attention: bool = False) -> None:
+        super().__init__()
+        self.self_norm = nn.LayerNorm(d) if self_attention else None
+        self.self_attn = (nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+                          if self_attention else None)
+        self.norm_q, self.norm_kv = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.drop = nn.Dropout(dropout)
+        self.ffn = FeedForward(d, dropout)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.self_attn is not None:
+            h = self.self_norm(x)
+            x = x + self.drop(self.self_attn(h, h, h, need_weights=False)[0])
+        kv = self.norm_kv(y)
+        x = x + self.drop(self.attn(self.norm_q(x), kv, kv, need_weights=False)[0])
+        return self.ffn(x)
+
+
+class VisionPool(nn.Module):
+    """(B, N, d) tokens on a grid x grid map -> (B, d): mean token + spatial-softmax keypoints."""
+
+    def __init__(self, d: int, grid: int, keypoints: int) -> None:
+        super().__init__()
+        axis = torch.linspace(-1.0, 1.0, grid)
+        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys], -1).reshape(-1, 2), persistent=False)
+        self.logits = nn.Linear(d, keypoints)
+        self.out = nn.Linear(d + 2 * keypoints, d)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        attention = self.logits(tokens).softmax(dim=1)  # (B, N, K), over the grid
+        points = torch.einsum("bnk,nc->bkc", attention, self.coords.to(tokens.dtype))
+        return self.out(torch.cat([tokens.mean(1), points.flatten(1)], -1))
+
+
+class EarlyFusion(nn.Module):
+    def __init__(self, config, grid: int) -> None:
+        super().__init__()
+        d = config.d_model
+        self.pool = VisionPool(d, grid, config.keypoints)
+        self.net = mlp(d * (config.language_tokens + 2), d, 2 * d, config.dropout)
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, vision, language, state):
+        fused = torch.cat([self.pool(vision), language.flatten(1), state.flatten(1)], -1)
+        return self.norm(self.net(fused)).unsqueeze(1)
+
+
+class LateFusion(nn.Module):
+    def __init__(self, config, grid: int) -> None:
+        super().__init__()
+        d, p = config.d_model, config.dropout
+        self.pool = VisionPool(d, grid, config.keypoints)
+        self.vision = mlp(d, d, 2 * d, p)
+        self.language = mlp(d * config.language_tokens, d, 2 * d, p)
+        self.state = mlp(d, d, 2 * d, p)
+        self.modality_logits = nn.Parameter(torch.zeros(3))  # learned weighting
+        self.norm = nn.LayerNorm(d)
+
+    def weights(self) -> torch.Tensor:
+        return self.modality_logits.softmax(0)
+
+    def forward(self, vision, language, state):
+        heads = torch.stack([self.vision(self.pool(vision)), self.language(language.flatten(1)),
+                             self.state(state.flatten(1))], 1)  # (B, 3, d)
+        weights = self.weights().to(heads.dtype)
+        return self.norm((heads * weights[None, :, None]).sum(1)).unsqueeze(1)
+
+
+class DenseFusion(nn.Module):
+    def __init__(self, config, grid: int) -> None:
+        super().__init__()
+        d, h, p = config.d_model, config.n_heads, config.dropout
+        self.to_context = nn.ModuleList(CrossBlock(d, h, p) for _ in range(config.fusion_layers))
+        self.to_vision = nn.ModuleList(CrossBlock(d, h, p) for _ in range(config.fusion_layers))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, vision, language, state):
+        context = torch.cat([language, state], 1)
+        for to_vision, to_context in zip(self.to_vision, self.to_context):
+            vision, context = to_vision(vision, context), to_context(context, vision)
+        return self.norm(torch.cat([vision, context], 1))
+
+
+class CrossAttentionFusion(nn.Module):
+    def __init__(self, config, grid: int) -> None:
+        super().__init__()
+        d, h, p = config.d_model, config.n_heads, config.dropout
+        self.layers = nn.ModuleList(CrossBlock(d, h, p, self_attention=True)
+                                    for _ in range(config.fusion_layers))
+        self.norm = nn.LayerNorm(d)
+
+    def forward(self, vision, language, state):
+        queries = torch.cat([language, state], 1)
+        for layer in self.layers:
+            queries = layer(queries, vision)
+        return self.norm(queries)
+
+
+FUSION_CLASSES = {"early": EarlyFusion, "late": LateFusion, "dense": DenseFusion,
+                  "cross_attention": CrossAttentionFusion}
+
+
+def build_fusion(config, grid: int) -> nn.Module:
+    return FUSION_CLASSES[config.fusion](config, grid)

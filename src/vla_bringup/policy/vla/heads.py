@@ -1,0 +1,100 @@
+"""Action heads: a chunk of H future actions, plus `skill_done` and progress.
+
+- `continuous` (default): H learned query tokens (plus one summary query) read the fused context
+  with a small pre-norm transformer decoder (ACT-style), each action query emits one row of
+  normalised actions; or `head_arch="mlp"` over the mean context token.
+- `discrete`: RT-1 / RT-2 style action tokens: every (step, dimension) is a class among
+  `action_bins` (256) uniform bins between the dataset's low and high for that step and
+  dimension; decoding takes the centre of the most likely bin.
+The summary query gives the `skill_done` logit (RT-1's terminate output) and a progress logit.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from vla_bringup.policy.vla.config import ACTION_DIM
+from vla_bringup.policy.vla.fusion import mlp
+
+
+class ActionTokenizer(nn.Module):
+    """Uniform bins per (step, dim) between `low` and `high` (H, D); out-of-range values clip."""
+
+    def __init__(self, low, high, bins: int) -> None:
+        super().__init__()
+        self.bins = int(bins)
+        # From config.json, not from the weights file: not persistent.
+        self.register_buffer("low", torch.as_tensor(low, dtype=torch.float32), persistent=False)
+        self.register_buffer("high", torch.as_tensor(high, dtype=torch.float32), persistent=False)
+
+    @property
+    def width(self) -> torch.Tensor:
+        return (self.high - self.low) / self.bins
+
+    def encode(self, actions: torch.Tensor) -> torch.Tensor:
+        """(..., H, D) raw actions -> (..., H, D) bin indices (long)."""
+        index = torch.floor((actions.float() - self.low) / self.width)
+        return index.clamp(0, self.bins - 1).long()
+
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """(..., H, D) bin indices -> bin centres (raw units)."""
+        return self.low + (indices.float() + 0.5) * self.width
+
+
+class ActionHead(nn.Module):
+    def __init__(self, config) -> None:
+        super().__init__()
+        d, h = config.d_model, config.action_horizon
+        self.horizon, self.kind, self.arch = h, config.head, config.head_arch
+        self.bins = config.action_bins
+        per_step = ACTION_DIM * (self.bins if self.kind == "discrete" else 1)
+        self.per_step = per_step
+        if self.arch == "transformer":
+            self.queries = nn.Parameter(torch.randn(h + 1, d) * 0.02)
+            layer = nn.TransformerDecoderLayer(d, config.n_heads, 4 * d, config.dropout,
+                                               activation="gelu", batch_first=True,
+                                               norm_first=True)
+            self.decoder = nn.TransformerDecoder(layer, config.head_layers, norm=nn.LayerNorm(d))
+            self.actions = nn.Linear(d, per_step)
+            self.summary = nn.Linear(d, 2)
+        else:
+            self.net = nn.Sequential(nn.LayerNorm(d), mlp(d, h * per_step + 2, 4 * d,
+                                                          config.dropout))
+
+    def forward(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        batch = context.shape[0]
+        if self.arch == "transformer":
+            queries = self.queries.to(context.dtype).unsqueeze(0).expand(batch, -1, -1)
+            out = self.decoder(queries, context)
+            rows, summary = self.actions(out[:, :self.horizon]), self.summary(out[:, -1])
+        else:
+            flat = self.net(context.mean(1))
+            rows = flat[:, :-2].reshape(batch, self.horizon, self.per_step)
+            summary = flat[:, -2:]
+        result = {"done_logit": summary[:, 0], "progress_logit": summary[:, 1]}
+        if self.kind == "discrete":
+            result["action_logits"] = rows.reshape(batch, self.horizon, ACTION_DIM, self.bins)
+        else:
+            result["actions"] = rows  # normalised units
+        return result
+
+
+def head_loss(outputs: dict[str, torch.Tensor], actions_norm: torch.Tensor,
+              action_bins: torch.Tensor | None, done: torch.Tensor, progress: torch.Tensor,
+              done_weight: float = 1.0, progress_weight: float = 0.5,
+              done_pos_weight: float | None = None) -> dict[str, torch.Tensor]:
+    """Losses for one batch; `action_bins` (long) is needed by the discrete head only."""
+    if "action_logits" in outputs:
+        logits = outputs["action_logits"].float()
+        action = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), action_bins.reshape(-1))
+    else:
+        action = F.smooth_l1_loss(outputs["actions"].float(), actions_norm.float(), beta=0.1)
+    pos_weight = None if done_pos_weight is None else torch.tensor(
+        done_pos_weight, device=done.device)
+    done_loss = F.binary_cross_entropy_with_logits(outputs["done_logit"].float(), done.float(),
+                                                   pos_weight=pos_weight)
+    progress_loss = F.mse_loss(torch.sigmoid(outputs["progress_logit"].float()), progress.float())
+    total = action + done_weight * done_loss + progress_weight * progress_loss
+    return {"loss": total, "action": action.detach(), "done": done_loss.detach(),
+            "progress": progress_loss.detach()}

