@@ -12,7 +12,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 from rclpy.action import ActionClient, get_action_names_and_types
 from rclpy.qos import qos_profile_sensor_data
 from std_msgs.msg import String

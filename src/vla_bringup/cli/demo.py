@@ -27,9 +27,9 @@ from trajectory_msgs.msg import JointTrajectory
 
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
 from vla_bringup.core import image_conversion as conv
-from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, SENSOR_QOS, stamp_to_sec)
+from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, SENSOR_QOS, scene_poses,
+                                      stamp_to_sec)
 from vla_bringup.core.instruction import plan
-from vla_bringup.policy.base import ObjectPose
 from vla_bringup.sim.tasks import TaskSpec, task_succeeded
 from vla_msgs.action import ExecuteInstruction
 from vla_msgs.msg import ActionChunk, SceneState
@@ -82,12 +82,6 @@ class GraphObserver(Node):
             # stamp reaches the robot is the camera-to-command latency of that frame.
             if stamp in self.chunk_stamps and stamp not in self.latencies:
                 self.latencies[stamp] = now - stamp
-
-
-def scene_poses(msg: SceneState) -> dict:
-    return {name: ObjectPose((p.position.x, p.position.y, p.position.z),
-                             (p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w))
-            for name, p in zip(msg.object_names, msg.object_poses)}
 
 
 def task_done_in_scene(instruction: str, initial: SceneState, final: SceneState) -> bool:

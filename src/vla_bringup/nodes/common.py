@@ -75,6 +75,14 @@ def now_sec(node: Node) -> float:
     return node.get_clock().now().nanoseconds * 1e-9
 
 
+def scene_poses(msg) -> dict:
+    """vla_msgs/SceneState -> {object name: ObjectPose}."""
+    from vla_bringup.policy.base import ObjectPose
+    return {name: ObjectPose((p.position.x, p.position.y, p.position.z),
+                             (p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w))
+            for name, p in zip(msg.object_names, msg.object_poses)}
+
+
 def config_dir() -> str:
     """The installed config folder (share/vla_bringup/config); VLA_CONFIG_DIR overrides."""
     override = os.environ.get("VLA_CONFIG_DIR")

@@ -18,9 +18,9 @@ from std_msgs.msg import Header
 
 from vla_bringup.core import image_conversion as conv
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
-                                      declare_parameters, now_sec, run, sec_to_stamp,
-                                      stamp_to_sec)
-from vla_bringup.policy.base import ObjectPose, Observation, SkillSpec
+                                      declare_parameters, now_sec, run, scene_poses,
+                                      sec_to_stamp, stamp_to_sec)
+from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.registry import make_backend
 from vla_msgs.msg import ActionChunk, SceneState, SkillCommand
 
@@ -81,10 +81,7 @@ class PolicyNode(Node):
                                 np.asarray(msg.position, dtype=np.float64)))
 
     def on_scene(self, msg: SceneState) -> None:
-        scene = {name: ObjectPose(
-            (pose.position.x, pose.position.y, pose.position.z),
-            (pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w))
-            for name, pose in zip(msg.object_names, msg.object_poses)}
+        scene = scene_poses(msg)
         with self.inputs_lock:
             self.scenes.append((stamp_to_sec(msg.header.stamp), scene))
 

@@ -102,7 +102,6 @@ class SimNode(Node):
     def _physics_loop(self) -> None:
         p = self.params
         rtf = p["real_time_factor"]
-        dt = self.world.time_step
         periods = {"joints": 1.0 / p["joint_state_rate_hz"], "camera": 1.0 / p["camera_rate_hz"]}
         due = dict.fromkeys(periods, 0.0)
         wall_start = time.monotonic()
