@@ -446,3 +446,21 @@ def test_base_rejections_watchdog_and_estop():
     assert gate.submit("autonomy", 0.4, 0, 0, clock.t).code == "estop_engaged"
     assert gate.reset(clock.t)[0]
     assert gate.status()["limits"]["max_linear_velocity"] == 0.5
+
+
+def test_panda_workspace_box_with_the_real_kinematics():
+    """The shipped limits file and the Panda model agree: home is inside, a reach up is not."""
+    import os
+
+    from vla_bringup.sim.kinematics import HOME_ARM, PandaKinematics
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "config", "robots", "panda.yaml")
+    limits = ArmLimits.from_dict(load_limits_file(path))
+    kinematics = PandaKinematics()
+    gate = ArmSafetyGate(limits, forward_kinematics=lambda q: kinematics.fk(q[:7])[0])
+    home = list(HOME_ARM) + [0.04, 0.04]
+    gate.update_measured(limits.names, home, 0.0)
+    assert gate.submit("autonomy", limits.names, home, 0.0).accepted
+    straight_up = [0.0, 0.3, 0.0, -0.3, 0.0, 2.0, 0.78, 0.04, 0.04]  # grasp point at z = 1.65 m
+    verdict = gate.submit("autonomy", limits.names, straight_up, 0.01)
+    assert not verdict.accepted and verdict.code == "workspace"

@@ -112,6 +112,9 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         _spec("limits_file", "robots/panda.yaml",
               "robot limits YAML, absolute or relative to the package's config folder"),
         _spec("control_rate_hz", 100.0, "/safety/joint_command publish rate", "Hz", 5.0, 1000.0),
+        _spec("check_workspace", True,
+              "reject arm targets whose grasp point leaves the limits file's workspace box "
+              "(forward kinematics of the Panda URDF)"),
         _spec("watchdog_timeout_s", 0.1, "autonomy command older than this: controlled stop", "s",
               0.01, 2.0),
         _spec("teleop_timeout_s", 0.25, "teleop command older than this is ignored", "s",

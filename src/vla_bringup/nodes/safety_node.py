@@ -31,6 +31,13 @@ from vla_bringup.nodes.common import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, conf
 from vla_msgs.msg import JointJog, SafetyStatus
 
 
+def grasp_point_fk():
+    """Forward kinematics of the Panda's grasp point (world frame) for the workspace box."""
+    from vla_bringup.sim.kinematics import PandaKinematics
+    kinematics = PandaKinematics()
+    return lambda positions: kinematics.fk(positions[:7])[0]
+
+
 class SafetyNode(Node):
     def __init__(self) -> None:
         super().__init__("safety")
@@ -45,7 +52,9 @@ class SafetyNode(Node):
         self.is_arm = p["robot"] == "arm"
         if self.is_arm:
             self.gate = ArmSafetyGate(ArmLimits.from_dict(limits), self.period,
-                                      p["watchdog_timeout_s"], sources)
+                                      p["watchdog_timeout_s"], sources,
+                                      forward_kinematics=grasp_point_fk()
+                                      if p["check_workspace"] else None)
         else:
             self.gate = BaseSafetyGate(BaseLimits.from_dict(limits["base"]), self.period,
                                        p["watchdog_timeout_s"], sources)
