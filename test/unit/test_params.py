@@ -58,3 +58,10 @@ def test_no_stray_config_files():
     known = set(NODE_FILES.values()) | {"nodes.yaml"}
     for path in glob.glob(os.path.join(CONFIG, "*.yaml")):
         assert os.path.basename(path) in known, f"{path} is read by no node"
+
+
+def test_docs_parameter_reference_is_current():
+    from vla_bringup.core.params import markdown_reference
+    path = os.path.join(CONFIG, "..", "docs", "parameters.md")
+    assert open(path).read() == markdown_reference(), \
+        "docs/parameters.md is stale: python -m vla_bringup.core.params > docs/parameters.md"

@@ -138,3 +138,29 @@ def specs_for(node: str) -> tuple[ParamSpec, ...]:
         return NODE_PARAMS[node]
     except KeyError:
         raise KeyError(f"no parameter specs for node {node!r}; known: {sorted(NODE_PARAMS)}")
+
+
+def markdown_reference() -> str:
+    """docs/parameters.md, generated from the specs (a unit test keeps the file in step)."""
+    lines = ["# Node parameters", "",
+             "Generated from `src/vla_bringup/core/params.py` by "
+             "`python -m vla_bringup.core.params > docs/parameters.md`. Each node declares these "
+             "with a ROS parameter descriptor (description, range), so `ros2 param describe` shows "
+             "the same, and out-of-range values stop the node at start-up.", ""]
+    for node, specs in NODE_PARAMS.items():
+        lines += [f"## {node}", "", "| parameter | default | unit | range | meaning |",
+                  "|---|---|---|---|---|"]
+        for spec in specs:
+            number = "{:d}" if isinstance(spec.default, int) else "{:g}"
+            allowed = (" / ".join(spec.choices) if spec.choices else
+                       f"{number.format(spec.min)} .. {number.format(spec.max)}"
+                       if spec.min is not None else "")
+            default = "`\"\"`" if spec.default == "" else f"`{spec.default}`"
+            lines.append(f"| `{spec.name}` | {default} | {spec.unit} | {allowed} | "
+                         f"{spec.description} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_reference(), end="")

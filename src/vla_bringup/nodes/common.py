@@ -8,6 +8,7 @@ from typing import Callable
 import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterValueException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.duration import Duration
@@ -97,7 +98,14 @@ def run(make_node: Callable[[], Node], threads: int = 2) -> None:
     rclpy.init(args=sys.argv)
     node = None
     try:
-        node = make_node()
+        try:
+            node = make_node()
+        except (InvalidParameterValueException, ValueError, FileNotFoundError,
+                RuntimeError) as error:
+            # Bad configuration: one clear line and a non-zero exit, not a traceback.
+            print(f"[FATAL] cannot start: {error}", file=sys.stderr, flush=True)
+            rclpy.try_shutdown()
+            sys.exit(2)
         executor = MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         executor.spin()
