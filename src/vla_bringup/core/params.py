@@ -37,7 +37,7 @@ class ParamSpec:
             raise ValueError(f"{self.name}={value!r} is not one of {list(self.choices)}")
 
 
-POLICY_BACKENDS = ("scripted_expert",)
+POLICY_BACKENDS = ("scripted_expert", "vla")
 ROBOTS = ("arm", "base")
 DEVICES = ("auto", "cpu", "cuda")
 

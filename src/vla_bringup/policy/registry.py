@@ -11,4 +11,8 @@ def make_backend(name: str, *, horizon: int, dt: float, device: str = "auto",
         # Privileged: reads the simulator's ground truth; a baseline and data source, not a VLA.
         from vla_bringup.policy.scripted_expert import ScriptedExpert
         return ScriptedExpert(horizon=horizon, dt=dt)
+    if name == "vla":
+        # The built-in Vision-Language-Action model: camera + instruction + joint state.
+        from vla_bringup.policy.vla.backend import VLAPolicy
+        return VLAPolicy(checkpoint, horizon=horizon, dt=dt, device=device)
     raise ValueError(f"unknown policy backend {name!r}; available: {list(POLICY_BACKENDS)}")

