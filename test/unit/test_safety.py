@@ -464,3 +464,19 @@ def test_panda_workspace_box_with_the_real_kinematics():
     straight_up = [0.0, 0.3, 0.0, -0.3, 0.0, 2.0, 0.78, 0.04, 0.04]  # grasp point at z = 1.65 m
     verdict = gate.submit("autonomy", limits.names, straight_up, 0.01)
     assert not verdict.accepted and verdict.code == "workspace"
+
+
+def test_measured_effort_above_the_limit_engages_the_estop():
+    path = Path(__file__).resolve().parents[2] / "config" / "robots" / "panda.yaml"
+    limits = ArmLimits.from_dict(load_limits_file(path))
+    gate = ArmSafetyGate(limits)
+    home = [0.0, -0.4, 0.0, -2.4, 0.0, 2.0, 0.78, 0.04, 0.04]
+    normal = [20.0, 60.0, 10.0, 20.0, 1.0, 2.0, 0.1, 60.0, 60.0]  # a grasp in the simulator
+    gate.update_measured(limits.names, home, 0.0, efforts=normal)
+    assert not gate.estop_engaged
+    collision = list(normal)
+    collision[1] = 120.0  # joint 2 pushing against something
+    gate.update_measured(limits.names, home, 0.01, efforts=collision)
+    assert gate.estop_engaged and "effort limit: panda_joint2" in gate.estop_reason
+    output = gate.tick(0.02)
+    assert output.stopped and not output.velocities.any()

@@ -30,6 +30,9 @@ from vla_bringup.core.safety_limits import ArmLimits, BaseLimits
 # rejected instead of clamped: positions beyond one full joint range past either end, velocities
 # above this multiple of the velocity limit.
 IMPLAUSIBLE_VELOCITY_FACTOR = 10.0
+# A motor saturated exactly at its rated effort is working hard, not colliding: only efforts
+# clearly beyond the rating (a collision, an external push, a controller fault) engage the e-stop.
+EFFORT_TOLERANCE = 1.05
 # Changes smaller than this are rounding, not a limit acting (keeps `clamped` free of noise).
 _EPS = 1e-12
 
@@ -336,9 +339,11 @@ class ArmSafetyGate(_GateCore):
 
     # ---- inputs ------------------------------------------------------------------------------
     def update_measured(self, names: Sequence[str], positions: Sequence[float],
-                        now: float) -> Verdict:
+                        now: float, efforts: Optional[Sequence[float]] = None) -> Verdict:
         """Joint state from the robot. Extra joints are ignored; all gate joints must be there.
-        The first one initialises the held position; later ones are used when an e-stop is reset."""
+        The first one initialises the held position; later ones are used when an e-stop is reset.
+        Measured `efforts` (Nm / N, same order as `names`) above a joint's max_effort mean a
+        collision or an overload: the e-stop engages."""
         names = list(names) if not isinstance(names, str) else [names]
         try:
             values = np.asarray(positions, dtype=np.float64).reshape(-1)
@@ -356,7 +361,18 @@ class ArmSafetyGate(_GateCore):
         self._measured, self._measured_at = measured, float(now)
         if self._pos is None:
             self._resync()
+        if efforts is not None and len(efforts) == len(names):
+            self._check_efforts(dict(zip(names, efforts)))
         return Verdict(True, "accepted")
+
+    def _check_efforts(self, measured: dict) -> None:
+        for i, name in enumerate(self.names):
+            effort = measured.get(name)
+            if effort is not None and math.isfinite(effort) and (
+                    abs(effort) > EFFORT_TOLERANCE * self.limits.max_effort[i]):
+                self.engage_estop(f"effort limit: {name} at {effort:.1f}, "
+                                  f"limit {self.limits.max_effort[i]:.1f}")
+                return
 
     def _resync(self) -> None:
         # Hold where the robot is, even inside the margin: moving it inward unasked would be a

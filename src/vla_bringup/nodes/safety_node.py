@@ -152,7 +152,8 @@ class SafetyNode(Node):
 
     def on_joints(self, msg: JointState) -> None:
         with self.lock:
-            self.gate.update_measured(list(msg.name), list(msg.position), now_sec(self))
+            self.gate.update_measured(list(msg.name), list(msg.position), now_sec(self),
+                                      efforts=list(msg.effort) or None)
 
     def on_estop(self, msg: Bool) -> None:
         with self.lock:
