@@ -272,3 +272,31 @@ def test_scene_reset_replaces_objects_and_keeps_the_arm(graph, probe):
     assert latest_scene(probe).objects_in_tray == []
     time.sleep(0.5)
     assert np.abs(np.array(joints[-1].position[:7]) - arm_before).max() < 0.05
+
+
+def test_keyboard_teleop_in_a_terminal_jogs_the_arm_and_stops_it(graph, probe):
+    import pty
+    import subprocess
+
+    from vla_bringup.cli.launch_embedded import executable_path
+    statuses = latched_status(probe)
+    controller, terminal = pty.openpty()
+    teleop = subprocess.Popen([executable_path("teleop_keyboard")], stdin=terminal,
+                              stdout=terminal, stderr=terminal, start_new_session=True)
+    try:
+        time.sleep(3.0)  # start-up
+        for _ in range(30):  # hold "q": joint 1 +
+            os.write(controller, b"q")
+            time.sleep(0.03)
+        assert probe.wait(lambda: any(s.active_source == "teleop" for s in statuses), 3.0)
+        os.write(controller, b" ")  # space: e-stop
+        assert probe.wait(lambda: statuses[-1].estop_engaged, 3.0)
+        os.write(controller, b"x")  # release and reset
+        assert probe.wait(lambda: not statuses[-1].estop_engaged, 3.0)
+        os.write(controller, b"\x1b")  # Esc quits
+        assert teleop.wait(10.0) == 0
+    finally:
+        if teleop.poll() is None:
+            teleop.kill()
+        os.close(controller)
+        os.close(terminal)
