@@ -22,23 +22,17 @@ import platform
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
-import rclpy
-from rclpy.action import ActionClient
-from rclpy.executors import MultiThreadedExecutor
-from rclpy.node import Node
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
 from vla_bringup.core.params import specs_for
-from vla_bringup.nodes.common import CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, POLICY_LEASE_S
+from vla_bringup.nodes.common import POLICY_LEASE_S
+from vla_bringup.nodes.observers import BenchObserver, start_in_background
 from vla_msgs.action import ExecuteInstruction
-from vla_msgs.msg import ActionChunk, JointJog, SafetyStatus
 
 
 def default(node: str, name: str):
@@ -47,55 +41,6 @@ def default(node: str, name: str):
 
 CONTROL_PERIOD_S = 1.0 / default("safety", "control_rate_hz")
 WATCHDOG_S = default("safety", "watchdog_timeout_s")
-
-
-class Observer(Node):
-    def __init__(self) -> None:
-        super().__init__("bench_observer")
-        self.lock = threading.Lock()
-        self.commands = []  # (wall time, max |velocity|)
-        self.statuses = []  # (wall time, active_source, estop_engaged)
-        self.last_chunk = 0.0
-        self.create_subscription(JointTrajectory, "/safety/joint_command", self.on_command,
-                                 COMMAND_QOS)
-        self.create_subscription(SafetyStatus, "/safety/status", self.on_status, LATCHED_QOS)
-        self.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS)
-        self.estop = self.create_publisher(Bool, "/safety/estop", COMMAND_QOS)
-        self.enable = self.create_publisher(Bool, "/teleop/enable", COMMAND_QOS)
-        self.jog_pub = self.create_publisher(JointJog, "/teleop/joint_jog", COMMAND_QOS)
-        self.reset = self.create_client(Trigger, "/safety/reset")
-        self.tasks = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction")
-
-    def on_command(self, msg: JointTrajectory) -> None:
-        speed = float(np.max(np.abs(msg.points[0].velocities))) if msg.points[0].velocities else 0.0
-        with self.lock:
-            self.commands.append((time.time(), speed))
-
-    def on_status(self, msg: SafetyStatus) -> None:
-        with self.lock:
-            self.statuses.append((time.time(), msg.active_source, msg.estop_engaged))
-
-    def on_chunk(self, _msg: ActionChunk) -> None:
-        self.last_chunk = time.time()
-
-    def jog(self, velocity: float) -> None:
-        self.enable.publish(Bool(data=True))
-        self.jog_pub.publish(JointJog(joint_names=["panda_joint1"], velocities=[velocity]))
-
-    def first_command(self, since: float, predicate):
-        with self.lock:
-            return next((t for t, v in self.commands if t >= since and predicate(v)), None)
-
-    def stopped_at(self, since: float, until: float):
-        with self.lock:
-            window = [(t, v) for t, v in self.commands if since <= t <= until]
-        stop = None
-        for t, v in window:
-            stop = None if v > 0.0 else (stop or t)
-        return stop
-
-    def moving_since(self, since: float) -> bool:
-        return self.first_command(since, lambda v: v > 0.01) is not None
 
 
 def wait_until(predicate, timeout_s: float) -> bool:
@@ -116,13 +61,13 @@ def summary(values) -> dict:
             "max_ms": round(float(max(values)), 2)}
 
 
-def start_task(obs: Observer, text: str):
+def start_task(obs: BenchObserver, text: str):
     send = obs.tasks.send_goal_async(ExecuteInstruction.Goal(instruction=text))
     wait_until(send.done, 10.0)
     return send.result()
 
 
-def bench_estop(obs: Observer, trials: int) -> list:
+def bench_estop(obs: BenchObserver, trials: int) -> list:
     results = []
     for trial in range(trials):
         direction = 1.0 if trial % 2 == 0 else -1.0
@@ -142,7 +87,7 @@ def bench_estop(obs: Observer, trials: int) -> list:
     return results
 
 
-def bench_teleop(obs: Observer, trials: int) -> list:
+def bench_teleop(obs: BenchObserver, trials: int) -> list:
     results = []
     for trial in range(trials):
         handle = start_task(obs, ["push the blue cube to the left", "push the blue cube to the right"][trial % 2])
@@ -164,7 +109,7 @@ def bench_teleop(obs: Observer, trials: int) -> list:
     return results
 
 
-def bench_kill(obs: Observer, launch: EmbeddedLaunch, node: str, trials: int) -> dict:
+def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: int) -> dict:
     from_kill, from_last_chunk = [], []
     for trial in range(trials):
         wait_until(lambda: node not in launch.dead(), 15.0)
@@ -239,11 +184,7 @@ def main(argv=None) -> int:
     os.makedirs(args.out, exist_ok=True)
     launch = EmbeddedLaunch({"respawn": "true"}, echo=False,
                             log_path=os.path.join(args.out, "bench_graph.log")).start()
-    rclpy.init()
-    obs = Observer()
-    executor = MultiThreadedExecutor(num_threads=2)
-    executor.add_node(obs)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    obs, stop_observer = start_in_background(BenchObserver)
     results = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                           f"{os.cpu_count()} cores",
                "targets": {"estop_ms": (CONTROL_PERIOD_S + 0.001) * 1000,
@@ -265,8 +206,7 @@ def main(argv=None) -> int:
         results["killed_skill_controller"] = bench_kill(obs, launch, "skill_controller",
                                                         args.kill_trials)
     finally:
-        executor.shutdown()
-        rclpy.try_shutdown()
+        stop_observer()
         launch.stop()
     if args.property_streams:
         print(f"[bench] safety core property run: {args.property_streams} streams", flush=True)

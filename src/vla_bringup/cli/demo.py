@@ -13,75 +13,17 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 
 import numpy as np
-import rclpy
-from rclpy.action import ActionClient
-from rclpy.executors import SingleThreadedExecutor
-from rclpy.node import Node
-from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import Image
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
-from vla_bringup.core import image_conversion as conv
-from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, SENSOR_QOS, scene_poses,
-                                      stamp_to_sec)
 from vla_bringup.core.instruction import plan
+from vla_bringup.nodes.common import scene_poses
+from vla_bringup.nodes.observers import DemoObserver, start_in_background
 from vla_bringup.sim.tasks import TaskSpec, task_succeeded
 from vla_msgs.action import ExecuteInstruction
-from vla_msgs.msg import ActionChunk, SceneState
-
-
-class GraphObserver(Node):
-    """Watches the graph from outside, the way a user's tool would."""
-
-    def __init__(self) -> None:
-        super().__init__("demo_observer")
-        self.lock = threading.Lock()
-        self.image = None
-        self.scene = None
-        self.sim_clock = None
-        self.chunk_stamps = set()
-        self.command_times = []  # wall receive times of /safety/joint_command
-        self.latencies = {}  # chunk stamp -> first-arrival latency (s) on /safety/joint_command
-        self.client = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction")
-        self.create_subscription(Image, "/camera/image_raw", self.on_image, SENSOR_QOS)
-        self.create_subscription(SceneState, "/sim/scene_state", self.on_scene, COMMAND_QOS)
-        self.create_subscription(Clock, "/clock", self.on_clock, 10)
-        self.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS)
-        self.create_subscription(JointTrajectory, "/safety/joint_command", self.on_command,
-                                 COMMAND_QOS)
-
-    def on_image(self, msg: Image) -> None:
-        rgb = conv.to_rgb8(conv.image_to_array(msg.height, msg.width, msg.encoding,
-                                               msg.is_bigendian, msg.step, bytes(msg.data)),
-                           msg.encoding)
-        with self.lock:
-            self.image = rgb
-
-    def on_scene(self, msg: SceneState) -> None:
-        with self.lock:
-            self.scene = msg
-
-    def on_clock(self, msg: Clock) -> None:
-        self.sim_clock = stamp_to_sec(msg.clock)
-
-    def on_chunk(self, msg: ActionChunk) -> None:
-        with self.lock:
-            self.chunk_stamps.add(stamp_to_sec(msg.header.stamp))
-
-    def on_command(self, msg: JointTrajectory) -> None:
-        now = time.time()
-        stamp = stamp_to_sec(msg.header.stamp)
-        with self.lock:
-            self.command_times.append(now)
-            # A command derived from a chunk carries that chunk's camera stamp; the first time a
-            # stamp reaches the robot is the camera-to-command latency of that frame.
-            if stamp in self.chunk_stamps and stamp not in self.latencies:
-                self.latencies[stamp] = now - stamp
+from vla_msgs.msg import SceneState
 
 
 def task_done_in_scene(instruction: str, initial: SceneState, final: SceneState) -> bool:
@@ -121,12 +63,7 @@ def run_demo(args) -> dict:
         stream.write(f"sim:\n  ros__parameters:\n    seed: {args.seed}\n")
     launch = EmbeddedLaunch({"policy": args.policy, "config": overrides}, echo=False,
                             log_path=log_path).start()
-    rclpy.init()
-    observer = GraphObserver()
-    executor = SingleThreadedExecutor()
-    executor.add_node(observer)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    observer, stop_observer = start_in_background(DemoObserver)
     result = {"success": False, "instruction": args.instruction, "policy": args.policy}
     try:
         print(f"[demo] graph starting (node logs: {log_path})", flush=True)
@@ -186,9 +123,7 @@ def run_demo(args) -> dict:
     except RuntimeError as error:
         result["message"] = str(error)
     finally:
-        executor.shutdown()
-        observer.destroy_node()
-        rclpy.try_shutdown()
+        stop_observer()
         codes = launch.stop()
         result["node_exit_codes"] = codes
     return result

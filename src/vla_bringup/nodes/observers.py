@@ -1,0 +1,142 @@
+"""Test-side and tool-side nodes that watch the graph from outside (demo, bench).
+
+They live in the node layer so the command-line tools stay free of rclpy; `start_in_background`
+spins one on its own thread the way an operator's tool would.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+import rclpy
+from rclpy.action import ActionClient
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_bringup.core import image_conversion as conv
+from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
+                                      stamp_to_sec)
+from vla_msgs.action import ExecuteInstruction
+from vla_msgs.msg import ActionChunk, JointJog, SafetyStatus, SceneState
+
+
+def start_in_background(make_node: Callable[[], Node]):
+    """Start rclpy and spin a new node on a background thread; returns (node, stop)."""
+    rclpy.init()
+    node = make_node()
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    threading.Thread(target=executor.spin, daemon=True).start()
+
+    def stop() -> None:
+        # Context first: the executor then ends without tasks left half-run on destroyed
+        # entities (which rclpy would report as never-retrieved exceptions at exit).
+        rclpy.try_shutdown()
+        executor.shutdown()
+        node.destroy_node()
+    return node, stop
+
+
+class DemoObserver(Node):
+    """Watches the graph from outside, the way a user's tool would."""
+
+    def __init__(self) -> None:
+        super().__init__("demo_observer")
+        self.lock = threading.Lock()
+        self.image = None
+        self.scene = None
+        self.sim_clock = None
+        self.chunk_stamps = set()
+        self.command_times = []  # wall receive times of /safety/joint_command
+        self.latencies = {}  # chunk stamp -> first-arrival latency (s) on /safety/joint_command
+        self.client = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction")
+        self.create_subscription(Image, "/camera/image_raw", self.on_image, SENSOR_QOS)
+        self.create_subscription(SceneState, "/sim/scene_state", self.on_scene, COMMAND_QOS)
+        self.create_subscription(Clock, "/clock", self.on_clock, 10)
+        self.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS)
+        self.create_subscription(JointTrajectory, "/safety/joint_command", self.on_command,
+                                 COMMAND_QOS)
+
+    def on_image(self, msg: Image) -> None:
+        rgb = conv.to_rgb8(conv.image_to_array(msg.height, msg.width, msg.encoding,
+                                               msg.is_bigendian, msg.step, bytes(msg.data)),
+                           msg.encoding)
+        with self.lock:
+            self.image = rgb
+
+    def on_scene(self, msg: SceneState) -> None:
+        with self.lock:
+            self.scene = msg
+
+    def on_clock(self, msg: Clock) -> None:
+        self.sim_clock = stamp_to_sec(msg.clock)
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        with self.lock:
+            self.chunk_stamps.add(stamp_to_sec(msg.header.stamp))
+
+    def on_command(self, msg: JointTrajectory) -> None:
+        now = time.time()
+        stamp = stamp_to_sec(msg.header.stamp)
+        with self.lock:
+            self.command_times.append(now)
+            # A command derived from a chunk carries that chunk's camera stamp; the first time a
+            # stamp reaches the robot is the camera-to-command latency of that frame.
+            if stamp in self.chunk_stamps and stamp not in self.latencies:
+                self.latencies[stamp] = now - stamp
+
+
+class BenchObserver(Node):
+    def __init__(self) -> None:
+        super().__init__("bench_observer")
+        self.lock = threading.Lock()
+        self.commands = []  # (wall time, max |velocity|)
+        self.statuses = []  # (wall time, active_source, estop_engaged)
+        self.last_chunk = 0.0
+        self.create_subscription(JointTrajectory, "/safety/joint_command", self.on_command,
+                                 COMMAND_QOS)
+        self.create_subscription(SafetyStatus, "/safety/status", self.on_status, LATCHED_QOS)
+        self.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS)
+        self.estop = self.create_publisher(Bool, "/safety/estop", COMMAND_QOS)
+        self.enable = self.create_publisher(Bool, "/teleop/enable", COMMAND_QOS)
+        self.jog_pub = self.create_publisher(JointJog, "/teleop/joint_jog", COMMAND_QOS)
+        self.reset = self.create_client(Trigger, "/safety/reset")
+        self.tasks = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction")
+
+    def on_command(self, msg: JointTrajectory) -> None:
+        speed = float(np.max(np.abs(msg.points[0].velocities))) if msg.points[0].velocities else 0.0
+        with self.lock:
+            self.commands.append((time.time(), speed))
+
+    def on_status(self, msg: SafetyStatus) -> None:
+        with self.lock:
+            self.statuses.append((time.time(), msg.active_source, msg.estop_engaged))
+
+    def on_chunk(self, _msg: ActionChunk) -> None:
+        self.last_chunk = time.time()
+
+    def jog(self, velocity: float) -> None:
+        self.enable.publish(Bool(data=True))
+        self.jog_pub.publish(JointJog(joint_names=["panda_joint1"], velocities=[velocity]))
+
+    def first_command(self, since: float, predicate):
+        with self.lock:
+            return next((t for t, v in self.commands if t >= since and predicate(v)), None)
+
+    def stopped_at(self, since: float, until: float):
+        with self.lock:
+            window = [(t, v) for t, v in self.commands if since <= t <= until]
+        stop = None
+        for t, v in window:
+            stop = None if v > 0.0 else (stop or t)
+        return stop
+
+    def moving_since(self, since: float) -> bool:
+        return self.first_command(since, lambda v: v > 0.01) is not None
