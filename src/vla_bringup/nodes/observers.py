@@ -5,6 +5,7 @@ spins one on its own thread the way an operator's tool would.
 """
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from typing import Callable
@@ -41,6 +42,9 @@ def start_in_background(make_node: Callable[[], Node]):
         rclpy.try_shutdown()
         executor.shutdown()
         node.destroy_node()
+        # Futures of the destroyed action client report at garbage collection; collect now so
+        # any such line comes before the tool's own final output, not after it.
+        gc.collect()
     return node, stop
 
 
