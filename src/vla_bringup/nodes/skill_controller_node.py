@@ -160,6 +160,7 @@ class SkillControllerNode(Node):
             skill_id=skill_id, skill=goal.skill, instruction=goal.instruction,
             target_object=goal.target_object, destination=goal.destination))
         self.get_logger().info(f"skill '{goal.instruction}' started ({skill_id})")
+        status = self.executor_core.status()
         while rclpy.ok():
             time.sleep(0.05)
             if goal_handle.is_cancel_requested:

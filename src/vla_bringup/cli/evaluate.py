@@ -1,0 +1,365 @@
+"""Closed-loop evaluation of a VLA checkpoint in the simulator (no ROS), expert as upper bound.
+
+    python -m vla_bringup.cli.evaluate --checkpoint DIR --seeds N \\
+        [--families pick_place push stack] [--out artifacts] [--workers 2]
+
+For each task family and each of the N held-out seeds (`EVAL_SEED_BASE + i`, far above every
+training attempt), the scene of `sample_episode(i, EVAL_SEED_BASE, phrasing, (family,))` is run
+closed loop by `sim.demonstrations.run_episode` (record=False): the same skill executor and chunk
+scheduler as the ROS graph, camera image + measured joints + skill text in, success judged by
+`sim.tasks` on the final poses. Two phrasing conditions per family:
+- `train`: the phrasings seen in training (half the skills get the planner's own text, as the
+  ROS graph sends it, the others a training template);
+- `held_out`: paraphrases never used in training, fed to the policy directly as skill texts.
+The phrasing only changes the text: the scene (cubes, colours, target, camera jitter, start pose)
+of seed i is the same in both conditions.
+
+The scripted expert runs on the same seeds in the same run. It reads the ground-truth scene and
+never the instruction text, so its run of seed i is the same for both phrasings: by default it
+runs once per (family, seed) and its result is reported under both (`--expert-per-phrasing`
+runs it separately anyway).
+
+Simulator settings (image size, fps, chunk spacing, camera jitter, start noise, timeouts) come
+from the dataset the checkpoint was trained on (`train_log.json` next to the checkpoint), else
+from the generator's defaults; `--sim-config JSON` and `--skill-timeout` override them.
+
+Writes `eval.json` (rates per family x phrasing for policy and expert, counts, seeds, every
+episode, wall time, checkpoint hash, machine) and `eval_table.png` into --out. Exit code 0 when it
+ran: the numbers are the result, there are no thresholds here. `--workers W` runs W processes,
+each with its own PyBullet world, policy and expert, torch on 1 thread.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+FAMILY_NAMES = {"pick_place": "pick & place", "push": "push", "stack": "stack"}
+PHRASING_NAMES = {"train": "seen phrasings", "held_out": "held-out paraphrases"}
+
+# Per-process state (one PyBullet world per episode, one policy and one expert per process).
+_STATE: dict = {}
+
+
+def checkpoint_hash(folder: str | Path) -> dict:
+    folder = Path(folder)
+    total = hashlib.sha256()
+    files = {}
+    for name in ("config.json", "model.safetensors"):
+        data = (folder / name).read_bytes()
+        files[name] = hashlib.sha256(data).hexdigest()
+        total.update(name.encode() + b"\0" + data)
+    return {"sha256": total.hexdigest(), "files": files}
+
+
+def machine() -> dict:
+    import torch
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def sim_settings(checkpoint: Path, overrides: Optional[dict] = None,
+                 skill_timeout: Optional[float] = None) -> dict:
+    """GeneratorConfig fields for evaluation (see the module docstring for where they come from)."""
+    from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, GeneratorConfig
+    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
+    settings: dict = {}
+    source = "generator defaults"
+    log_path = checkpoint / "train_log.json"
+    if log_path.is_file():
+        try:
+            stored = json.loads(log_path.read_text()).get("dataset", {}).get("generator_config")
+        except json.JSONDecodeError:
+            stored = None
+        if isinstance(stored, dict):
+            settings.update({k: v for k, v in stored.items() if k in fields})
+            source = str(log_path)
+    for key, value in (overrides or {}).items():
+        if key not in fields:
+            raise ValueError(f"unknown simulator setting {key!r}; known: {sorted(fields)}")
+        settings[key] = value
+    if skill_timeout is not None:
+        settings["skill_timeout_s"] = float(skill_timeout)
+    # Evaluation: no perturbation of executed chunks, nothing kept, held-out seeds.
+    settings.update(perturb_std=0.0, keep_failures=False, seed_base=EVAL_SEED_BASE,
+                    phrasing="train")
+    settings.pop("families", None)
+    config = GeneratorConfig(**settings)
+    result = dataclasses.asdict(config)
+    result["families"] = list(result["families"])
+    result["_source"] = source
+    return result
+
+
+def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool) -> None:
+    import torch
+    torch.set_num_threads(1)
+    from vla_bringup.policy.scripted_expert import ScriptedExpert
+    from vla_bringup.sim.demonstrations import GeneratorConfig
+    config = GeneratorConfig(**{k: v for k, v in settings.items() if not k.startswith("_")})
+    _STATE.clear()
+    _STATE["config"] = config
+    _STATE["expert"] = ScriptedExpert(config.chunk_horizon, config.chunk_dt, config.max_speed)
+    if need_policy:
+        from vla_bringup.policy.vla.backend import VLAPolicy
+        _STATE["policy"] = VLAPolicy(checkpoint, device=device, num_threads=1)
+
+
+def _run_job(job: tuple[str, str, str, int]) -> dict:
+    from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, run_episode, sample_episode
+    backend_name, family, phrasing, index = job
+    config = _STATE["config"]
+    spec = sample_episode(index, EVAL_SEED_BASE, "train" if phrasing == "any" else phrasing,
+                          (family,))
+    backend = _STATE["policy" if backend_name == "policy" else "expert"]
+    started = time.perf_counter()
+    try:
+        data = run_episode(spec, config, backend, record=False)
+        success, error, frames = bool(data.success), data.error, data.length
+    except Exception as exc:  # noqa: BLE001 - an episode that crashes counts as a failure
+        success, error, frames = False, f"crash {type(exc).__name__}: {exc}", 0
+    return {"backend": backend_name, "family": family, "phrasing": phrasing,
+            "index": index, "seed": spec.seed, "success": success, "frames": frames,
+            "seconds": round(time.perf_counter() - started, 3), "error": error[:300],
+            "instruction": spec.instruction, "skills": [s.instruction for s in spec.skills],
+            "crashed": error.startswith("crash ")}
+
+
+def _rate(episodes: list[dict]) -> dict:
+    successes = sum(e["success"] for e in episodes)
+    count = len(episodes)
+    return {"success_rate": successes / count if count else None, "successes": successes,
+            "episodes": count}
+
+
+def summarise(episodes: list[dict], families: list[str], phrasings: list[str]) -> dict:
+    results: dict = {}
+    for family in families:
+        results[family] = {}
+        for phrasing in phrasings:
+            policy = [e for e in episodes if e["backend"] == "policy"
+                      and e["family"] == family and e["phrasing"] == phrasing]
+            expert = [e for e in episodes if e["backend"] == "expert"
+                      and e["family"] == family and e["phrasing"] in (phrasing, "any")]
+            results[family][phrasing] = {"policy": _rate(policy), "expert": _rate(expert)}
+    results["all"] = {}
+    for phrasing in phrasings:
+        results["all"][phrasing] = {
+            backend: _rate([e for e in episodes if e["backend"] == backend and
+                            e["phrasing"] in ((phrasing, "any") if backend == "expert"
+                                              else (phrasing,))])
+            for backend in ("policy", "expert")}
+    return results
+
+
+def _cell(rate: dict) -> str:
+    if not rate["episodes"]:
+        return "-"
+    return f"{100 * rate['success_rate']:.0f}% ({rate['successes']}/{rate['episodes']})"
+
+
+def table_rows(results: dict, families: list[str], phrasings: list[str]) -> tuple[list, list]:
+    columns = [f"policy, {PHRASING_NAMES[p]}" for p in phrasings] + \
+        [f"expert, {PHRASING_NAMES[p]}" for p in phrasings]
+    rows = []
+    for family in [*families, "all"]:
+        cells = [_cell(results[family][p]["policy"]) for p in phrasings] + \
+            [_cell(results[family][p]["expert"]) for p in phrasings]
+        rows.append([FAMILY_NAMES.get(family, family), *cells])
+    return ["task", *columns], rows
+
+
+def plot_table(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+    header, rows = table_rows(report["results"], report["families"], report["phrasings"])
+    figure, axis = plt.subplots(figsize=(2.0 + 2.2 * (len(header) - 1), 0.9 + 0.4 * len(rows)),
+                                dpi=120)
+    axis.axis("off")
+    table = axis.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.scale(1.0, 1.5)
+    for (row, _), cell in table.get_celld().items():
+        if row == 0 or row == len(rows):
+            cell.set_text_props(weight="bold")
+        if row == 0:
+            cell.set_facecolor("#dde4ee")
+    seeds = report["seeds"]
+    axis.set_title(
+        f"Closed-loop success, {report['checkpoint']['name']} "
+        f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} held-out seeds per family "
+        f"from {seeds['base']}; expert = scripted upper bound, same seeds", fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
+             phrasings: list[str], out: str | Path, workers: int = 1, device: str = "cpu",
+             sim_overrides: Optional[dict] = None, skill_timeout: Optional[float] = None,
+             expert_per_phrasing: bool = False, progress: bool = True, log=print) -> dict:
+    from vla_bringup.sim.demonstrations import EVAL_SEED_BASE
+    checkpoint, out = Path(checkpoint), Path(out)
+    if seeds < 1 or workers < 1:
+        raise ValueError("--seeds and --workers must be >= 1")
+    for name in ("config.json", "model.safetensors"):
+        if not (checkpoint / name).is_file():
+            raise FileNotFoundError(f"{checkpoint} has no {name}; is it a checkpoint folder?")
+    settings = sim_settings(checkpoint, sim_overrides, skill_timeout)
+    jobs: list[tuple[str, str, str, int]] = []
+    for index in range(seeds):
+        for family in families:
+            for phrasing in phrasings:
+                jobs.append(("policy", family, phrasing, index))
+            for phrasing in (phrasings if expert_per_phrasing else ["any"]):
+                jobs.append(("expert", family, phrasing, index))
+    started = time.perf_counter()
+    episodes: list[dict] = []
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(jobs), desc="episodes", unit="ep", dynamic_ncols=True,
+                       file=sys.stderr)
+        except ImportError:
+            bar = None
+
+    def handle(result: dict) -> None:
+        episodes.append(result)
+        if bar is not None:
+            done = [e for e in episodes if e["backend"] == "policy"]
+            expert = [e for e in episodes if e["backend"] == "expert"]
+            bar.set_postfix_str(
+                f"policy {sum(e['success'] for e in done)}/{len(done)}, expert "
+                f"{sum(e['success'] for e in expert)}/{len(expert)}", refresh=False)
+            bar.update(1)
+        elif progress:
+            print(f"[evaluate] {len(episodes)}/{len(jobs)} {result['backend']} "
+                  f"{result['family']} seed {result['seed']}: "
+                  f"{'success' if result['success'] else 'failure'}", file=sys.stderr)
+    init_args = (str(checkpoint), settings, device, True)
+    try:
+        if workers == 1:
+            import torch
+            threads = torch.get_num_threads()
+            try:
+                _init_worker(*init_args)
+                for job in jobs:
+                    handle(_run_job(job))
+            finally:
+                torch.set_num_threads(threads)
+                _STATE.clear()
+        else:
+            import multiprocessing
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+                for result in pool.imap_unordered(_run_job, jobs, chunksize=1):
+                    handle(result)
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - started
+    order = {job: i for i, job in enumerate(jobs)}
+    episodes.sort(key=lambda e: order[(e["backend"], e["family"], e["phrasing"], e["index"])])
+    results = summarise(episodes, families, phrasings)
+
+    def timing(backend: str) -> dict:
+        chosen = [e for e in episodes if e["backend"] == backend]
+        seconds = sum(e["seconds"] for e in chosen)
+        frames = sum(e["frames"] for e in chosen)
+        return {"episodes": len(chosen), "seconds_per_episode": seconds / len(chosen)
+                if chosen else None, "ms_per_frame": 1e3 * seconds / frames if frames else None,
+                "frames_per_episode": frames / len(chosen) if chosen else None}
+    report = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "checkpoint": {"path": str(checkpoint.resolve()), "name": checkpoint.name,
+                       **checkpoint_hash(checkpoint)},
+        "families": list(families), "phrasings": list(phrasings),
+        "seeds": {"base": EVAL_SEED_BASE, "count": seeds,
+                  "list": [EVAL_SEED_BASE + i for i in range(seeds)],
+                  "note": "seed i of every family and phrasing is scene seed base + i"},
+        "results": results,
+        "expert": {"runs": "per phrasing" if expert_per_phrasing else "once per family and "
+                   "seed, reported under every phrasing (it never reads the instruction text)"},
+        "crashed_episodes": sum(e["crashed"] for e in episodes),
+        "timing": {"wall_s": round(wall, 3), "workers": workers, "device": device,
+                   "policy": timing("policy"), "expert": timing("expert"),
+                   "note": "seconds per episode are measured inside the workers (with "
+                           f"{workers} worker(s) sharing the machine)"},
+        "sim_config": settings,
+        "machine": machine(),
+        "episodes": episodes,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    temporary = out / ".eval.json.tmp"
+    temporary.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(temporary, out / "eval.json")
+    plot_table(report, out / "eval_table.png")
+    header, rows = table_rows(results, families, phrasings)
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        log("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+    log(f"[evaluate] {len(episodes)} episodes in {wall:.1f} s with {workers} worker(s); "
+        f"{out / 'eval.json'}, {out / 'eval_table.png'}")
+    if report["crashed_episodes"]:
+        log(f"[evaluate] WARNING: {report['crashed_episodes']} episodes crashed (see "
+            "eval.json episodes[].error); they count as failures")
+    return report
+
+
+def main(argv=None) -> int:
+    from vla_bringup.sim.demonstrations import PHRASINGS
+    from vla_bringup.sim.tasks import FAMILIES
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", default="",
+                        help="checkpoint folder (default: the committed one)")
+    parser.add_argument("--seeds", type=int, required=True, help="held-out seeds per family")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--phrasings", nargs="+", default=list(PHRASINGS), choices=PHRASINGS)
+    parser.add_argument("--out", default="artifacts", help="folder for eval.json + the table")
+    parser.add_argument("--workers", type=int, default=1, help="processes (each ~1 core)")
+    parser.add_argument("--device", default="cpu", help="policy device: cpu, cuda, auto")
+    parser.add_argument("--sim-config", help="JSON object of GeneratorConfig overrides")
+    parser.add_argument("--skill-timeout", type=float, help="s per skill before it fails")
+    parser.add_argument("--expert-per-phrasing", action="store_true")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    checkpoint = args.checkpoint
+    if not checkpoint:
+        from vla_bringup.policy.vla.backend import DEFAULT_CHECKPOINT
+        checkpoint = DEFAULT_CHECKPOINT
+    try:
+        overrides = json.loads(args.sim_config) if args.sim_config else None
+        evaluate(checkpoint, args.seeds, list(dict.fromkeys(args.families)),
+                 list(dict.fromkeys(args.phrasings)), args.out, args.workers, args.device,
+                 overrides, args.skill_timeout, args.expert_per_phrasing,
+                 progress=not args.no_progress)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"[evaluate] ERROR: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

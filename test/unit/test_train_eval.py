@@ -1,0 +1,146 @@
+"""Training and evaluation CLIs at tiny scale: 2 push episodes at 64 px, a few steps, 1 seed.
+
+Checks the pipeline, not the policy's quality: the checkpoint loads and drives `VLAPolicy`, the
+artifacts exist, the feature cache is reused, a seed reproduces its losses, bad datasets fail
+clearly, and `evaluate` writes eval.json with the expert succeeding on the same seed.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from vla_bringup.cli import evaluate as evaluate_cli
+from vla_bringup.cli import train as train_cli
+from vla_bringup.policy.base import Observation, SkillSpec
+from vla_bringup.policy.vla.backend import VLAPolicy
+from vla_bringup.policy.vla.model import load_checkpoint
+from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, GeneratorConfig, generate
+
+TINY_MODEL = {"image_size": 64, "d_model": 32, "n_heads": 2, "fusion_layers": 1,
+              "head_layers": 1, "keypoints": 4, "language_tokens": 2}
+TINY_TRAIN = {"steps": 5, "batch": 8, "val_every": 2, "warmup_steps": 1}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_eval") / "demos"
+    config = GeneratorConfig(image_size=64, families=("push",), done_hold_frames=1)
+    summary = generate(root, 2, config, progress=False)
+    assert summary["episodes"] == 2
+    return root
+
+
+def _train(demos, out, **train_overrides):
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, **train_overrides})
+    return train_cli.train(demos, out, dict(TINY_MODEL), config, progress=False,
+                           log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def trained(demos, tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    shutil.rmtree(demos / "cache", ignore_errors=True)
+    first = _train(demos, base / "first")
+    second = _train(demos, base / "second")
+    return base / "first", first, second
+
+
+def test_training_writes_a_loadable_checkpoint_and_its_artifacts(trained):
+    folder, log, _ = trained
+    for name in ("config.json", "model.safetensors", "loss.png", "train_log.json"):
+        assert (folder / name).is_file(), name
+    stored = json.loads((folder / "train_log.json").read_text())
+    assert len(stored["history"]) == 5 and stored["val_history"]
+    assert stored["dataset"]["episodes"] == 2
+    assert len(stored["dataset"]["train_episodes"]) == 1 == len(stored["dataset"]["val_episodes"])
+    assert stored["best"]["step"] in [v["step"] for v in stored["val_history"]]
+    assert set(stored["phases_s"]) >= {"load dataset", "vision features", "training"}
+    assert all(np.isfinite(h["loss"]) for h in stored["history"])
+
+    model = load_checkpoint(folder)
+    assert model.config.state_mean is not None and model.config.action_dt == pytest.approx(0.1)
+    policy = VLAPolicy(model=model, device="cpu")
+    skill = SkillSpec("s0", "push", "push the red cube to the left", "red_cube", "left")
+    policy.reset(skill)
+    joints = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    chunk = policy.infer(Observation(0.0, list(model.config.joint_names), joints, skill, image))
+    assert chunk.positions.shape == (16, 9) and np.all(np.isfinite(chunk.positions))
+
+
+def test_feature_cache_is_reused_and_a_seed_reproduces_its_losses(trained):
+    _, first, second = trained
+    frames = first["dataset"]["frames"]
+    assert first["cache"]["vision_computed_frames"] == frames
+    assert second["cache"]["vision_computed_frames"] == 0
+    assert second["cache"]["vision_reused_frames"] == frames
+    assert second["cache"]["language_computed"] == 0
+    assert second["phases_s"]["vision features"] < first["phases_s"]["vision features"]
+    assert [h["loss"] for h in second["history"]] == [h["loss"] for h in first["history"]]
+    assert second["final_train_loss"] == first["final_train_loss"]
+    assert second["val_history"] == first["val_history"]
+
+
+def test_another_seed_gives_other_losses(demos, tmp_path):
+    other = _train(demos, tmp_path / "other", steps=2, seed=1)
+    reference = _train(demos, tmp_path / "reference", steps=2, seed=0)
+    assert other["history"][-1]["loss"] != reference["history"][-1]["loss"]
+
+
+def test_bad_datasets_fail_clearly(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert train_cli.main(["--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty" / "meta").mkdir(parents=True)
+    assert train_cli.main(["--data", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "meta/info.json is missing" in capsys.readouterr().err
+    (tmp_path / "empty" / "meta" / "info.json").write_text(json.dumps(
+        {"data_path": "x", "image_path": "y", "fps": 10, "features": {}}))
+    assert train_cli.main(["--data", str(tmp_path / "empty"), "--out", str(out)]) == 2
+    assert "no episodes" in capsys.readouterr().err
+    assert not (out / "model.safetensors").exists()
+
+
+def test_a_dataset_with_a_missing_file_is_refused(demos, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(demos, broken, ignore=shutil.ignore_patterns("cache"))
+    next(broken.glob("data/chunk-000/episode_000001.parquet")).unlink()
+    with pytest.raises(train_cli.DatasetError, match="episode 1"):
+        train_cli.load_dataset(broken)
+
+
+def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_path):
+    folder, _, _ = trained
+    out = tmp_path / "eval"
+    code = evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--families", "push",
+                              "--out", str(out), "--skill-timeout", "10", "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert (out / "eval_table.png").stat().st_size > 0
+    assert report["families"] == ["push"] and report["phrasings"] == ["train", "held_out"]
+    assert report["seeds"] == {"base": EVAL_SEED_BASE, "count": 1, "list": [EVAL_SEED_BASE],
+                               "note": report["seeds"]["note"]}
+    assert report["checkpoint"]["sha256"] and report["machine"]["cpu_count"]
+    assert report["timing"]["wall_s"] > 0 and report["sim_config"]["image_size"] == 64
+    for phrasing in ("train", "held_out"):
+        cell = report["results"]["push"][phrasing]
+        assert cell["policy"]["episodes"] == 1 and cell["expert"]["episodes"] == 1
+        assert 0.0 <= cell["policy"]["success_rate"] <= 1.0  # no claim about a 5-step policy
+        assert cell["expert"]["success_rate"] == 1.0
+    policy = [e for e in report["episodes"] if e["backend"] == "policy"]
+    assert {e["phrasing"] for e in policy} == {"train", "held_out"}
+    assert {e["seed"] for e in report["episodes"]} == {EVAL_SEED_BASE}
+    held_out = next(e for e in policy if e["phrasing"] == "held_out")
+    seen = next(e for e in policy if e["phrasing"] == "train")
+    assert held_out["skills"] != seen["skills"]  # the paraphrase reached the policy
+    assert report["crashed_episodes"] == 0
