@@ -73,10 +73,10 @@ def test_nan_and_unknown_joint_commands_are_rejected_not_sent(graph, probe):
                                    COMMAND_QOS)
     joints = probe.node.create_publisher(JointState, "/joint_states", SENSOR_QOS)
     raw = probe.node.create_publisher(JointTrajectory, "/vla/command_raw", COMMAND_QOS)
-    for _ in range(20):  # be the robot driver until the safety checker holds the arm
+    def drive() -> bool:  # be the robot driver until the safety checker holds the arm
         joints.publish(JointState(name=list(PANDA_JOINT_NAMES), position=HOME))
-        time.sleep(0.02)
-    assert probe.wait(lambda: sent, 10.0), "safety checker never commanded the held pose"
+        return bool(sent)
+    assert probe.wait(drive, 20.0, period_s=0.02), "safety checker never commanded the held pose"
     nan = list(HOME)
     nan[2] = math.nan
     raw.publish(JointTrajectory(joint_names=list(PANDA_JOINT_NAMES),
