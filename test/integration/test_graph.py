@@ -213,7 +213,8 @@ def test_teleop_jog_outranks_autonomy(graph, probe):
     enable = probe.node.create_publisher(get_message("std_msgs/msg/Bool"), "/teleop/enable",
                                          COMMAND_QOS)
     JointJog, Bool = get_message("vla_msgs/msg/JointJog"), get_message("std_msgs/msg/Bool")
-    assert probe.wait(lambda: commands, 5.0)
+    assert probe.wait(lambda: commands and jog.get_subscription_count() > 0
+                      and enable.get_subscription_count() > 0, 10.0)
     start = commands[-1].points[0].positions[0]
     for _ in range(10):  # without the deadman the jog is ignored
         jog.publish(JointJog(joint_names=["panda_joint1"], velocities=[0.3]))
@@ -285,11 +286,10 @@ def test_keyboard_teleop_in_a_terminal_jogs_the_arm_and_stops_it(graph, probe):
     teleop = subprocess.Popen([executable_path("teleop_keyboard")], stdin=terminal,
                               stdout=terminal, stderr=terminal, start_new_session=True)
     try:
-        time.sleep(3.0)  # start-up
-        for _ in range(30):  # hold "q": joint 1 +
+        def hold_q() -> bool:  # hold "q" (joint 1 +) until the safety checker follows teleop
             os.write(controller, b"q")
-            time.sleep(0.03)
-        assert probe.wait(lambda: any(s.active_source == "teleop" for s in statuses), 3.0)
+            return any(s.active_source == "teleop" for s in statuses)
+        assert probe.wait(hold_q, 20.0, period_s=0.03), "teleop never took over"
         os.write(controller, b" ")  # space: e-stop
         assert probe.wait(lambda: statuses[-1].estop_engaged, 3.0)
         os.write(controller, b"x")  # release and reset
