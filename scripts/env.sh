@@ -11,6 +11,8 @@ set +u
 # shellcheck disable=SC1091
 source "$_vla_root/install/setup.bash"
 [ -n "$_vla_nounset" ] && set -u
+# The project's Fast DDS profile (larger shared-memory segment, fast heartbeats; see the file).
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$_vla_root/config/fastdds.xml}"
 # Keep this checkout's DDS traffic on this machine unless the user says otherwise.
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 unset _vla_root _vla_nounset

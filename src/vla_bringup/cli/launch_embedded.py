@@ -43,7 +43,13 @@ class EmbeddedLaunch:
     def __init__(self, arguments: Optional[Mapping[str, str]] = None,
                  config_dir: Optional[str] = None, echo: bool = True,
                  log_path: Optional[str] = None) -> None:
-        self.plan: list[NodeLaunch] = build_plan(config_dir or default_config_dir(), arguments)
+        config_dir = config_dir or default_config_dir()
+        self.plan: list[NodeLaunch] = build_plan(config_dir, arguments)
+        # The project's Fast DDS profile (config/fastdds.xml) unless the user brought one.
+        profile = os.path.join(config_dir, "fastdds.xml")
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if os.path.isfile(profile):
+            self.env.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", profile)
         self.respawn = any(node.respawn for node in self.plan)
         self.echo = echo
         self.log = open(log_path, "a", encoding="utf-8") if log_path else None
@@ -63,7 +69,7 @@ class EmbeddedLaunch:
         command = [executable_path(node.executable)] + node.ros_args()
         process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env=self.env)
         self.processes[node.name] = process
         threading.Thread(target=self._pump, args=(node.name, process), daemon=True).start()
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
+import rclpy
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
@@ -66,7 +68,6 @@ class SafetyNode(Node):
         self.stamps = {}  # source -> stamp (s) of its latest accepted command
         self.last_rejection = ""
 
-        control_group = MutuallyExclusiveCallbackGroup()
         if self.is_arm:
             self.command_pub = self.create_publisher(JointTrajectory, "/safety/joint_command",
                                                      COMMAND_QOS)
@@ -90,7 +91,12 @@ class SafetyNode(Node):
         self.create_service(Trigger, "/safety/reset", self.on_reset)
         self.status_pub = self.create_publisher(SafetyStatus, "/safety/status", LATCHED_QOS)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", COMMAND_QOS)
-        self.create_timer(self.period, self.control_step, callback_group=control_group)
+        # The control loop runs on a thread of its own, paced by the monotonic clock: executor
+        # timers share the executor's dispatch with every subscription and jitter by tens of
+        # milliseconds under load, which a safety loop cannot afford.
+        self.running = True
+        self.loop = threading.Thread(target=self.control_loop, name="safety-control", daemon=True)
+        self.loop.start()
         self.create_timer(1.0 / p["status_rate_hz"], self.publish_status)
         self.last_reported = None
         self.get_logger().info(
@@ -171,6 +177,27 @@ class SafetyNode(Node):
         return response
 
     # --- output -------------------------------------------------------------------------------
+    def control_loop(self) -> None:
+        next_tick = time.monotonic()
+        while self.running and rclpy.ok():
+            try:
+                self.control_step()
+            except Exception as error:  # publishers vanish at shutdown
+                if self.running and rclpy.ok():
+                    raise
+                self.get_logger().debug(f"control loop ended: {error!r}")
+                return
+            next_tick += self.period
+            delay = next_tick - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            else:
+                next_tick = time.monotonic()  # overran: no burst of catch-up ticks
+
+    def close(self) -> None:
+        self.running = False
+        self.loop.join(timeout=1.0)
+
     def control_step(self) -> None:
         now = now_sec(self)
         with self.lock:
