@@ -146,4 +146,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # The graph is stopped and the result printed; skip interpreter teardown, where rclpy may
+    # report futures of already destroyed entities after the JSON line that must end the output.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
