@@ -10,18 +10,10 @@ from vla_bringup.policy.base import ActionChunk, Observation, PolicyBackend, Ski
 from vla_bringup.policy.scripted_expert import ScriptedExpert
 from vla_bringup.sim.kinematics import PandaKinematics
 from vla_bringup.sim.tasks import TaskSpec, task_succeeded
-from vla_bringup.sim.world import TabletopWorld
 
 MAX_SPEED = 0.25
 SKILL_BUDGET_S = 15.0
 INFER_PERIOD_S = 0.2
-
-
-@pytest.fixture(scope="module")
-def world():
-    w = TabletopWorld(seed=0)
-    yield w
-    w.close()
 
 
 @pytest.fixture(scope="module")

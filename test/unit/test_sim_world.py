@@ -14,13 +14,6 @@ CUBES = ["red_cube", "green_cube", "blue_cube", "yellow_cube"]
 
 
 @pytest.fixture(scope="module")
-def world():
-    w = TabletopWorld(seed=0)
-    yield w
-    w.close()
-
-
-@pytest.fixture(scope="module")
 def kinematics():
     k = PandaKinematics()
     yield k

@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from vla_bringup.cli import evaluate as evaluate_cli
 from vla_bringup.cli import train as train_cli
@@ -18,17 +17,11 @@ from vla_bringup.policy.vla.backend import VLAPolicy
 from vla_bringup.policy.vla.model import load_checkpoint
 from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, GeneratorConfig, generate
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 TINY_MODEL = {"image_size": 64, "d_model": 32, "n_heads": 2, "fusion_layers": 1,
               "head_layers": 1, "keypoints": 4, "language_tokens": 2}
 TINY_TRAIN = {"steps": 5, "batch": 8, "val_every": 2, "warmup_steps": 1}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,8 @@ from vla_bringup.policy.vla.encoders import TextEncoder
 from vla_bringup.policy.vla.heads import ActionTokenizer, head_loss
 from vla_bringup.policy.vla.model import VLAModel, checkpoint_size, load_checkpoint
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 JOINTS = ["panda_joint1", "panda_joint2", "panda_joint3", "panda_joint4", "panda_joint5",
           "panda_joint6", "panda_joint7", "panda_finger_joint1", "panda_finger_joint2"]
 HOME = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
@@ -34,15 +36,6 @@ def batch(config: VLAConfig, size: int = 2, seed: int = 0):
     images = torch.randint(0, 256, (size, 80, 96, 3), dtype=torch.uint8, generator=generator)
     language = torch.nn.functional.normalize(torch.randn(size, 384, generator=generator), dim=-1)
     return images, language, torch.randn(size, 8, generator=generator) * 0.1
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Two OpenMP threads on two shared cores spin against other work: 100x slower, not faster.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
