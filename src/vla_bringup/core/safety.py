@@ -322,6 +322,7 @@ class ArmSafetyGate(_GateCore):
         self.names = limits.names
         self._index = {name: i for i, name in enumerate(self.names)}
         self._lower, self._upper = limits.lower, limits.upper
+        self._max_effort = limits.max_effort.tolist()  # read per joint state: built once
         self._band_lo, self._band_hi = limits.safe_lower, limits.safe_upper
         self._span = self._upper - self._lower
         self._max_velocity, self._max_acceleration = limits.max_velocity, limits.max_acceleration
@@ -366,12 +367,11 @@ class ArmSafetyGate(_GateCore):
         return Verdict(True, "accepted")
 
     def _check_efforts(self, measured: dict) -> None:
-        for i, name in enumerate(self.names):
+        for name, limit in zip(self.names, self._max_effort):
             effort = measured.get(name)
             if effort is not None and math.isfinite(effort) and (
-                    abs(effort) > EFFORT_TOLERANCE * self.limits.max_effort[i]):
-                self.engage_estop(f"effort limit: {name} at {effort:.1f}, "
-                                  f"limit {self.limits.max_effort[i]:.1f}")
+                    abs(effort) > EFFORT_TOLERANCE * limit):
+                self.engage_estop(f"effort limit: {name} at {effort:.1f}, limit {limit:.1f}")
                 return
 
     def _resync(self) -> None:
