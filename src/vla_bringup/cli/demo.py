@@ -72,7 +72,7 @@ def run_demo(args) -> dict:
         if not wait_until(lambda: observer.image is not None and observer.scene is not None,
                           args.startup_timeout):
             raise RuntimeError("no camera image / scene state from the simulator")
-        save_picture(observer.image, os.path.join(args.artifacts, "demo_before.png"))
+        save_picture(observer.picture(), os.path.join(args.artifacts, "demo_before.png"))
         initial_scene = observer.scene
         print(f"[demo] graph up after {time.monotonic() - wall_start:.1f} s; sending "
               f"'{args.instruction}'", flush=True)
@@ -101,7 +101,7 @@ def run_demo(args) -> dict:
         run_wall = time.monotonic() - run_start
         sim_elapsed = observer.sim_clock - sim_start
         time.sleep(1.0)  # let the scene settle before judging and photographing it
-        save_picture(observer.image, os.path.join(args.artifacts, "demo_after.png"))
+        save_picture(observer.picture(), os.path.join(args.artifacts, "demo_after.png"))
         with observer.lock:
             commands = observer.command_times[commands_before:]
             latencies = list(observer.latencies.values())

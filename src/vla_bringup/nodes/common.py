@@ -76,6 +76,14 @@ def now_sec(node: Node) -> float:
     return node.get_clock().now().nanoseconds * 1e-9
 
 
+def image_msg_to_rgb(msg):
+    """sensor_msgs/Image -> HxWx3 uint8 RGB (raises core.image_conversion.ImageFormatError)."""
+    from vla_bringup.core import image_conversion as conv
+    return conv.to_rgb8(conv.image_to_array(msg.height, msg.width, msg.encoding,
+                                            msg.is_bigendian, msg.step, bytes(msg.data)),
+                        msg.encoding)
+
+
 def scene_poses(msg) -> dict:
     """vla_msgs/SceneState -> {object name: ObjectPose}."""
     from vla_bringup.policy.base import ObjectPose

@@ -21,9 +21,8 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from vla_bringup.core import image_conversion as conv
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
-                                      stamp_to_sec)
+                                      image_msg_to_rgb, stamp_to_sec)
 from vla_msgs.action import ExecuteInstruction
 from vla_msgs.msg import ActionChunk, JointJog, SafetyStatus, SceneState
 
@@ -69,11 +68,14 @@ class DemoObserver(Node):
                                  COMMAND_QOS)
 
     def on_image(self, msg: Image) -> None:
-        rgb = conv.to_rgb8(conv.image_to_array(msg.height, msg.width, msg.encoding,
-                                               msg.is_bigendian, msg.step, bytes(msg.data)),
-                           msg.encoding)
         with self.lock:
-            self.image = rgb
+            self.image = msg  # decoded only when a picture is taken
+
+    def picture(self):
+        """The latest camera frame as HxWx3 uint8 RGB."""
+        with self.lock:
+            msg = self.image
+        return image_msg_to_rgb(msg)
 
     def on_scene(self, msg: SceneState) -> None:
         with self.lock:

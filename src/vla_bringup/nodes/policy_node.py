@@ -18,7 +18,8 @@ from std_msgs.msg import Header
 
 from vla_bringup.core import image_conversion as conv
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
-                                      declare_parameters, now_sec, run, scene_poses,
+                                      declare_parameters, image_msg_to_rgb, now_sec, run,
+                                      scene_poses,
                                       sec_to_stamp, stamp_to_sec)
 from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.registry import make_backend
@@ -37,7 +38,7 @@ class PolicyNode(Node):
         self.backend = make_backend(p["backend"], horizon=p["chunk_horizon"], dt=p["chunk_dt_s"],
                                     device=p["device"], checkpoint=p["checkpoint"])
         self.inputs_lock = threading.Lock()
-        self.image = None  # (stamp s, HxWx3 uint8)
+        self.image = None  # (stamp s, sensor_msgs/Image), decoded when used
         # Short histories, so the observation pairs the frame with the joint state and scene of
         # the same instant rather than whatever arrived last.
         self.joints = collections.deque(maxlen=100)  # (stamp s, names, positions)
@@ -64,15 +65,10 @@ class PolicyNode(Node):
 
     # --- input callbacks: store only ----------------------------------------------------------
     def on_image(self, msg: Image) -> None:
-        try:
-            rgb = conv.to_rgb8(conv.image_to_array(msg.height, msg.width, msg.encoding,
-                                                   msg.is_bigendian, msg.step, bytes(msg.data)),
-                               msg.encoding)
-        except conv.ImageFormatError as error:
-            self.get_logger().error(f"bad perception image: {error}", throttle_duration_sec=1.0)
-            return
+        # Only the message is kept: it is decoded on the inference thread, and only for the
+        # frames that are actually used (none while no skill runs).
         with self.inputs_lock:
-            self.image = (stamp_to_sec(msg.header.stamp), rgb)
+            self.image = (stamp_to_sec(msg.header.stamp), msg)
         self.wake.set()
 
     def on_joints(self, msg: JointState) -> None:
@@ -123,7 +119,7 @@ class PolicyNode(Node):
                     last_image_stamp = image[0]
 
     def infer_and_publish(self, skill, image, joints, scene) -> bool:
-        stamp, rgb = image
+        stamp, msg = image
         age = now_sec(self) - stamp
         if age > self.params["max_observation_age_s"]:
             self.get_logger().warning(f"camera frame is {age:.2f} s old: not inferring",
@@ -132,6 +128,11 @@ class PolicyNode(Node):
         if joints is None or (self.backend.requires_ground_truth and scene is None):
             self.get_logger().info("waiting for joint states / scene state",
                                    throttle_duration_sec=2.0)
+            return False
+        try:
+            rgb = image_msg_to_rgb(msg)
+        except conv.ImageFormatError as error:
+            self.get_logger().error(f"bad perception image: {error}", throttle_duration_sec=1.0)
             return False
         observation = Observation(stamp=stamp, joint_names=joints[1], joint_positions=joints[2],
                                   skill=skill, image=rgb, scene=scene[1] if scene else None)
