@@ -15,6 +15,7 @@ os.environ["ROS_DOMAIN_ID"] = str(os.environ.get("VLA_TEST_DOMAIN_ID") or 1 + os
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 import rclpy  # noqa: E402  (after the domain id is set)
+from rclpy.action import ActionClient  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
@@ -29,6 +30,7 @@ class Probe:
 
     def __init__(self) -> None:
         self.node = Node("test_probe")
+        self.instruction_client = None
         self.executor = MultiThreadedExecutor(num_threads=2)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
@@ -42,6 +44,28 @@ class Probe:
                 return True
             time.sleep(period_s)
         return bool(predicate())
+
+    def send_instruction(self, text: str, feedback_callback=None):
+        """Send an instruction goal; returns the accepted goal handle.
+
+        One action client per probe, and one resend: a goal request sent right after the
+        server was discovered can have its response lost before DDS has matched the reply
+        path, which would otherwise leave the test waiting on a future that never completes.
+        """
+        from vla_msgs.action import ExecuteInstruction
+        if self.instruction_client is None:
+            self.instruction_client = ActionClient(self.node, ExecuteInstruction,
+                                                   "/vla/execute_instruction")
+        assert self.instruction_client.wait_for_server(timeout_sec=60.0), \
+            "instruction action server missing"
+        for _ in range(2):
+            send = self.instruction_client.send_goal_async(
+                ExecuteInstruction.Goal(instruction=text), feedback_callback=feedback_callback)
+            if self.wait(send.done, 10.0):
+                handle = send.result()
+                assert handle.accepted, "instruction goal rejected"
+                return handle
+        raise AssertionError(f"no answer to the goal {text!r} after two tries")
 
     def wait_future(self, future, timeout_s: float):
         assert self.wait(future.done, timeout_s), f"future not done within {timeout_s} s"

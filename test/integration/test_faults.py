@@ -13,13 +13,11 @@ import time
 
 import numpy as np
 import pytest
-from rclpy.action import ActionClient
 from trajectory_msgs.msg import JointTrajectory
 
 from conftest import ARTIFACTS
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
 from vla_bringup.nodes.common import COMMAND_QOS
-from vla_msgs.action import ExecuteInstruction
 
 MOVING = 0.01  # rad/s: a command faster than this is motion
 
@@ -62,12 +60,7 @@ class CommandLog:
 
 
 def start_task(probe, text: str):
-    client = ActionClient(probe.node, ExecuteInstruction, "/vla/execute_instruction")
-    assert client.wait_for_server(timeout_sec=60.0)
-    handle = probe.wait_future(client.send_goal_async(ExecuteInstruction.Goal(instruction=text)),
-                               10.0)
-    assert handle.accepted
-    return handle.get_result_async()
+    return probe.send_instruction(text).get_result_async()
 
 
 def kill_mid_motion(probe, graph, commands, node: str, text: str):
