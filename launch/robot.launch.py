@@ -1,5 +1,6 @@
 """ros2 launch vla_bringup robot.launch.py [sim:=embedded|gazebo|none] [robot:=arm|base]
-[policy:=scripted_expert] [device:=auto|cpu|cuda] [respawn:=false|true] [config:=extra.yaml]
+[policy:=scripted_expert|vla|openvla|lerobot] [device:=auto|cpu|cuda] [respawn:=false|true]
+[config:=extra.yaml]
 
 Which nodes start, and with which parameter files, comes from config/nodes.yaml through
 vla_bringup.core.launch_plan, the same code the embedded launcher uses (no node list here).

@@ -37,7 +37,7 @@ class ParamSpec:
             raise ValueError(f"{self.name}={value!r} is not one of {list(self.choices)}")
 
 
-POLICY_BACKENDS = ("scripted_expert", "vla")
+POLICY_BACKENDS = ("scripted_expert", "vla", "openvla", "lerobot")
 ROBOTS = ("arm", "base")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -79,8 +79,13 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
     "policy": (
         _spec("backend", "scripted_expert", "policy backend", choices=POLICY_BACKENDS),
         _spec("device", "auto", "inference device; auto = cuda when present", choices=DEVICES),
-        _spec("checkpoint", "", "checkpoint folder for learned backends ('' = built-in)"),
-        _spec("inference_rate_hz", 15.0, "most chunks per second; each new camera frame triggers one",
+        _spec("checkpoint", "", "checkpoint folder for learned backends ('' = built-in; "
+              "openvla and lerobot need one)"),
+        _spec("trust_remote_code", False,
+              "openvla only: run the model code shipped in the checkpoint folder (real OpenVLA "
+              "checkpoints need it; read that code first)"),
+        _spec("inference_rate_hz", 15.0,
+              "most chunks per second; each new camera frame triggers one",
               "Hz", 0.2, 100.0),
         _spec("chunk_horizon", 16, "actions per chunk", "steps", 1, 256),
         _spec("chunk_dt_s", 0.1, "time between actions of a chunk", "s", 0.005, 1.0),
@@ -129,6 +134,9 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         _spec("heartbeat_timeout_s", 0.5, "silence on a heartbeat topic that engages the e-stop",
               "s", 0.01, 10.0),
         _spec("status_rate_hz", 2.0, "/safety/status and /diagnostics rate", "Hz", 0.1, 50.0),
+        _spec("realtime_priority", 80,
+              "SCHED_FIFO priority of the safety process, 0 = normal scheduling; without "
+              "CAP_SYS_NICE or an rtprio limit it warns and runs at normal priority", "", 0, 98),
     ),
 }
 
