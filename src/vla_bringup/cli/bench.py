@@ -30,7 +30,6 @@ from std_srvs.srv import Trigger
 
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
 from vla_bringup.core.params import specs_for
-from vla_bringup.nodes.common import POLICY_LEASE_S
 from vla_bringup.nodes.observers import BenchObserver, start_in_background
 from vla_msgs.action import ExecuteInstruction
 
@@ -90,7 +89,8 @@ def bench_estop(obs: BenchObserver, trials: int) -> list:
 def bench_teleop(obs: BenchObserver, trials: int) -> list:
     results = []
     for trial in range(trials):
-        handle = start_task(obs, ["push the blue cube to the left", "push the blue cube to the right"][trial % 2])
+        side = "left" if trial % 2 == 0 else "right"
+        handle = start_task(obs, f"push the blue cube to the {side}")
         wait_until(lambda: any(s == "autonomy" for _, s, _ in obs.statuses[-3:]), 15.0)
         # The operator holds the deadman first, as with a joystick's enable button.
         for _ in range(5):
@@ -110,7 +110,7 @@ def bench_teleop(obs: BenchObserver, trials: int) -> list:
 
 
 def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: int) -> dict:
-    from_kill, from_last_chunk = [], []
+    from_kill, from_last_chunk, braking_from_kill = [], [], []
     for trial in range(trials):
         wait_until(lambda: node not in launch.dead(), 15.0)
         time.sleep(3.0)  # the respawned node needs its start-up
@@ -126,10 +126,15 @@ def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: in
         wait_until(result.done, 30.0)
         stop = obs.stopped_at(killed, time.time())
         from_kill.append(None if stop is None else stop - killed)
+        if stop is not None:
+            braking_from_kill.append(obs.braking_from(killed, stop) - killed)
         if node == "policy" and stop is not None:
             from_last_chunk.append(stop - last_chunk)
         time.sleep(1.0)
-    out = {"from_kill": summary(from_kill)}
+    # from_kill: until every command is zero; stop_commanded_from_kill: until the first command
+    # of the controlled stop (the rest is braking within the acceleration limits).
+    out = {"from_kill": summary(from_kill),
+           "stop_commanded_from_kill": summary(braking_from_kill)}
     if from_last_chunk:
         out["from_last_chunk"] = summary(from_last_chunk)
     return out
@@ -189,7 +194,7 @@ def main(argv=None) -> int:
                           f"{os.cpu_count()} cores",
                "targets": {"estop_ms": (CONTROL_PERIOD_S + 0.001) * 1000,
                            "teleop_ms": CONTROL_PERIOD_S * 1000,
-                           "killed_policy_ms": (POLICY_LEASE_S + CONTROL_PERIOD_S) * 1000,
+                           "killed_policy_ms": (WATCHDOG_S + CONTROL_PERIOD_S) * 1000,
                            "killed_skill_controller_ms": (WATCHDOG_S + CONTROL_PERIOD_S) * 1000}}
     try:
         print("[bench] waiting for the graph", flush=True)

@@ -9,7 +9,8 @@ import rclpy
 from builtin_interfaces.msg import Time
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import InvalidParameterValueException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import (ExternalShutdownException, MultiThreadedExecutor,
+                             SingleThreadedExecutor)
 from rclpy.node import Node
 from rclpy.duration import Duration
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile,
@@ -24,8 +25,10 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
                          history=HistoryPolicy.KEEP_LAST)
 # Action chunks: reliable, but only the newest two are worth anything. DDS liveliness with a
 # short lease tells the skill controller within POLICY_LEASE_S that the policy process is gone
-# (asserted by the DDS threads, so a slow inference alone does not trip it).
-POLICY_LEASE_S = 0.1
+# (asserted by the DDS threads, so a slow inference alone does not trip it). Half the safety
+# watchdog, so that detection plus the braking of a controlled stop fit in the watchdog time; a
+# false alarm (a starved DDS thread) costs a short hold, and the next chunk resumes the skill.
+POLICY_LEASE_S = 0.05
 CHUNK_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                        history=HistoryPolicy.KEEP_LAST, liveliness=LivelinessPolicy.AUTOMATIC,
                        liveliness_lease_duration=Duration(seconds=POLICY_LEASE_S))
@@ -43,7 +46,8 @@ def _descriptor(spec: ParamSpec) -> ParameterDescriptor:
     if isinstance(spec.default, float) and spec.min is not None:
         descriptor.floating_point_range = [
             FloatingPointRange(from_value=float(spec.min), to_value=float(spec.max), step=0.0)]
-    elif isinstance(spec.default, int) and not isinstance(spec.default, bool) and spec.min is not None:
+    elif (isinstance(spec.default, int) and not isinstance(spec.default, bool)
+          and spec.min is not None):
         descriptor.integer_range = [
             IntegerRange(from_value=int(spec.min), to_value=int(spec.max), step=1)]
     return descriptor
@@ -109,12 +113,16 @@ def run(make_node: Callable[[], Node], threads: int = 2) -> None:
         try:
             node = make_node()
         except (InvalidParameterValueException, ValueError, FileNotFoundError,
-                RuntimeError) as error:
+                RuntimeError, ImportError) as error:
             # Bad configuration: one clear line and a non-zero exit, not a traceback.
             print(f"[FATAL] cannot start: {error}", file=sys.stderr, flush=True)
             rclpy.try_shutdown()
             sys.exit(2)
-        executor = MultiThreadedExecutor(num_threads=threads)
+        # threads=1: callbacks run inline on the spinning thread. The multi-threaded executor's
+        # dispatcher polls while a worker has not yet taken a ready callback, which a
+        # SCHED_FIFO process (the safety checker) turns into a core spinning at 90%.
+        executor = (SingleThreadedExecutor() if threads == 1
+                    else MultiThreadedExecutor(num_threads=threads))
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -144,5 +144,17 @@ class BenchObserver(Node):
             stop = None if v > 0.0 else (stop or t)
         return stop
 
+    def braking_from(self, since: float, stop: float):
+        """Start of the deceleration that ends at `stop`: where the commanded speed last
+        stopped falling (the first command of the controlled stop)."""
+        with self.lock:
+            window = [(t, v) for t, v in self.commands if since <= t <= stop]
+        start = stop
+        for (t0, v0), (t1, v1) in zip(reversed(window[:-1]), reversed(window)):
+            if v0 < v1 - 1e-9:
+                break
+            start = t0 if v0 > v1 + 1e-9 else start
+        return start
+
     def moving_since(self, since: float) -> bool:
         return self.first_command(since, lambda v: v > 0.01) is not None

@@ -5,7 +5,9 @@ Inputs: /vla/command_raw (autonomy), /teleop/joint_jog (teleop, outranks autonom
 latched) and the /safety/reset service. Every control period it publishes what the safety core
 allows on /safety/joint_command (arm) or /cmd_vel (base): the winning source's command clamped to
 the limits, or a stop. /safety/status (latched) and /diagnostics report what it is doing.
-The control timer has its own callback group, so a flood of inputs cannot delay it.
+The control loop is a thread of its own, so a flood of inputs cannot delay it; an e-stop or a
+teleop takeover does not wait for its next tick. The process runs SCHED_FIFO where it may
+(realtime_priority), so busy neighbours cannot keep a stop waiting for a core.
 """
 from __future__ import annotations
 
@@ -17,13 +19,13 @@ import rclpy
 from builtin_interfaces.msg import Duration
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool, Header
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
+from vla_bringup.core.realtime import apply_realtime_priority
 from vla_bringup.core.safety import ArmSafetyGate, BaseSafetyGate
 from vla_bringup.core.safety_limits import ArmLimits, BaseLimits, load_limits_file
 from vla_bringup.core.teleop import Deadman
@@ -60,11 +62,17 @@ class SafetyNode(Node):
         else:
             self.gate = BaseSafetyGate(BaseLimits.from_dict(limits["base"]), self.period,
                                        p["watchdog_timeout_s"], sources)
-        self.deadman = Deadman(p["teleop_enable_timeout_s"]) if p["teleop_requires_enable"] else None
+        self.deadman = (Deadman(p["teleop_enable_timeout_s"]) if p["teleop_requires_enable"]
+                        else None)
         self.heartbeats = [t.strip() for t in p["heartbeat_topics"].split(",") if t.strip()]
         for topic in self.heartbeats:
             self.gate.register_heartbeat(topic, p["heartbeat_timeout_s"])
-        self.lock = threading.Lock()  # the gate is shared by inputs and the control timer
+        self.lock = threading.Lock()  # the gate is shared by inputs and the control loop
+        # One tick at a time, published in tick order: a tick from an input callback (e-stop,
+        # takeover) and one from the loop must not interleave their publications.
+        self.step_lock = threading.Lock()
+        self.last_step_at = time.monotonic()
+        self.early_tick = threading.Event()  # a callback ticked: restart the loop's period
         self.stamps = {}  # source -> stamp (s) of its latest accepted command
         self.last_rejection = ""
 
@@ -81,9 +89,7 @@ class SafetyNode(Node):
                                      lambda m: self.on_twist("autonomy", m), COMMAND_QOS)
             self.create_subscription(Twist, "/teleop/cmd_vel",
                                      lambda m: self.on_twist("teleop", m), COMMAND_QOS)
-        # The e-stop gets a callback group of its own: it never queues behind other inputs.
-        self.create_subscription(Bool, "/safety/estop", self.on_estop, COMMAND_QOS,
-                                 callback_group=MutuallyExclusiveCallbackGroup())
+        self.create_subscription(Bool, "/safety/estop", self.on_estop, COMMAND_QOS)
         self.create_subscription(Bool, "/teleop/enable", self.on_enable, COMMAND_QOS)
         for topic in self.heartbeats:
             self.create_subscription(Bool, topic, lambda m, t=topic: self.on_heartbeat(t, m),
@@ -94,6 +100,10 @@ class SafetyNode(Node):
         # The control loop runs on a thread of its own, paced by the monotonic clock: executor
         # timers share the executor's dispatch with every subscription and jitter by tens of
         # milliseconds under load, which a safety loop cannot afford.
+        # Before the loop and the executor threads exist, so that they inherit the policy.
+        applied, how = apply_realtime_priority(p["realtime_priority"])
+        (self.get_logger().info if applied or not p["realtime_priority"]
+         else self.get_logger().warning)(f"scheduling: {how}")
         self.running = True
         self.loop = threading.Thread(target=self.control_loop, name="safety-control", daemon=True)
         self.loop.start()
@@ -147,6 +157,7 @@ class SafetyNode(Node):
             verdict = self.gate.submit_jog("teleop", list(msg.joint_names), list(msg.velocities),
                                            now_sec(self))
             self.note("teleop", verdict, now_sec(self))
+        self.tick_now_if_taking_over("teleop", verdict)
 
     def on_twist(self, source: str, msg: Twist) -> None:
         if source == "teleop" and not self.teleop_allowed():
@@ -155,6 +166,19 @@ class SafetyNode(Node):
             verdict = self.gate.submit(source, msg.linear.x, msg.linear.y, msg.angular.z,
                                        now_sec(self))
             self.note(source, verdict, now_sec(self))
+        if source == "teleop":
+            self.tick_now_if_taking_over(source, verdict)
+
+    def tick_now_if_taking_over(self, source: str, verdict) -> None:
+        """The operator's first command acts now, not up to a period later at the next tick.
+
+        The gate's limits are per tick, and a tick now followed by the next one a full period
+        later keeps ticks at least that far apart afterwards; each command still says to be
+        reached in one period (time_from_start), so the early tick does not speed the arm up.
+        """
+        if verdict.accepted and (self.last_reported or (None,))[0] != source:
+            self.control_step()
+            self.early_tick.set()
 
     def on_joints(self, msg: JointState) -> None:
         with self.lock:
@@ -167,6 +191,7 @@ class SafetyNode(Node):
         if msg.data:
             self.get_logger().error("E-STOP engaged by /safety/estop")
             self.control_step()  # the stop goes out now, not at the next tick
+            self.early_tick.set()
         self.publish_status()
 
     def on_reset(self, _request, response: Trigger.Response) -> Trigger.Response:
@@ -187,19 +212,31 @@ class SafetyNode(Node):
                     raise
                 self.get_logger().debug(f"control loop ended: {error!r}")
                 return
-            next_tick += self.period
-            delay = next_tick - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                next_tick = time.monotonic()  # overran: no burst of catch-up ticks
+            next_tick += self.period  # a fixed schedule: sleep overshoot does not add up
+            while self.running:
+                if self.early_tick.is_set():
+                    # An e-stop or a takeover ticked from its callback: the schedule restarts
+                    # one period after that tick.
+                    self.early_tick.clear()
+                    next_tick = self.last_step_at + self.period
+                delay = next_tick - time.monotonic()
+                if delay <= 0:
+                    if -delay > self.period:
+                        next_tick = time.monotonic()  # overran: no burst of catch-up ticks
+                    break
+                self.early_tick.wait(delay)
 
     def close(self) -> None:
         self.running = False
+        self.early_tick.set()
         self.loop.join(timeout=1.0)
 
     def control_step(self) -> None:
-        now = now_sec(self)
+        with self.step_lock:
+            self.last_step_at = time.monotonic()
+            self.publish_tick(now_sec(self))
+
+    def publish_tick(self, now: float) -> None:
         with self.lock:
             output = self.gate.tick(now)
         if output is None:
@@ -251,7 +288,9 @@ class SafetyNode(Node):
 
 
 def main() -> None:
-    run(SafetyNode, threads=4)
+    # One executor thread: every input callback is short, and a real-time process must not
+    # spin (see common.run). The control loop is a thread of its own either way.
+    run(SafetyNode, threads=1)
 
 
 if __name__ == "__main__":
