@@ -48,7 +48,8 @@ def test_workspace_build_with_the_readme_command(tmp_path):
                            timeout=600)
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     install = tmp_path / "install"
-    assert (install / "vla_bringup" / "share" / "vla_bringup" / "launch" / "robot.launch.py").exists()
+    share = install / "vla_bringup" / "share" / "vla_bringup"
+    assert (share / "launch" / "robot.launch.py").exists()
     for executable in ("sim", "perception", "instruction", "policy", "skill_controller", "safety"):
         assert os.access(install / "vla_bringup" / "lib" / "vla_bringup" / executable, os.X_OK)
     # The installed tree works on its own: messages import, the plan reads the installed config.

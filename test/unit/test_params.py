@@ -40,7 +40,8 @@ def test_yaml_comments_give_units():
 def test_every_spec_has_a_description_and_a_range(spec: ParamSpec):
     assert len(spec.description) > 10
     if isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool):
-        assert spec.min is not None and spec.max is not None and spec.min <= spec.default <= spec.max
+        assert spec.min is not None and spec.max is not None
+        assert spec.min <= spec.default <= spec.max
     spec.check(spec.default)
 
 

@@ -85,7 +85,8 @@ class InstructionNode(Node):
         self.get_logger().info(
             f"'{text}' -> {task.family}: " + " | ".join(s.instruction for s in task.skills))
         if not self.skill_client.wait_for_server(timeout_sec=self.params["skill_server_wait_s"]):
-            return self.finish(goal_handle, False, "skill controller (/vla/execute_skill) is not running")
+            return self.finish(goal_handle, False,
+                               "skill controller (/vla/execute_skill) is not running")
         count = len(task.skills)
         for index, skill in enumerate(task.skills):
             ok, message = self.run_skill(goal_handle, skill, index, count)
@@ -129,7 +130,8 @@ class InstructionNode(Node):
                 cancel = skill_handle.cancel_goal_async()
                 wait_for(cancel, 2.0)
                 wait_for(result_future, 2.0)
-                return False, "was cancelled" if goal_handle.is_cancel_requested else "was preempted"
+                return False, ("was cancelled" if goal_handle.is_cancel_requested
+                               else "was preempted")
             if waited > deadline_s:
                 skill_handle.cancel_goal_async()
                 return False, "timed out waiting for the skill controller"

@@ -70,7 +70,8 @@ class SimNode(Node):
             return
         positions = np.asarray(msg.points[0].positions, dtype=np.float64)
         if len(positions) != len(msg.joint_names) or not np.all(np.isfinite(positions)):
-            self.get_logger().error("ignoring malformed /safety/joint_command", throttle_duration_sec=1.0)
+            self.get_logger().error("ignoring malformed /safety/joint_command",
+                                    throttle_duration_sec=1.0)
             return
         self.pending_command = (list(msg.joint_names), positions)
 

@@ -43,8 +43,10 @@ class SkillControllerNode(Node):
         super().__init__("skill_controller")
         self.params = p = declare_parameters(self, "skill_controller")
         if p["robot"] != "arm":
-            raise RuntimeError("skill_controller: robot:=base is not implemented yet; use robot:=arm")
-        self.executor_core = SkillExecutor(PANDA_JOINT_NAMES, p["blend_time_s"], p["max_chunk_age_s"])
+            raise RuntimeError(
+                "skill_controller: robot:=base is not implemented yet; use robot:=arm")
+        self.executor_core = SkillExecutor(PANDA_JOINT_NAMES, p["blend_time_s"],
+                                           p["max_chunk_age_s"])
         self.core_lock = threading.Lock()  # the core is shared by timer, chunk and goal callbacks
         self.measured = None
         self.finished_at = None

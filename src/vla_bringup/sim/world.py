@@ -138,7 +138,8 @@ class TabletopWorld:
         home = list(HOME_ARM) + [FINGER_OPEN, FINGER_OPEN]
         if joint_positions is not None:
             if len(joint_positions) != len(home):
-                raise ValueError(f"reset needs {len(home)} joint positions, got {len(joint_positions)}")
+                raise ValueError(
+                    f"reset needs {len(home)} joint positions, got {len(joint_positions)}")
             home = [float(q) for q in joint_positions]
         for j, q in zip(self._joint_index.values(), home):
             c.resetJointState(self._robot, j, float(q))
