@@ -5,7 +5,7 @@ ENV := source scripts/env.sh
 # Each run gets its own DDS domain unless the caller chose one.
 DOMAIN ?= $(shell echo $$(( ($$$$ % 100) + 100 )))
 
-.PHONY: setup demo test test-unit test-integration bench launch clean
+.PHONY: setup demo test test-unit test-integration bench eval launch clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -25,6 +25,14 @@ test-integration: setup
 # Safety reaction times on the live graph + the 100k-stream property run -> artifacts/bench.json
 bench: setup
 	@$(ENV) && ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$(DOMAIN)} python -m vla_bringup.cli.bench $(ARGS)
+
+# Closed-loop success of the committed VLA checkpoint vs the scripted expert on held-out seeds
+# -> artifacts/eval.json + artifacts/eval_table.png (about an hour on 2 cores at 100 seeds)
+EVAL_SEEDS ?= 100
+EVAL_WORKERS ?= 2
+eval: setup
+	@$(ENV) && python -m vla_bringup.cli.evaluate --seeds $(EVAL_SEEDS) --workers $(EVAL_WORKERS) \
+		--out artifacts $(ARGS)
 
 # Start the graph in the foreground (Ctrl-C stops it), e.g. make launch ARGS="policy:=scripted_expert"
 launch: setup

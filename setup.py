@@ -26,6 +26,9 @@ setup(
     version="0.1.0",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    # The committed VLA checkpoint (config.json + model.safetensors) ships inside the package.
+    package_data={"vla_bringup.policy.vla": ["checkpoints/*/*.json",
+                                             "checkpoints/*/*.safetensors"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

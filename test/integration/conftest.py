@@ -76,6 +76,9 @@ class Probe:
         self.node.destroy_node()
 
 
+GRAPH_ARGS = {"policy": "scripted_expert"}
+
+
 @pytest.fixture(scope="session")
 def ros():
     rclpy.init()
@@ -85,10 +88,14 @@ def ros():
 
 @pytest.fixture(scope="module")
 def graph(ros):
-    """The whole default graph (sim:=embedded, scripted expert), node output in a log file."""
+    """The whole graph (sim:=embedded) with the scripted expert, node output in a log file.
+
+    Graph behaviour must not hinge on a learned policy's success rate, so these tests pin the
+    privileged expert; test_vla_graph.py runs the default learned policy.
+    """
     os.makedirs(ARTIFACTS, exist_ok=True)
     log = os.path.join(ARTIFACTS, "integration_graph.log")
-    launch = EmbeddedLaunch(echo=False, log_path=log).start()
+    launch = EmbeddedLaunch(GRAPH_ARGS, echo=False, log_path=log).start()
     yield launch
     codes = launch.stop()
     # A node that crashed during the tests shows up here, not as a silent pass.

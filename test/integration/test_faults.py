@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from trajectory_msgs.msg import JointTrajectory
 
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, GRAPH_ARGS
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
 from vla_bringup.nodes.common import COMMAND_QOS
 
@@ -26,7 +26,7 @@ MOVING = 0.01  # rad/s: a command faster than this is motion
 def graph(ros):
     log = os.path.join(ARTIFACTS, "faults_graph.log")
     os.makedirs(ARTIFACTS, exist_ok=True)
-    launch = EmbeddedLaunch({"respawn": "true"}, echo=False, log_path=log).start()
+    launch = EmbeddedLaunch({**GRAPH_ARGS, "respawn": "true"}, echo=False, log_path=log).start()
     yield launch
     launch.stop()
 

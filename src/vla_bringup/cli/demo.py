@@ -68,7 +68,8 @@ def run_demo(args) -> dict:
     try:
         print(f"[demo] graph starting (node logs: {log_path})", flush=True)
         if not observer.client.wait_for_server(timeout_sec=args.startup_timeout):
-            raise RuntimeError(f"/vla/execute_instruction did not appear; dead nodes: {launch.dead()}")
+            raise RuntimeError(
+                f"/vla/execute_instruction did not appear; dead nodes: {launch.dead()}")
         if not wait_until(lambda: observer.image is not None and observer.scene is not None,
                           args.startup_timeout):
             raise RuntimeError("no camera image / scene state from the simulator")
@@ -132,7 +133,8 @@ def run_demo(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instruction", default="put the red cube in the tray")
-    parser.add_argument("--policy", default="scripted_expert")
+    parser.add_argument("--policy", default="scripted_expert",
+                        help="policy backend (vla: the built-in learned model, once trained)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     parser.add_argument("--timeout", type=float, default=120.0, help="s for the whole task")
     parser.add_argument("--startup-timeout", type=float, default=60.0)

@@ -225,7 +225,10 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
         raise ValueError("--seeds and --workers must be >= 1")
     for name in ("config.json", "model.safetensors"):
         if not (checkpoint / name).is_file():
-            raise FileNotFoundError(f"{checkpoint} has no {name}; is it a checkpoint folder?")
+            raise FileNotFoundError(
+                f"{checkpoint} has no {name}; is it a checkpoint folder? (train one as "
+                "docs/training.md shows and pass --checkpoint, or ARGS=\"--checkpoint DIR\" "
+                "to make eval)")
     settings = sim_settings(checkpoint, sim_overrides, skill_timeout)
     jobs: list[tuple[str, str, str, int]] = []
     for index in range(seeds):
