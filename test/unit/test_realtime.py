@@ -52,3 +52,21 @@ def test_every_thread_switches_or_the_reason_is_given():
         assert message == "SCHED_FIFO priority 10 on 2 threads"
     else:
         assert not all_fifo and "normal scheduling" in message, out
+
+
+def test_reset_on_fork_keeps_child_processes_at_normal_priority():
+    script = textwrap.dedent("""
+        import os, subprocess, sys
+        from vla_bringup.core.realtime import apply_realtime_priority
+        applied, _ = apply_realtime_priority(10, reset_on_fork=True)
+        mine = os.sched_getscheduler(0) & ~os.SCHED_RESET_ON_FORK
+        child = subprocess.run([sys.executable, "-c",
+                                "import os; print(os.sched_getscheduler(0))"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        print(applied, mine == os.SCHED_FIFO, int(child) == os.SCHED_OTHER)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    applied, fifo_here, child_normal = (f == "True" for f in out)
+    assert child_normal
+    assert fifo_here == applied

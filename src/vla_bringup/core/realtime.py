@@ -28,9 +28,11 @@ def process_thread_ids() -> list[int]:
         return [os.getpid()]
 
 
-def apply_realtime_priority(priority: int) -> tuple[bool, str]:
+def apply_realtime_priority(priority: int, reset_on_fork: bool = False) -> tuple[bool, str]:
     """Put every thread of this process on SCHED_FIFO at `priority` (1..98); 0 does nothing.
 
+    `reset_on_fork`: tasks created afterwards (threads and child processes) start at normal
+    priority, for a tool that launches other programs (the bench starts the graph's nodes).
     Returns (applied, message). Never raises for a missing permission or platform support.
     """
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 98:
@@ -40,9 +42,10 @@ def apply_realtime_priority(priority: int) -> tuple[bool, str]:
     if not hasattr(os, "sched_setscheduler"):
         return False, "SCHED_FIFO is not available on this platform; normal scheduling"
     threads = process_thread_ids()
+    policy = os.SCHED_FIFO | (os.SCHED_RESET_ON_FORK if reset_on_fork else 0)
     try:
         for thread_id in threads:
-            os.sched_setscheduler(thread_id, os.SCHED_FIFO, os.sched_param(priority))
+            os.sched_setscheduler(thread_id, policy, os.sched_param(priority))
     except PermissionError:
         return False, ("no permission for SCHED_FIFO (needs CAP_SYS_NICE or an rtprio limit); "
                        "normal scheduling")

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import rclpy
 from rclpy.action import ActionClient
-from rclpy.executors import MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
@@ -27,11 +27,15 @@ from vla_msgs.action import ExecuteInstruction
 from vla_msgs.msg import ActionChunk, JointJog, SafetyStatus, SceneState
 
 
-def start_in_background(make_node: Callable[[], Node]):
-    """Start rclpy and spin a new node on a background thread; returns (node, stop)."""
+def start_in_background(make_node: Callable[[], Node], threads: int = 2):
+    """Start rclpy and spin a new node on a background thread; returns (node, stop).
+
+    threads=1 runs callbacks on the spinning thread itself (no dispatcher that polls), as a
+    real-time process needs (see nodes.common.run)."""
     rclpy.init()
     node = make_node()
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = (SingleThreadedExecutor() if threads == 1
+                else MultiThreadedExecutor(num_threads=threads))
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
 
@@ -106,7 +110,10 @@ class BenchObserver(Node):
         self.commands = []  # (wall time, max |velocity|)
         self.statuses = []  # (wall time, active_source, estop_engaged)
         self.last_chunk = 0.0
+        self.autonomy = []  # (wall time, positions) of the skill controller's stream
         self.create_subscription(JointTrajectory, "/safety/joint_command", self.on_command,
+                                 COMMAND_QOS)
+        self.create_subscription(JointTrajectory, "/vla/command_raw", self.on_autonomy,
                                  COMMAND_QOS)
         self.create_subscription(SafetyStatus, "/safety/status", self.on_status, LATCHED_QOS)
         self.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk, CHUNK_QOS)
@@ -120,6 +127,24 @@ class BenchObserver(Node):
         speed = float(np.max(np.abs(msg.points[0].velocities))) if msg.points[0].velocities else 0.0
         with self.lock:
             self.commands.append((time.time(), speed))
+
+    def on_autonomy(self, msg: JointTrajectory) -> None:
+        positions = tuple(msg.points[0].positions) if msg.points else ()
+        with self.lock:
+            self.autonomy.append((time.time(), positions))
+
+    def hold_started(self, since: float, until: float):
+        """When the skill controller's stream froze for good in [since, until]: the first
+        message of the hold (the same target repeated), i.e. the controlled stop commanded."""
+        with self.lock:
+            window = [(t, p) for t, p in self.autonomy if since <= t <= until]
+        start = None
+        for (t, p), (_, q) in zip(window, window[1:]):
+            if p != q:
+                start = None
+            elif start is None:
+                start = t
+        return start
 
     def on_status(self, msg: SafetyStatus) -> None:
         with self.lock:
@@ -143,18 +168,6 @@ class BenchObserver(Node):
         for t, v in window:
             stop = None if v > 0.0 else (stop or t)
         return stop
-
-    def braking_from(self, since: float, stop: float):
-        """Start of the deceleration that ends at `stop`: where the commanded speed last
-        stopped falling (the first command of the controlled stop)."""
-        with self.lock:
-            window = [(t, v) for t, v in self.commands if since <= t <= stop]
-        start = stop
-        for (t0, v0), (t1, v1) in zip(reversed(window[:-1]), reversed(window)):
-            if v0 < v1 - 1e-9:
-                break
-            start = t0 if v0 > v1 + 1e-9 else start
-        return start
 
     def moving_since(self, since: float) -> bool:
         return self.first_command(since, lambda v: v > 0.01) is not None
