@@ -70,38 +70,3 @@ def test_reset_on_fork_keeps_child_processes_at_normal_priority():
     applied, fifo_here, child_normal = (f == "True" for f in out)
     assert child_normal
     assert fifo_here == applied
-
-
-def test_only_middleware_threads_are_raised_and_never_lowered():
-    script = textwrap.dedent("""
-        import ctypes, os, threading
-        from vla_bringup.core.realtime import raise_middleware_threads
-        libc = ctypes.CDLL(None)
-        ready, stop, ids = threading.Event(), threading.Event(), {}
-        def worker(name):
-            libc.prctl(15, name.encode(), 0, 0, 0)  # PR_SET_NAME, as Fast DDS names threads
-            ids[name] = threading.get_native_id()
-            if len(ids) == 2:
-                ready.set()
-            stop.wait()
-        threads = [threading.Thread(target=worker, args=(n,)) for n in ("dds.ev.0", "dds.udp.1")]
-        for t in threads:
-            t.start()
-        ready.wait()
-        try:
-            os.sched_setscheduler(ids["dds.udp.1"], os.SCHED_FIFO, os.sched_param(30))
-        except PermissionError:
-            print("no-permission"); raise SystemExit
-        count, _ = raise_middleware_threads(20)
-        policy = lambda tid: (os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK,
-                              os.sched_getparam(tid).sched_priority)
-        print(count, policy(ids["dds.ev.0"]) == (os.SCHED_FIFO, 20),
-              policy(ids["dds.udp.1"]) == (os.SCHED_FIFO, 30),
-              os.sched_getscheduler(0) == os.SCHED_OTHER)
-        stop.set()
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         timeout=60, check=True).stdout.split()
-    if out == ["no-permission"]:
-        pytest.skip("no permission for SCHED_FIFO here")
-    assert out == ["1", "True", "True", "True"], out

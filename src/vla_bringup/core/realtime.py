@@ -53,32 +53,3 @@ def apply_realtime_priority(priority: int, reset_on_fork: bool = False) -> tuple
         return False, f"SCHED_FIFO refused ({error}); normal scheduling"
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     return True, f"SCHED_FIFO priority {priority} on {len(threads)} threads"
-
-
-def raise_middleware_threads(priority: int, prefix: str = "dds.") -> tuple[int, str]:
-    """SCHED_FIFO for this process's DDS threads only (Fast DDS names them "dds.*").
-
-    They send liveliness assertions and hand received data to rclpy; they sleep or block on
-    sockets almost all the time, so a node whose Python work stays at normal priority can still
-    assert its liveliness and receive on time on a busy machine. Returns (threads, message).
-    """
-    if priority == 0 or not hasattr(os, "sched_setscheduler"):
-        return 0, "middleware threads at normal scheduling"
-    raised = 0
-    for thread_id in process_thread_ids():
-        try:
-            with open(f"/proc/self/task/{thread_id}/comm") as comm:
-                name = comm.read().strip()
-        except OSError:
-            continue
-        if not name.startswith(prefix):
-            continue
-        try:
-            if os.sched_getparam(thread_id).sched_priority >= priority:
-                continue  # already higher (the safety process): never lower it
-            os.sched_setscheduler(thread_id, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
-                                  os.sched_param(priority))
-        except OSError as error:
-            return raised, f"middleware threads not raised ({error}); normal scheduling"
-        raised += 1
-    return raised, f"SCHED_FIFO priority {priority} on {raised} middleware threads"

@@ -17,7 +17,6 @@ from rclpy.qos import (DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSPro
                        ReliabilityPolicy, qos_profile_sensor_data)
 
 from vla_bringup.core.params import ParamSpec, specs_for
-from vla_bringup.core.realtime import raise_middleware_threads
 
 # Cameras and joint states: newest sample wins, a lost one is replaced by the next.
 SENSOR_QOS = qos_profile_sensor_data
@@ -27,11 +26,9 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
 # Action chunks: reliable, but only the newest two are worth anything. DDS liveliness with a
 # short lease tells the skill controller within POLICY_LEASE_S that the policy process is gone
 # (asserted by the DDS threads, so a slow inference alone does not trip it). Measured on two
-# loaded cores: with the DDS threads at normal priority a 0.05 s lease raised a dozen false
-# alarms per graph-test run (each a hold of the arm until the next chunk); with them at
-# MIDDLEWARE_PRIORITY (see run) it raised none, in the tests and the bench.
-POLICY_LEASE_S = 0.05
-MIDDLEWARE_PRIORITY = 60  # SCHED_FIFO of every node's DDS threads; the safety process is at 80
+# loaded cores: a 0.05 s lease raised dozens of false alarms per test run (each a hold of the
+# arm until the next chunk); 0.1 s raised none in the same runs.
+POLICY_LEASE_S = 0.1
 CHUNK_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                        history=HistoryPolicy.KEEP_LAST, liveliness=LivelinessPolicy.AUTOMATIC,
                        liveliness_lease_duration=Duration(seconds=POLICY_LEASE_S))
@@ -121,10 +118,6 @@ def run(make_node: Callable[[], Node], threads: int = 2) -> None:
             print(f"[FATAL] cannot start: {error}", file=sys.stderr, flush=True)
             rclpy.try_shutdown()
             sys.exit(2)
-        # Every node's DDS threads (liveliness, delivery) at real-time priority, below the
-        # safety checker; the node's own Python work stays at normal priority.
-        _, how = raise_middleware_threads(MIDDLEWARE_PRIORITY)
-        node.get_logger().debug(how)
         # threads=1: callbacks run inline on the spinning thread. The multi-threaded executor's
         # dispatcher polls while a worker has not yet taken a ready callback, which a
         # SCHED_FIFO process (the safety checker) turns into a core spinning at 90%.
