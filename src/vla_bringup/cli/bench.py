@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
 
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
+from vla_bringup.cli.machine import describe_machine
 from vla_bringup.core.params import specs_for
 from vla_bringup.core.realtime import apply_realtime_priority
 from vla_bringup.nodes.observers import BenchObserver, start_in_background
@@ -199,8 +199,7 @@ def main(argv=None) -> int:
     # core behind the simulator and the policy, and that wait would be counted as the graph's
     # reaction time. Below the safety checker's priority; the nodes it (re)starts stay normal.
     _, bench_scheduling = apply_realtime_priority(BENCH_REALTIME_PRIORITY, reset_on_fork=True)
-    results = {"machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
-                          f"{os.cpu_count()} cores",
+    results = {"machine": describe_machine(),
                "bench_process": bench_scheduling,
                "safety_process_realtime_priority": default("safety", "realtime_priority"),
                "targets": {"estop_ms": (CONTROL_PERIOD_S + 0.001) * 1000,

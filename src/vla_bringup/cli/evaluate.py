@@ -35,11 +35,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Optional
+
+from vla_bringup.cli.machine import describe_machine
 
 FAMILY_NAMES = {"pick_place": "pick & place", "push": "push", "stack": "stack"}
 PHRASING_NAMES = {"train": "seen phrasings", "held_out": "held-out paraphrases"}
@@ -57,24 +58,6 @@ def checkpoint_hash(folder: str | Path) -> dict:
         files[name] = hashlib.sha256(data).hexdigest()
         total.update(name.encode() + b"\0" + data)
     return {"sha256": total.hexdigest(), "files": files}
-
-
-def machine() -> dict:
-    import torch
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"hostname": platform.node(), "platform": platform.platform(), "cpu": cpu,
-            "cpu_count": os.cpu_count(), "python": platform.python_version(),
-            "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def sim_settings(checkpoint: Path, overrides: Optional[dict] = None,
@@ -311,7 +294,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                    "note": "seconds per episode are measured inside the workers (with "
                            f"{workers} worker(s) sharing the machine)"},
         "sim_config": settings,
-        "machine": machine(),
+        "machine": describe_machine(),
         "episodes": episodes,
     }
     out.mkdir(parents=True, exist_ok=True)

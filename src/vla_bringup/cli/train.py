@@ -43,7 +43,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import random
 import sys
 import time
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+
+from vla_bringup.cli.machine import describe_machine
 
 CACHE_FORMAT = 1
 CACHE_DIR = "cache"
@@ -519,20 +520,6 @@ def _plot(history: list[dict], val: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def _machine() -> dict:
-    import torch
-    model = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu": model, "cpu_count": os.cpu_count(),
-            "python": platform.python_version(), "torch": torch.__version__}
-
-
 def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = None,
           train_config: Optional[TrainConfig] = None, cache_dir: Optional[str | Path] = None,
           progress: bool = True, log=print) -> dict:
@@ -706,7 +693,7 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         "final_train_loss": history[-1]["loss"],
         "seconds_per_step": train_seconds / steps,
         "phases_s": phases,
-        "machine": _machine(),
+        "machine": describe_machine(),
         "history": history,
         "val_history": val_history,
     }

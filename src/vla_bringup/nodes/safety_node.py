@@ -177,8 +177,7 @@ class SafetyNode(Node):
         reached in one period (time_from_start), so the early tick does not speed the arm up.
         """
         if verdict.accepted and (self.last_reported or (None,))[0] != source:
-            self.control_step()
-            self.early_tick.set()
+            self.tick_now()
 
     def on_joints(self, msg: JointState) -> None:
         with self.lock:
@@ -190,8 +189,7 @@ class SafetyNode(Node):
             self.gate.set_estop_input(bool(msg.data))
         if msg.data:
             self.get_logger().error("E-STOP engaged by /safety/estop")
-            self.control_step()  # the stop goes out now, not at the next tick
-            self.early_tick.set()
+            self.tick_now()  # the stop goes out now, not at the next tick
         self.publish_status()
 
     def on_reset(self, _request, response: Trigger.Response) -> Trigger.Response:
@@ -230,6 +228,11 @@ class SafetyNode(Node):
         self.running = False
         self.early_tick.set()
         self.loop.join(timeout=1.0)
+
+    def tick_now(self) -> None:
+        """A tick from an input callback; the control loop restarts its period from it."""
+        self.control_step()
+        self.early_tick.set()
 
     def control_step(self) -> None:
         with self.step_lock:

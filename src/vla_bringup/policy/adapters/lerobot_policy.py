@@ -70,6 +70,7 @@ import numpy as np
 import torch
 
 from vla_bringup.core.robot import PANDA_ARM_JOINTS, PANDA_JOINT_NAMES
+from vla_bringup.policy.adapters import pickle_weight_files
 from vla_bringup.policy.base import ActionChunk, Observation, PolicyBackend, SkillSpec
 from vla_bringup.policy.vla.backend import resolve_device
 
@@ -77,7 +78,6 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 PREPROCESSOR_FILE = "policy_preprocessor.json"
 POSTPROCESSOR_FILE = "policy_postprocessor.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 ARM_DOF = len(PANDA_ARM_JOINTS)
 FINGER_MAX = 0.04  # m, Panda finger travel
@@ -173,7 +173,7 @@ def check_checkpoint_folder(checkpoint: str | os.PathLike) -> Path:
     if not (folder / CONFIG_FILE).is_file():
         raise FileNotFoundError(f"{folder} holds no {CONFIG_FILE}: not a LeRobot policy folder")
     if not (folder / WEIGHTS_FILE).is_file():
-        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+        pickles = pickle_weight_files(folder)
         extra = (f"; {pickles} are pickle files, which this backend never loads (unpickling can "
                  "run arbitrary code)") if pickles else ""
         raise FileNotFoundError(f"{folder} holds no {WEIGHTS_FILE}{extra}")

@@ -59,6 +59,7 @@ import numpy as np
 import torch
 
 from vla_bringup.core.robot import PANDA_JOINT_NAMES
+from vla_bringup.policy.adapters import pickle_weight_files
 from vla_bringup.policy.base import ActionChunk, Observation, PolicyBackend, SkillSpec
 from vla_bringup.policy.vla.backend import resolve_device
 
@@ -70,7 +71,6 @@ OPENVLA_CONTROL_HZ = 5.0
 LLAMA2_EMPTY_TOKEN = 29871
 STATISTICS_FILE = "dataset_statistics.json"
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 ActionMapper = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -187,7 +187,7 @@ def check_checkpoint_folder(folder: str | Path) -> Path:
         raise ValueError(f"{path} has no config.json: not a transformers checkpoint folder")
     names = [p.name for p in path.iterdir() if p.is_file()]
     if not any(n.endswith(".safetensors") for n in names):
-        pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+        pickles = pickle_weight_files(path)
         if pickles:
             raise ValueError(
                 f"{path} holds only pickle weights {pickles}: refused, because unpickling can run "
