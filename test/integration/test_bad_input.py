@@ -54,8 +54,12 @@ def test_malformed_camera_frames_are_counted_and_dropped(graph, probe):
             camera.publish(frame)
         time.sleep(0.05)
     assert not forwarded, "a malformed frame reached the policy"
-    camera.publish(image())
-    assert probe.wait(lambda: forwarded, 5.0), "a valid frame was not forwarded"
+    # Best-effort frames can be dropped on a loaded machine, as a real camera's can: stream
+    # valid frames, as a camera would, until one comes through.
+    def stream_valid_frame() -> bool:
+        camera.publish(image())
+        return bool(forwarded)
+    assert probe.wait(stream_valid_frame, 10.0, period_s=0.1), "no valid frame was forwarded"
 
     def rejected():
         values = {kv.key: kv.value for r in reports for s in r.status

@@ -296,6 +296,21 @@ def test_source_timeout_then_watchdog_controlled_stop(limits):
     assert gate.status()["watchdog_tripped"]
 
 
+def test_a_lost_source_stops_at_the_next_tick_not_at_its_timeout(limits):
+    gate, clock = make_gate(limits)
+    clock.run(40, every=lambda t: gate.submit("autonomy", ["panda_joint2"], [1.5], t))
+    cruising = gate.tick(clock.t)
+    assert cruising.active_source == "autonomy" and cruising.velocities[1] > 0.0
+    gate.source_lost("autonomy")  # its process exited; its last command is 0 ms old
+    gate.source_lost("never_heard_of")  # harmless
+    first = clock.run(1)[0]
+    assert first.active_source is None and first.reason == "watchdog: no fresh command, stopping"
+    # A controlled stop: the speed falls by at most one acceleration step per tick.
+    a = limits.max_acceleration[1]
+    assert cruising.velocities[1] - first.velocities[1] <= a * DT + 1e-9
+    assert first.velocities[1] < cruising.velocities[1]
+
+
 def test_command_from_the_future_is_stale(limits):
     # After the clock jumps back, a command stamped "later" must not stay fresh until the clock
     # catches up.

@@ -115,7 +115,7 @@ def bench_teleop(obs: BenchObserver, trials: int) -> list:
 
 
 def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: int) -> dict:
-    from_kill, from_last_chunk, hold_from_kill = [], [], []
+    from_kill, from_last_chunk, hold_from_kill, braking = [], [], [], []
     for trial in range(trials):
         wait_until(lambda: node not in launch.dead(), 15.0)
         time.sleep(3.0)  # the respawned node needs its start-up
@@ -135,6 +135,7 @@ def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: in
             from_last_chunk.append(stop - last_chunk)
             hold = obs.hold_started(killed, stop)
             hold_from_kill.append(None if hold is None else hold - killed)
+            braking.append(None if hold is None else stop - hold)
         time.sleep(1.0)
     out = {"from_kill": summary(from_kill)}
     if from_last_chunk:
@@ -142,6 +143,7 @@ def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: in
         # The skill controller's hold: the controlled stop is commanded; the safety checker then
         # brakes within the acceleration limits (from_kill - hold = braking time).
         out["hold_commanded_from_kill"] = summary(hold_from_kill)
+        out["braking_after_hold"] = summary(braking)
     return out
 
 

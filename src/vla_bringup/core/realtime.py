@@ -45,7 +45,10 @@ def apply_realtime_priority(priority: int, reset_on_fork: bool = False) -> tuple
     policy = os.SCHED_FIFO | (os.SCHED_RESET_ON_FORK if reset_on_fork else 0)
     try:
         for thread_id in threads:
-            os.sched_setscheduler(thread_id, policy, os.sched_param(priority))
+            try:
+                os.sched_setscheduler(thread_id, policy, os.sched_param(priority))
+            except ProcessLookupError:
+                pass  # a thread that ended since it was listed
     except PermissionError:
         return False, ("no permission for SCHED_FIFO (needs CAP_SYS_NICE or an rtprio limit); "
                        "normal scheduling")

@@ -152,6 +152,11 @@ class _GateCore:
         self._accepted[source] += 1
         return Verdict(True, "accepted")
 
+    def source_lost(self, source: str) -> None:
+        """The source's process is gone: drop its last command now rather than at its timeout,
+        so the next tick starts the controlled stop (or hands over to the next source)."""
+        self._latest.pop(source, None)
+
     # ---- arbitration and e-stop causes, once per tick ----------------------------------------
     def _is_fresh(self, stamp: float, timeout: float, now: float) -> bool:
         # A stamp from the future means the clock jumped back; trusting it could keep a command

@@ -16,6 +16,7 @@ from rclpy.duration import Duration
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, LivelinessPolicy, QoSProfile,
                        ReliabilityPolicy, qos_profile_sensor_data)
 
+from vla_bringup.core.lifeline import LifelineServer, LifelineWatcher, lifeline_name
 from vla_bringup.core.params import ParamSpec, specs_for
 
 # Cameras and joint states: newest sample wins, a lost one is replaced by the next.
@@ -32,6 +33,8 @@ POLICY_LEASE_S = 0.1
 CHUNK_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
                        history=HistoryPolicy.KEEP_LAST, liveliness=LivelinessPolicy.AUTOMATIC,
                        liveliness_lease_duration=Duration(seconds=POLICY_LEASE_S))
+# The DDS lease stays the signal for a stalled policy and for one on another host; a policy
+# process that exits on this host is seen at once through its lifeline (below).
 # State that late joiners must see (status, plans, active skill): latched.
 LATCHED_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -135,3 +138,18 @@ def run(make_node: Callable[[], Node], threads: int = 2) -> None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
+
+
+def serve_lifeline(node: Node) -> LifelineServer:
+    """Let same-host watchers see this node's process exit at once (core/lifeline.py)."""
+    server = LifelineServer(lifeline_name(node.get_fully_qualified_name()))
+    if not server.start():
+        node.get_logger().warning(f"no same-host lifeline ({server.error}); watchers of this "
+                                  "node rely on DDS timeouts alone")
+    return server
+
+
+def watch_lifeline(node: Node, sibling: str, on_lost: Callable[[], None]) -> LifelineWatcher:
+    """Call `on_lost` when the process of `sibling` (a node in this node's namespace) exits."""
+    name = lifeline_name(node.get_namespace().rstrip("/") + "/" + sibling)
+    return LifelineWatcher(name, on_lost).start()

@@ -19,8 +19,7 @@ from std_msgs.msg import Header
 from vla_bringup.core import image_conversion as conv
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       declare_parameters, image_msg_to_rgb, now_sec, run,
-                                      scene_poses,
-                                      sec_to_stamp, stamp_to_sec)
+                                      scene_poses, sec_to_stamp, serve_lifeline, stamp_to_sec)
 from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.registry import make_backend
 from vla_msgs.msg import ActionChunk, SceneState, SkillCommand
@@ -54,6 +53,10 @@ class PolicyNode(Node):
         self.create_subscription(SkillCommand, "/vla/active_skill", self.on_skill, LATCHED_QOS)
         if self.backend.requires_ground_truth:
             self.create_subscription(SceneState, "/sim/scene_state", self.on_scene, COMMAND_QOS)
+
+        # A same-host death notice for the skill controller (core/lifeline.py): if this process
+        # dies, the kernel closes the socket and the arm holds at once, not a lease later.
+        self.lifeline = serve_lifeline(self)
 
         self.running = True
         self.worker = threading.Thread(target=self.inference_loop, name="inference", daemon=True)

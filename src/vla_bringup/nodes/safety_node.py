@@ -31,7 +31,7 @@ from vla_bringup.core.safety_limits import ArmLimits, BaseLimits, load_limits_fi
 from vla_bringup.core.teleop import Deadman
 from vla_bringup.nodes.common import (COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, config_dir,
                                       declare_parameters, now_sec, run, sec_to_stamp,
-                                      stamp_to_sec)
+                                      stamp_to_sec, watch_lifeline)
 from vla_msgs.msg import JointJog, SafetyStatus
 
 
@@ -107,6 +107,9 @@ class SafetyNode(Node):
         self.running = True
         self.loop = threading.Thread(target=self.control_loop, name="safety-control", daemon=True)
         self.loop.start()
+        # The skill controller's process exit, seen at once on this host (core/lifeline.py):
+        # the controlled stop starts now instead of after the watchdog time.
+        self.autonomy_lifeline = watch_lifeline(self, "skill_controller", self.on_autonomy_lost)
         self.create_timer(1.0 / p["status_rate_hz"], self.publish_status)
         self.last_reported = None
         self.get_logger().info(
@@ -131,6 +134,12 @@ class SafetyNode(Node):
             verdict = self.gate.submit("autonomy", list(msg.joint_names),
                                        list(msg.points[0].positions), now_sec(self))
             self.note("autonomy", verdict, stamp_to_sec(msg.header.stamp))
+
+    def on_autonomy_lost(self) -> None:
+        self.get_logger().error("skill controller process exited: controlled stop now")
+        with self.lock:
+            self.gate.source_lost("autonomy")
+        self.tick_now()
 
     def teleop_allowed(self) -> bool:
         if self.deadman is None or self.deadman.allows(now_sec(self)):

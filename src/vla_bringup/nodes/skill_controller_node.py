@@ -27,7 +27,7 @@ from vla_bringup.core.chunk_schedule import TimedChunk
 from vla_bringup.core.skill_executor import SkillExecutor, SkillState, SkillTiming
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       declare_parameters, now_sec, run, sec_to_stamp,
-                                      stamp_to_sec)
+                                      serve_lifeline, stamp_to_sec, watch_lifeline)
 from vla_bringup.core.robot import PANDA_JOINT_NAMES
 from vla_msgs.action import ExecuteSkill
 from vla_msgs.msg import ActionChunk, SkillCommand
@@ -48,6 +48,7 @@ class SkillControllerNode(Node):
         self.executor_core = SkillExecutor(PANDA_JOINT_NAMES, p["blend_time_s"],
                                            p["max_chunk_age_s"])
         self.core_lock = threading.Lock()  # the core is shared by timer, chunk and goal callbacks
+        self.step_lock = threading.Lock()
         self.measured = None
         self.finished_at = None
         self.skill_ids = itertools.count(1)
@@ -70,6 +71,12 @@ class SkillControllerNode(Node):
             goal_callback=self.on_goal, handle_accepted_callback=self.on_accepted,
             cancel_callback=lambda _: CancelResponse.ACCEPT,
             callback_group=ReentrantCallbackGroup())
+        # The policy's process exit, seen at once when it runs on this host (core/lifeline.py);
+        # the DDS lease above covers stalls and other hosts.
+        self.policy_lifeline = watch_lifeline(
+            self, "policy", on_lost=lambda: self.on_policy_lost("its process exited"))
+        # And the safety checker sees this process exit the same way.
+        self.lifeline = serve_lifeline(self)
         self.skill_msg = SkillCommand(active=False)
         self.skill_pub.publish(self.skill_msg)
         # Latched, and repeated once a second: a policy that (re)starts mid-skill picks it up
@@ -103,11 +110,20 @@ class SkillControllerNode(Node):
 
     def on_policy_liveliness(self, info) -> None:
         if info.alive_count == 0 and info.alive_count_change < 0:
-            self.get_logger().error("policy lost (DDS liveliness): holding the arm")
-            with self.core_lock:
-                self.executor_core.policy_lost()
+            self.on_policy_lost("DDS liveliness")
+
+    def on_policy_lost(self, how: str) -> None:
+        with self.core_lock:
+            self.executor_core.policy_lost()
+        self.control_step()  # the hold goes out now, not at the next tick
+        self.get_logger().error(f"policy lost ({how}): holding the arm")
 
     def control_step(self) -> None:
+        # Also called from the lifeline thread: one step at a time, published in order.
+        with self.step_lock:
+            self.publish_step()
+
+    def publish_step(self) -> None:
         now = now_sec(self)
         with self.core_lock:
             target = self.executor_core.command(now)
