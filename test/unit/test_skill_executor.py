@@ -110,6 +110,12 @@ def test_a_lost_policy_holds_at_once():
     executor = started()
     executor.on_chunk(chunk(0.0, rows=20), 0.05)
     sent = executor.command(0.15)
-    executor.policy_lost()
+    executor.policy_lost(0.16)
     assert executor.status().state is SkillState.HOLDING
     np.testing.assert_allclose(executor.command(0.2), sent)
+    # A chunk the dead process sent just before it died, delivered after the hold: refused.
+    assert executor.on_chunk(chunk(0.1, chunk_id=2, rows=20), 0.21) == (False, "from_lost_policy")
+    np.testing.assert_allclose(executor.command(0.25), sent)
+    # A respawned policy answers a newer observation: followed again.
+    assert executor.on_chunk(chunk(0.3, chunk_id=1, rows=20), 0.31)[0]
+    assert executor.status().state is SkillState.EXECUTING

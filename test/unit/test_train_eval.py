@@ -90,6 +90,18 @@ def test_another_seed_gives_other_losses(demos, tmp_path):
     assert other["history"][-1]["loss"] != reference["history"][-1]["loss"]
 
 
+def test_position_aux_trains_on_the_privileged_positions_and_loads(demos, tmp_path):
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 3})
+    log = train_cli.train(demos, tmp_path / "aux", {**TINY_MODEL, "position_aux": True}, config,
+                          progress=False, log=lambda *a: None)
+    assert all(np.isfinite(h["position"]) and h["position"] > 0 for h in log["history"])
+    assert all(h["loss"] > h["action"] for h in log["history"])
+    model = load_checkpoint(tmp_path / "aux")
+    assert model.config.position_aux and model.position_head is not None
+    demos_loaded = train_cli.load_dataset(demos)
+    assert demos_loaded.positions.shape == (len(demos_loaded.states), 6)
+
+
 def test_bad_datasets_fail_clearly(tmp_path, capsys):
     out = tmp_path / "out"
     assert train_cli.main(["--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2

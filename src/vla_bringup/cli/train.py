@@ -55,6 +55,7 @@ from vla_bringup.cli.machine import describe_machine
 
 CACHE_FORMAT = 1
 CACHE_DIR = "cache"
+POSITION_COLUMNS = ("privileged.target_position", "privileged.place_position")
 STATS_FIELDS = ("state_mean", "state_std", "action_mean", "action_std", "action_low",
                 "action_high")
 
@@ -81,6 +82,7 @@ class TrainConfig:
     done_weight: float = 1.0
     progress_weight: float = 0.5
     done_pos_weight: Optional[float] = None
+    position_weight: float = 1.0  # auxiliary position loss, for models with position_aux
     threads: int = 1  # torch threads; on 2 shared cores 1 is usually the fastest
     encode_batch: int = 16  # frames per forward pass of the frozen encoder while caching
     save_dtype: str = "float32"  # or float16 (halves model.safetensors)
@@ -93,8 +95,9 @@ class TrainConfig:
             raise ValueError("lr must be > 0, weight_decay >= 0, min_lr_ratio in [0, 1]")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
-        if self.state_noise < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
-            raise ValueError("state_noise, grad_clip and warmup_steps must be >= 0")
+        if min(self.state_noise, self.grad_clip, self.warmup_steps, self.position_weight) < 0:
+            raise ValueError("state_noise, grad_clip, warmup_steps and position_weight must be "
+                             ">= 0")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError("save_dtype must be float32 or float16")
 
@@ -112,6 +115,9 @@ class Demos:
     instructions: list[str]  # (N,)
     episode_of: np.ndarray  # (N,) episode index of each frame
     offsets: np.ndarray  # (E + 1,) first frame of each episode
+    # (N, 6) target object and place positions (m), the generator's privileged columns; None
+    # for a dataset without them (the auxiliary position loss then cannot be used)
+    positions: Optional[np.ndarray] = None
 
     @property
     def chunk_dt(self) -> float:
@@ -209,6 +215,10 @@ def load_dataset(root: str | Path) -> Demos:
         parts["done"].append(np.asarray(_column(table, "skill_done", path).to_numpy(
             zero_copy_only=False), dtype=bool))
         parts["progress"].append(_flat(_column(table, "progress", path), path, "progress", ()))
+        if all(name in table.column_names for name in POSITION_COLUMNS):
+            parts.setdefault("positions", []).append(np.concatenate(
+                [_flat(_column(table, name, path), path, name, (3,))
+                 for name in POSITION_COLUMNS], axis=1))
         texts = _column(table, "instruction", path).to_pylist()
         if any(not isinstance(t, str) or not t.strip() for t in texts):
             raise DatasetError(f"episode {index}: {path} has an empty instruction")
@@ -223,7 +233,9 @@ def load_dataset(root: str | Path) -> Demos:
     return Demos(root, info, episodes, np.concatenate(parts["states"]),
                  np.concatenate(parts["chunks"]), np.concatenate(parts["done"]),
                  np.concatenate(parts["progress"]).astype(np.float64), instructions,
-                 np.repeat(np.arange(len(lengths)), lengths), offsets)
+                 np.repeat(np.arange(len(lengths)), lengths), offsets,
+                 np.concatenate(parts["positions"])
+                 if len(parts.get("positions", [])) == len(lengths) else None)
 
 
 def split_episodes(episodes: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -470,9 +482,15 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
             actions[:, :, :7] -= noise[:, None, :]  # same absolute targets from the noisy state
     outputs = model(None, language, state, vision_features=features)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
-    return head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
-                     tensors["progress"][rows], train.done_weight, train.progress_weight,
-                     train.done_pos_weight)
+    losses = head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
+                       tensors["progress"][rows], train.done_weight, train.progress_weight,
+                       train.done_pos_weight)
+    if "positions" in outputs:
+        position = torch.nn.functional.smooth_l1_loss(outputs["positions"].float(),
+                                                      tensors["positions"][rows], beta=0.1)
+        losses["loss"] = losses["loss"] + train.position_weight * position
+        losses["position"] = position.detach()
+    return losses
 
 
 def _validate(model, tensors: dict, indices: np.ndarray, train: TrainConfig) -> dict:
@@ -607,6 +625,14 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         "done": torch.from_numpy(demos.done.astype(np.float32)),
         "progress": torch.from_numpy(demos.progress.astype(np.float32)),
     }
+    if config.position_aux:
+        if demos.positions is None:
+            raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
+                               f"{demos.root} lacks (regenerate it with generate_data)")
+        mean = demos.positions[train_idx].mean(0)
+        std = demos.positions[train_idx].std(0) + 1e-3
+        tensors["positions"] = torch.from_numpy(((demos.positions - mean) / std)
+                                                .astype(np.float32))
     if len(val_idx) > train_config.val_max_frames:
         val_idx = val_idx[np.linspace(0, len(val_idx) - 1, train_config.val_max_frames)
                           .round().astype(np.int64)]

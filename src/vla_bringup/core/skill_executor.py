@@ -64,6 +64,7 @@ class SkillExecutor:
         self.chunks_received = 0
         self.timing = SkillTiming()
         self.started_at = 0.0
+        self.lost_at = -math.inf  # when the policy was last reported lost
 
     def start(self, skill_id: str, now: float, timing: SkillTiming,
               measured_positions: Optional[Sequence[float]] = None) -> None:
@@ -77,6 +78,8 @@ class SkillExecutor:
     def on_chunk(self, chunk: TimedChunk, now: float) -> tuple[bool, str]:
         if not self.state.active:
             return False, "no_active_skill"
+        if chunk.start_time < self.lost_at:
+            return False, "from_lost_policy"
         accepted, reason = self.scheduler.add(chunk, now)
         if not accepted:
             return False, reason
@@ -93,8 +96,14 @@ class SkillExecutor:
         self._check_time(now)
         return self.scheduler.sample(now)
 
-    def policy_lost(self) -> None:
-        """The policy process is gone (liveliness lost): hold now rather than at the timeout."""
+    def policy_lost(self, now: float) -> None:
+        """The policy process is gone or stalled: hold now rather than at the timeout.
+
+        Chunks computed from observations before `now` are refused from here on: one that the
+        dead process sent just before it died can still be in flight, and must not move the arm
+        again after the hold. A respawned or recovered policy answers newer observations.
+        """
+        self.lost_at = max(self.lost_at, now)
         if self.state is SkillState.EXECUTING:
             self.scheduler.hold()
             self.state, self.message = SkillState.HOLDING, "holding: policy lost"

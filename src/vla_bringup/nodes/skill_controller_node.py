@@ -114,7 +114,7 @@ class SkillControllerNode(Node):
 
     def on_policy_lost(self, how: str) -> None:
         with self.core_lock:
-            self.executor_core.policy_lost()
+            self.executor_core.policy_lost(now_sec(self))
         self.control_step()  # the hold goes out now, not at the next tick
         self.get_logger().error(f"policy lost ({how}): holding the arm")
 

@@ -79,6 +79,10 @@ class VLAConfig:
     action_space: str = "joint_delta"
     action_bins: int = 256  # discrete head only
     done_threshold: float = 0.5
+    # Auxiliary head for training: the target object's and the place position (world frame,
+    # from the generator's privileged columns), read from the fused tokens. It teaches the
+    # fusion where to look; the policy never uses its output.
+    position_aux: bool = False
     # --- dataset statistics (None: identity / defaults until `with_stats`)
     state_mean: Optional[list[float]] = None
     state_std: Optional[list[float]] = None

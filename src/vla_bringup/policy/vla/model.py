@@ -21,6 +21,7 @@ from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_v
 from vla_bringup.policy.vla.fusion import build_fusion, mlp
 from vla_bringup.policy.vla.heads import ActionHead, ActionTokenizer
 
+POSITION_DIM = 6  # auxiliary target: target object xyz + place xyz
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -39,6 +40,7 @@ class VLAModel(nn.Module):
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config)
+        self.position_head = mlp(d, POSITION_DIM, d, 0.0) if config.position_aux else None
         stats = config.normalisation()
         for name in ("state_mean", "state_std", "action_mean", "action_std"):
             self.register_buffer(name, torch.tensor(stats[name]), persistent=False)
@@ -89,7 +91,11 @@ class VLAModel(nn.Module):
         lang = lang + self.language_pos
         state = ((state - self.state_mean) / self.state_std).to(dtype)
         state_token = self.state_proj(state).unsqueeze(1) + self.state_pos
-        return self.head(self.fusion(vision, lang, state_token))
+        context = self.fusion(vision, lang, state_token)
+        outputs = self.head(context)
+        if self.position_head is not None:
+            outputs["positions"] = self.position_head(context.mean(1))  # normalised units
+        return outputs
 
     def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw actions (B, H, 8) in the config's action space, done probability, progress."""
