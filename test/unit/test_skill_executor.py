@@ -111,11 +111,28 @@ def test_a_lost_policy_holds_at_once():
     executor.on_chunk(chunk(0.0, rows=20), 0.05)
     sent = executor.command(0.15)
     executor.policy_lost(0.16)
-    assert executor.status().state is SkillState.HOLDING
-    np.testing.assert_allclose(executor.command(0.2), sent)
-    # A chunk the dead process sent just before it died, delivered after the hold: refused.
+    assert executor.status().state is SkillState.HOLDING and executor.released
+    # Released to the safety checker's controlled stop: nothing is streamed.
+    assert executor.command(0.2) is None
+    # A chunk the dead process sent just before it died, delivered after the stop: refused.
     assert executor.on_chunk(chunk(0.1, chunk_id=2, rows=20), 0.21) == (False, "from_lost_policy")
-    np.testing.assert_allclose(executor.command(0.25), sent)
-    # A respawned policy answers a newer observation: followed again.
-    assert executor.on_chunk(chunk(0.3, chunk_id=1, rows=20), 0.31)[0]
-    assert executor.status().state is SkillState.EXECUTING
+    assert executor.command(0.25) is None
+    # A respawned policy answers a newer observation: followed again, from where the arm is.
+    arm = sent + 0.01
+    assert not executor.on_chunk(chunk(0.3, chunk_id=1, rows=20), 0.31)[0]  # no arm position
+    assert executor.on_chunk(chunk(0.3, chunk_id=1, rows=20), 0.31, arm)[0]
+    assert executor.status().state is SkillState.EXECUTING and not executor.released
+    np.testing.assert_allclose(executor.command(0.31), arm, atol=1e-9)
+
+
+def test_after_a_release_the_next_skill_starts_from_the_arm_not_the_last_target():
+    executor = started()
+    executor.on_chunk(chunk(0.0, rows=20), 0.05)
+    last_target = executor.command(0.3)
+    executor.policy_lost(0.3)
+    for now in (0.4, 1.0, 3.0):  # quiet through the failure that follows the silence
+        assert executor.command(now) is None
+    assert executor.status().state is SkillState.FAILED
+    arm = last_target - 0.05  # the controlled stop ended short of the last target
+    executor.start("s2", 3.1, TIMING, measured_positions=arm)
+    np.testing.assert_allclose(executor.command(3.2), arm)

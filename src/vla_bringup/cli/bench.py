@@ -10,7 +10,7 @@ included):
   teleop active;
 - killed policy / killed skill controller (SIGKILL mid-task): kill -> every command after has
   zero velocity; for the policy also from its last chunk, since it can only be missed then,
-  and from the kill to the skill controller's hold (the controlled stop commanded).
+  and from the kill to the skill controller's stop request (the controlled stop commanded).
 The bench process itself runs SCHED_FIFO (below the safety checker) where allowed, so that its
 own wait for a core is not counted as the graph's reaction time.
 Then the property run of the safety core (>= 100,000 generated command streams) counts limit
@@ -115,35 +115,46 @@ def bench_teleop(obs: BenchObserver, trials: int) -> list:
 
 
 def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: int) -> dict:
-    from_kill, from_last_chunk, hold_from_kill, braking = [], [], [], []
+    from_kill, from_last_chunk, hold_from_kill, braking, notes = [], [], [], [], []
     for trial in range(trials):
         wait_until(lambda: node not in launch.dead(), 15.0)
         time.sleep(3.0)  # the respawned node needs its start-up
         started = time.time()
         handle = start_task(obs, ["put the red cube in the tray", "put the green cube in the tray",
                                   "put the yellow cube in the tray"][trial % 3])
-        if not wait_until(lambda: obs.moving_since(started + 1.0), 20.0):
+        # Killed while the arm is moving now, not merely after it once moved.
+        if not wait_until(lambda: obs.moving_since(started + 1.0) and obs.moving_now(), 20.0):
+            notes.append(f"trial {trial}: the arm did not move within 20 s; skipped")
             continue
         killed = time.time()
         last_chunk = obs.last_chunk
         launch.kill(node, signal.SIGKILL)
         result = handle.get_result_async()
         wait_until(result.done, 30.0)
-        stop = obs.stopped_at(killed, time.time())
+        until = time.time()
+        stop = obs.first_rest(killed, until)
         from_kill.append(None if stop is None else stop - killed)
+        if stop is None:
+            notes.append(f"trial {trial}: no lasting zero command after the kill "
+                         f"(last speeds {obs.last_speeds(5)}; {obs.sources_after(killed)})")
+        elif obs.moved_after(stop, until):
+            # Reported, not hidden: something moved the arm again after it had stopped.
+            notes.append(f"trial {trial}: at rest {1e3 * (stop - killed):.0f} ms after the kill, "
+                         f"then moved again: {obs.moved_after(stop, until)[:5]}; "
+                         f"{obs.sources_after(killed)}")
         if node == "policy" and stop is not None:
             from_last_chunk.append(stop - last_chunk)
             hold = obs.hold_started(killed, stop)
             hold_from_kill.append(None if hold is None else hold - killed)
             braking.append(None if hold is None else stop - hold)
         time.sleep(1.0)
-    out = {"from_kill": summary(from_kill)}
+    out = {"from_kill": summary(from_kill), "trials": trials, "notes": notes}
     if from_last_chunk:
         out["from_last_chunk"] = summary(from_last_chunk)
-        # The skill controller's hold: the controlled stop is commanded; the safety checker then
-        # brakes within the acceleration limits (from_kill - hold = braking time).
-        out["hold_commanded_from_kill"] = summary(hold_from_kill)
-        out["braking_after_hold"] = summary(braking)
+        # The skill controller asks for the controlled stop; the safety checker then
+        # brakes within the acceleration limits (from_kill - stop commanded = braking time).
+        out["stop_commanded_from_kill"] = summary(hold_from_kill)
+        out["braking_after_stop_commanded"] = summary(braking)
     return out
 
 

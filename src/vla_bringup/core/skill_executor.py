@@ -65,24 +65,38 @@ class SkillExecutor:
         self.timing = SkillTiming()
         self.started_at = 0.0
         self.lost_at = -math.inf  # when the policy was last reported lost
+        # After a policy loss the arm is handed to the safety checker's controlled stop: no
+        # target is streamed (the last one lies ahead of the arm, which would still travel to
+        # it) until a chunk from a live policy, or a new skill, starts again from the arm.
+        self.released = False
 
     def start(self, skill_id: str, now: float, timing: SkillTiming,
               measured_positions: Optional[Sequence[float]] = None) -> None:
         self.scheduler.set_skill(skill_id)
-        if measured_positions is not None and self.scheduler.sample(now) is None:
+        if measured_positions is not None and (self.released
+                                               or self.scheduler.sample(now) is None):
             self.scheduler.set_anchor(measured_positions)
+        self.released = False
         self.skill_id, self.timing, self.started_at = skill_id, timing, now
         self.state, self.message, self.progress, self.chunks_received = (
             SkillState.WAITING_FOR_POLICY, "waiting for the first action chunk", 0.0, 0)
 
-    def on_chunk(self, chunk: TimedChunk, now: float) -> tuple[bool, str]:
+    def on_chunk(self, chunk: TimedChunk, now: float,
+                 measured_positions: Optional[Sequence[float]] = None) -> tuple[bool, str]:
+        """`measured_positions`: where the arm is, to resume from after a release."""
         if not self.state.active:
             return False, "no_active_skill"
         if chunk.start_time < self.lost_at:
             return False, "from_lost_policy"
+        if self.released and measured_positions is None:
+            return False, "released_needs_measured_positions"
+        if self.released:
+            self.scheduler.hold()
+            self.scheduler.set_anchor(measured_positions)
         accepted, reason = self.scheduler.add(chunk, now)
         if not accepted:
             return False, reason
+        self.released = False
         self.chunks_received += 1
         self.progress = max(self.progress, min(1.0, max(0.0, float(chunk.progress))))
         if chunk.skill_done:
@@ -94,16 +108,21 @@ class SkillExecutor:
     def command(self, now: float) -> Optional[np.ndarray]:
         """The target to stream now (None until a skill ever produced one); updates timeouts."""
         self._check_time(now)
-        return self.scheduler.sample(now)
+        return None if self.released else self.scheduler.sample(now)
 
     def policy_lost(self, now: float) -> None:
-        """The policy process is gone or stalled: hold now rather than at the timeout.
+        """The policy process is gone or stalled: stop now rather than at the timeout.
+
+        The executor releases the arm (`released`; `command` gives None) and the caller asks
+        the safety checker for its controlled stop, which brakes from where the arm really is.
 
         Chunks computed from observations before `now` are refused from here on: one that the
         dead process sent just before it died can still be in flight, and must not move the arm
         again after the hold. A respawned or recovered policy answers newer observations.
         """
         self.lost_at = max(self.lost_at, now)
+        if self.state.active:
+            self.released = True
         if self.state is SkillState.EXECUTING:
             self.scheduler.hold()
             self.state, self.message = SkillState.HOLDING, "holding: policy lost"

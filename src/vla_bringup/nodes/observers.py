@@ -134,10 +134,14 @@ class BenchObserver(Node):
             self.autonomy.append((time.time(), positions))
 
     def hold_started(self, since: float, until: float):
-        """When the skill controller's stream froze for good in [since, until]: the first
-        message of the hold (the same target repeated), i.e. the controlled stop commanded."""
+        """When the skill controller commanded the controlled stop in [since, until]: its stop
+        request (an empty trajectory), or else the first message of a hold that lasted (the
+        same target repeated)."""
         with self.lock:
             window = [(t, p) for t, p in self.autonomy if since <= t <= until]
+        request = next((t for t, p in window if p == ()), None)
+        if request is not None:
+            return request
         start = None
         for (t, p), (_, q) in zip(window, window[1:]):
             if p != q:
@@ -161,13 +165,42 @@ class BenchObserver(Node):
         with self.lock:
             return next((t for t, v in self.commands if t >= since and predicate(v)), None)
 
-    def stopped_at(self, since: float, until: float):
+    def first_rest(self, since: float, until: float, hold_s: float = 0.3):
+        """The first zero-velocity command after `since` that stays zero for `hold_s`: the arm
+        stopped (and what may move it later is another matter); None if it never did."""
         with self.lock:
             window = [(t, v) for t, v in self.commands if since <= t <= until]
-        stop = None
+        start = None
         for t, v in window:
-            stop = None if v > 0.0 else (stop or t)
-        return stop
+            if v > 0.0:
+                start = None
+            else:
+                start = start if start is not None else t
+                if t - start >= hold_s:
+                    return start
+        return None
+
+    def sources_after(self, since: float) -> str:
+        """Who was in charge after `since`, and what the skill controller sent: for notes."""
+        with self.lock:
+            sources = [(round(t - since, 3), s) for t, s, _ in self.statuses if t >= since]
+            autonomy = [(round(t - since, 3), len(p)) for t, p in self.autonomy if t >= since]
+        changes = [x for i, x in enumerate(sources) if i == 0 or x[1] != sources[i - 1][1]]
+        return f"active source changes {changes[:6]}, autonomy messages {autonomy[:6]}"
+
+    def moved_after(self, since: float, until: float) -> list[tuple[float, float]]:
+        """(seconds after `since`, speed) of each moving command in the window."""
+        with self.lock:
+            return [(round(t - since, 3), round(v, 3)) for t, v in self.commands
+                    if since <= t <= until and v > 0.0]
+
+    def moving_now(self, speed: float = 0.05) -> bool:
+        with self.lock:
+            return bool(self.commands) and self.commands[-1][1] > speed
+
+    def last_speeds(self, count: int) -> list[float]:
+        with self.lock:
+            return [round(v, 4) for _, v in self.commands[-count:]]
 
     def moving_since(self, since: float) -> bool:
         return self.first_command(since, lambda v: v > 0.01) is not None

@@ -126,6 +126,11 @@ class SafetyNode(Node):
                                       throttle_duration_sec=1.0)
 
     def on_autonomy(self, msg: JointTrajectory) -> None:
+        if not msg.points:
+            # An empty trajectory is a stop request, as for a joint_trajectory_controller: the
+            # skill controller lost its policy.
+            self.stop_autonomy("autonomy asked to stop (empty trajectory)")
+            return
         if len(msg.points) != 1:
             with self.lock:
                 self.last_rejection = f"autonomy: expected one point, got {len(msg.points)}"
@@ -136,7 +141,11 @@ class SafetyNode(Node):
             self.note("autonomy", verdict, stamp_to_sec(msg.header.stamp))
 
     def on_autonomy_lost(self) -> None:
-        self.get_logger().error("skill controller process exited: controlled stop now")
+        self.stop_autonomy("skill controller process exited")
+
+    def stop_autonomy(self, why: str) -> None:
+        """Controlled stop from the arm's real state now, not after the watchdog time."""
+        self.get_logger().error(f"{why}: controlled stop now")
         with self.lock:
             self.gate.source_lost("autonomy")
         self.tick_now()

@@ -103,7 +103,7 @@ class SkillControllerNode(Node):
                                     throttle_duration_sec=1.0)
             return
         with self.core_lock:
-            accepted, reason = self.executor_core.on_chunk(chunk, now)
+            accepted, reason = self.executor_core.on_chunk(chunk, now, self.measured)
         if not accepted and reason not in ("stale_skill", "no_active_skill"):
             self.get_logger().warning(f"action chunk {msg.chunk_id} dropped: {reason}",
                                       throttle_duration_sec=1.0)
@@ -115,11 +115,20 @@ class SkillControllerNode(Node):
     def on_policy_lost(self, how: str) -> None:
         with self.core_lock:
             self.executor_core.policy_lost(now_sec(self))
-        self.control_step()  # the hold goes out now, not at the next tick
-        self.get_logger().error(f"policy lost ({how}): holding the arm")
+            released = self.executor_core.released
+        if released:
+            # An empty trajectory asks the safety checker for its controlled stop now (as it
+            # stops a joint_trajectory_controller): it brakes from where the arm really is,
+            # while the last target lies ahead of it. The stream then stays quiet.
+            with self.step_lock:
+                self.command_pub.publish(JointTrajectory(
+                    header=Header(stamp=sec_to_stamp(now_sec(self))),
+                    joint_names=list(PANDA_JOINT_NAMES)))
+        self.get_logger().error(f"policy lost ({how}): "
+                                + ("controlled stop requested" if released else "no skill running"))
 
     def control_step(self) -> None:
-        # Also called from the lifeline thread: one step at a time, published in order.
+        # One step at a time, published in order with the stop request of `on_policy_lost`.
         with self.step_lock:
             self.publish_step()
 
