@@ -102,6 +102,32 @@ def test_position_aux_trains_on_the_privileged_positions_and_loads(demos, tmp_pa
     assert demos_loaded.positions.shape == (len(demos_loaded.states), 6)
 
 
+def test_position_token_reads_the_predicted_or_the_oracle_positions(demos, tmp_path):
+    from vla_bringup.policy.vla.config import VLAConfig
+    with pytest.raises(ValueError, match="position_token needs position_aux"):
+        VLAConfig(position_token=True)
+    model_overrides = {**TINY_MODEL, "position_aux": True, "position_token": True}
+    with pytest.raises(ValueError, match="oracle_positions needs"):
+        train_cli.train(demos, tmp_path / "x", dict(TINY_MODEL),
+                        train_cli.TrainConfig(**{**TINY_TRAIN, "oracle_positions": True}),
+                        progress=False, log=lambda *a: None)
+    for oracle in (False, True):
+        config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2, "oracle_positions": oracle})
+        out = tmp_path / f"token-{oracle}"
+        log = train_cli.train(demos, out, dict(model_overrides), config, progress=False,
+                              log=lambda *a: None)
+        assert all(np.isfinite(h["loss"]) for h in log["history"])
+        model = load_checkpoint(out)
+        assert model.position_proj is not None  # and inference runs on predicted positions:
+        policy = VLAPolicy(model=model, device="cpu")
+        skill = SkillSpec("s0", "push", "push the red cube to the left", "red_cube", "left")
+        policy.reset(skill)
+        joints = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
+        chunk = policy.infer(Observation(0.0, list(model.config.joint_names), joints, skill,
+                                         np.zeros((64, 64, 3), dtype=np.uint8)))
+        assert np.all(np.isfinite(chunk.positions))
+
+
 def test_bad_datasets_fail_clearly(tmp_path, capsys):
     out = tmp_path / "out"
     assert train_cli.main(["--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2

@@ -83,6 +83,9 @@ class TrainConfig:
     progress_weight: float = 0.5
     done_pos_weight: Optional[float] = None
     position_weight: float = 1.0  # auxiliary position loss, for models with position_aux
+    # Diagnosis only: feed the true positions to a position_token model while training, to
+    # see whether the action head can learn the task when it is told where things are.
+    oracle_positions: bool = False
     threads: int = 1  # torch threads; on 2 shared cores 1 is usually the fastest
     encode_batch: int = 16  # frames per forward pass of the frozen encoder while caching
     save_dtype: str = "float32"  # or float16 (halves model.safetensors)
@@ -480,7 +483,8 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
         state[:, :7] += noise
         if model.config.action_space == "joint_delta":
             actions[:, :, :7] -= noise[:, None, :]  # same absolute targets from the noisy state
-    outputs = model(None, language, state, vision_features=features)
+    given = tensors["positions"][rows] if train.oracle_positions else None
+    outputs = model(None, language, state, vision_features=features, given_positions=given)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
     losses = head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
                        tensors["progress"][rows], train.done_weight, train.progress_weight,
@@ -625,6 +629,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         "done": torch.from_numpy(demos.done.astype(np.float32)),
         "progress": torch.from_numpy(demos.progress.astype(np.float32)),
     }
+    if train_config.oracle_positions and not config.position_token:
+        raise ValueError("oracle_positions needs a model with position_token")
     if config.position_aux:
         if demos.positions is None:
             raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "

@@ -83,6 +83,9 @@ class VLAConfig:
     # from the generator's privileged columns), read from the fused tokens. It teaches the
     # fusion where to look; the policy never uses its output.
     position_aux: bool = False
+    # With position_aux: the predicted positions also enter the action head as one more token,
+    # so the head reads "where" directly instead of digging it out of the fused tokens.
+    position_token: bool = False
     # --- dataset statistics (None: identity / defaults until `with_stats`)
     state_mean: Optional[list[float]] = None
     state_std: Optional[list[float]] = None
@@ -112,6 +115,8 @@ class VLAConfig:
             raise ValueError("vision_trainable_blocks must be in 0..16 (Lite0 has 16 blocks)")
         if not self.cnn_channels or any(int(c) < 1 for c in self.cnn_channels):
             raise ValueError("cnn_channels must be a non-empty list of positive integers")
+        if self.position_token and not self.position_aux:
+            raise ValueError("position_token needs position_aux (the head that predicts them)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:
             raise ValueError("dropout must be in [0, 1) and done_threshold in (0, 1)")
         if not (math.isfinite(self.action_dt) and self.action_dt > 0):

@@ -41,6 +41,7 @@ class VLAModel(nn.Module):
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config)
         self.position_head = mlp(d, POSITION_DIM, d, 0.0) if config.position_aux else None
+        self.position_proj = nn.Linear(POSITION_DIM, d) if config.position_token else None
         stats = config.normalisation()
         for name in ("state_mean", "state_std", "action_mean", "action_std"):
             self.register_buffer(name, torch.tensor(stats[name]), persistent=False)
@@ -77,7 +78,8 @@ class VLAModel(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Optional[torch.Tensor], language: torch.Tensor, state: torch.Tensor,
-                vision_features: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                vision_features: Optional[torch.Tensor] = None,
+                given_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
         state (B, 8) raw (7 arm joints + gripper opening). Returns the head's outputs."""
@@ -92,9 +94,16 @@ class VLAModel(nn.Module):
         state = ((state - self.state_mean) / self.state_std).to(dtype)
         state_token = self.state_proj(state).unsqueeze(1) + self.state_pos
         context = self.fusion(vision, lang, state_token)
-        outputs = self.head(context)
+        positions = None
         if self.position_head is not None:
-            outputs["positions"] = self.position_head(context.mean(1))  # normalised units
+            positions = self.position_head(context.mean(1))  # normalised units
+        if self.position_proj is not None:
+            # `given_positions`: ground truth, for a trainer's oracle experiment only.
+            source = positions.detach() if given_positions is None else given_positions
+            context = torch.cat([context, self.position_proj(source.to(dtype)).unsqueeze(1)], 1)
+        outputs = self.head(context)
+        if positions is not None:
+            outputs["positions"] = positions
         return outputs
 
     def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
