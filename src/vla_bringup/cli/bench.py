@@ -115,7 +115,7 @@ def bench_teleop(obs: BenchObserver, trials: int) -> list:
 
 
 def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: int) -> dict:
-    from_kill, from_last_chunk, hold_from_kill, braking, notes = [], [], [], [], []
+    from_kill, from_last_chunk, stop_from_kill, braking, notes = [], [], [], [], []
     for trial in range(trials):
         wait_until(lambda: node not in launch.dead(), 15.0)
         time.sleep(3.0)  # the respawned node needs its start-up
@@ -137,23 +137,22 @@ def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: in
         if stop is None:
             notes.append(f"trial {trial}: no lasting zero command after the kill "
                          f"(last speeds {obs.last_speeds(5)}; {obs.sources_after(killed)})")
-        elif obs.moved_after(stop, until):
+        elif moved := obs.moved_after(stop, until):
             # Reported, not hidden: something moved the arm again after it had stopped.
             notes.append(f"trial {trial}: at rest {1e3 * (stop - killed):.0f} ms after the kill, "
-                         f"then moved again: {obs.moved_after(stop, until)[:5]}; "
-                         f"{obs.sources_after(killed)}")
+                         f"then moved again: {moved[:5]}; {obs.sources_after(killed)}")
         if node == "policy" and stop is not None:
             from_last_chunk.append(stop - last_chunk)
-            hold = obs.hold_started(killed, stop)
-            hold_from_kill.append(None if hold is None else hold - killed)
-            braking.append(None if hold is None else stop - hold)
+            requested = obs.stop_requested(killed, stop)
+            stop_from_kill.append(None if requested is None else requested - killed)
+            braking.append(None if requested is None else stop - requested)
         time.sleep(1.0)
     out = {"from_kill": summary(from_kill), "trials": trials, "notes": notes}
     if from_last_chunk:
         out["from_last_chunk"] = summary(from_last_chunk)
         # The skill controller asks for the controlled stop; the safety checker then
         # brakes within the acceleration limits (from_kill - stop commanded = braking time).
-        out["stop_commanded_from_kill"] = summary(hold_from_kill)
+        out["stop_commanded_from_kill"] = summary(stop_from_kill)
         out["braking_after_stop_commanded"] = summary(braking)
     return out
 

@@ -118,13 +118,12 @@ class SkillExecutor:
 
         Chunks computed from observations before `now` are refused from here on: one that the
         dead process sent just before it died can still be in flight, and must not move the arm
-        again after the hold. A respawned or recovered policy answers newer observations.
+        again after the stop. A respawned or recovered policy answers newer observations.
         """
         self.lost_at = max(self.lost_at, now)
         if self.state.active:
-            self.released = True
+            self.released = True  # `on_chunk` or `start` re-anchors on the arm when it ends
         if self.state is SkillState.EXECUTING:
-            self.scheduler.hold()
             self.state, self.message = SkillState.HOLDING, "holding: policy lost"
 
     def cancel(self, reason: str = "cancelled") -> None:

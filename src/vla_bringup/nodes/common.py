@@ -27,7 +27,7 @@ COMMAND_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
 # Action chunks: reliable, but only the newest two are worth anything. DDS liveliness with a
 # short lease tells the skill controller within POLICY_LEASE_S that the policy process is gone
 # (asserted by the DDS threads, so a slow inference alone does not trip it). Measured on two
-# loaded cores: a 0.05 s lease raised dozens of false alarms per test run (each a hold of the
+# loaded cores: a 0.05 s lease raised dozens of false alarms per test run (each a stop of the
 # arm until the next chunk); 0.1 s raised none in the same runs.
 POLICY_LEASE_S = 0.1
 CHUNK_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE,
@@ -108,6 +108,14 @@ def config_dir() -> str:
     return os.path.join(get_package_share_directory("vla_bringup"), "config")
 
 
+def make_executor(threads: int):
+    """threads=1: callbacks run inline on the spinning thread. The multi-threaded executor's
+    dispatcher polls while a worker has not yet taken a ready callback, which a SCHED_FIFO
+    process (the safety checker, the bench) turns into a core spinning at 90%."""
+    return (SingleThreadedExecutor() if threads == 1
+            else MultiThreadedExecutor(num_threads=threads))
+
+
 def run(make_node: Callable[[], Node], threads: int = 2) -> None:
     """Start rclpy, spin the node on a multi-threaded executor, shut down cleanly on Ctrl-C."""
     rclpy.init(args=sys.argv)
@@ -121,11 +129,7 @@ def run(make_node: Callable[[], Node], threads: int = 2) -> None:
             print(f"[FATAL] cannot start: {error}", file=sys.stderr, flush=True)
             rclpy.try_shutdown()
             sys.exit(2)
-        # threads=1: callbacks run inline on the spinning thread. The multi-threaded executor's
-        # dispatcher polls while a worker has not yet taken a ready callback, which a
-        # SCHED_FIFO process (the safety checker) turns into a core spinning at 90%.
-        executor = (SingleThreadedExecutor() if threads == 1
-                    else MultiThreadedExecutor(num_threads=threads))
+        executor = make_executor(threads)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

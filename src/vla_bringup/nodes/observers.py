@@ -13,7 +13,6 @@ from typing import Callable
 import numpy as np
 import rclpy
 from rclpy.action import ActionClient
-from rclpy.executors import MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
@@ -22,7 +21,7 @@ from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
-                                      image_msg_to_rgb, stamp_to_sec)
+                                      image_msg_to_rgb, make_executor, stamp_to_sec)
 from vla_msgs.action import ExecuteInstruction
 from vla_msgs.msg import ActionChunk, JointJog, SafetyStatus, SceneState
 
@@ -34,8 +33,7 @@ def start_in_background(make_node: Callable[[], Node], threads: int = 2):
     real-time process needs (see nodes.common.run)."""
     rclpy.init()
     node = make_node()
-    executor = (SingleThreadedExecutor() if threads == 1
-                else MultiThreadedExecutor(num_threads=threads))
+    executor = make_executor(threads)
     executor.add_node(node)
     threading.Thread(target=executor.spin, daemon=True).start()
 
@@ -133,22 +131,11 @@ class BenchObserver(Node):
         with self.lock:
             self.autonomy.append((time.time(), positions))
 
-    def hold_started(self, since: float, until: float):
-        """When the skill controller commanded the controlled stop in [since, until]: its stop
-        request (an empty trajectory), or else the first message of a hold that lasted (the
-        same target repeated)."""
+    def stop_requested(self, since: float, until: float):
+        """When the skill controller asked for the controlled stop (an empty trajectory) in
+        [since, until]; None if it did not."""
         with self.lock:
-            window = [(t, p) for t, p in self.autonomy if since <= t <= until]
-        request = next((t for t, p in window if p == ()), None)
-        if request is not None:
-            return request
-        start = None
-        for (t, p), (_, q) in zip(window, window[1:]):
-            if p != q:
-                start = None
-            elif start is None:
-                start = t
-        return start
+            return next((t for t, p in self.autonomy if since <= t <= until and p == ()), None)
 
     def on_status(self, msg: SafetyStatus) -> None:
         with self.lock:

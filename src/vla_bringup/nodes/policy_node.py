@@ -55,7 +55,8 @@ class PolicyNode(Node):
             self.create_subscription(SceneState, "/sim/scene_state", self.on_scene, COMMAND_QOS)
 
         # A same-host death notice for the skill controller (core/lifeline.py): if this process
-        # dies, the kernel closes the socket and the arm holds at once, not a lease later.
+        # dies, the kernel releases its lifeline and the arm is stopped at once, not a lease
+        # later.
         self.lifeline = serve_lifeline(self)
 
         self.running = True

@@ -69,6 +69,22 @@ class ActionChunk:
         return int(self.positions.shape[0])
 
 
+def joint_vector(observation: Observation, names: Sequence[str]) -> np.ndarray:
+    """The positions of `names`, in that order, from `observation`; finite, or ValueError."""
+    given = list(observation.joint_names)
+    values = np.asarray(observation.joint_positions, dtype=np.float64).reshape(-1)
+    if len(values) != len(given):
+        raise ValueError(f"{len(given)} joint names but {len(values)} joint positions")
+    index = {name: i for i, name in enumerate(given)}
+    missing = [n for n in names if n not in index]
+    if missing:
+        raise ValueError(f"observation lacks joints {missing}")
+    joints = values[[index[n] for n in names]]
+    if not np.all(np.isfinite(joints)):
+        raise ValueError("joint positions hold NaN or inf")
+    return joints
+
+
 class PolicyBackend(abc.ABC):
     """What the policy node drives. `infer` may be slow; the node calls it off the executor."""
 

@@ -71,7 +71,8 @@ import torch
 
 from vla_bringup.core.robot import PANDA_ARM_JOINTS, PANDA_JOINT_NAMES
 from vla_bringup.policy.adapters import pickle_weight_files
-from vla_bringup.policy.base import ActionChunk, Observation, PolicyBackend, SkillSpec
+from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, SkillSpec,
+                                     joint_vector)
 from vla_bringup.policy.vla.backend import resolve_device
 
 CONFIG_FILE = "config.json"
@@ -512,18 +513,7 @@ class LeRobotPolicy(PolicyBackend):
 
 def panda_joints(observation: Observation) -> np.ndarray:
     """The 9 Panda joints of `observation` in PANDA_JOINT_NAMES order; finite or ValueError."""
-    names = list(observation.joint_names)
-    values = np.asarray(observation.joint_positions, dtype=np.float64).reshape(-1)
-    if len(values) != len(names):
-        raise ValueError(f"{len(names)} joint names but {len(values)} joint positions")
-    index = {name: i for i, name in enumerate(names)}
-    missing = [n for n in PANDA_JOINT_NAMES if n not in index]
-    if missing:
-        raise ValueError(f"observation lacks joints {missing}")
-    joints = values[[index[n] for n in PANDA_JOINT_NAMES]]
-    if not np.all(np.isfinite(joints)):
-        raise ValueError("joint positions hold NaN or inf")
-    return joints
+    return joint_vector(observation, PANDA_JOINT_NAMES)
 
 
 __all__ = ["LeRobotPolicy", "CheckpointInfo", "LAYOUTS", "INSTALL_HINT", "TORCHVISION_HINT",

@@ -60,7 +60,8 @@ import torch
 
 from vla_bringup.core.robot import PANDA_JOINT_NAMES
 from vla_bringup.policy.adapters import pickle_weight_files
-from vla_bringup.policy.base import ActionChunk, Observation, PolicyBackend, SkillSpec
+from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, SkillSpec,
+                                     joint_vector)
 from vla_bringup.policy.vla.backend import resolve_device
 
 OPENVLA_PROMPT = "In: What action should the robot take to {instruction}?\nOut:"
@@ -511,7 +512,7 @@ class OpenVLAPolicy(PolicyBackend):
             raise ValueError("image must be an HxWx3 uint8 numpy array, got "
                              f"{getattr(image, 'shape', type(image).__name__)} "
                              f"{getattr(image, 'dtype', '')}")
-        joints = self._joints(observation)
+        joints = joint_vector(observation, self.joint_names)
         tokens = self.generate_action_tokens(image, observation.skill.instruction)
         action = self.decode(tokens)
         rows = np.asarray(self.action_mapper(action, joints), dtype=np.float64)
@@ -564,17 +565,6 @@ class OpenVLAPolicy(PolicyBackend):
             raise ValueError(f"the model generated {tokens.shape[0]} tokens {tokens.tolist()}, "
                              f"expected {self.action_dim} action tokens (it stopped early)")
         return tokens
-
-    def _joints(self, observation: Observation) -> np.ndarray:
-        index = {name: i for i, name in enumerate(observation.joint_names)}
-        missing = [n for n in self.joint_names if n not in index]
-        if missing:
-            raise ValueError(f"observation lacks joints {missing}")
-        values = np.asarray(observation.joint_positions, dtype=np.float64)
-        joints = np.array([values[index[n]] for n in self.joint_names])
-        if not np.all(np.isfinite(joints)):
-            raise ValueError("joint positions hold NaN or inf")
-        return joints
 
     def close(self) -> None:
         closer = getattr(self.action_mapper, "close", None)

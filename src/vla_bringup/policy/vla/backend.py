@@ -20,7 +20,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from vla_bringup.policy.base import ActionChunk, Observation, PolicyBackend, SkillSpec
+from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, SkillSpec,
+                                     joint_vector)
 from vla_bringup.policy.vla.config import decode_actions, state_vector
 from vla_bringup.policy.vla.encoders import TextEncoder
 from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
@@ -92,7 +93,7 @@ class VLAPolicy(PolicyBackend):
         image = np.asarray(observation.image)
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be HxWx3 uint8, got {image.shape} {image.dtype}")
-        joints = self._joints(observation)
+        joints = joint_vector(observation, self.config.joint_names)
         grad_off = torch.no_grad if self.compile_mode else torch.inference_mode
         with grad_off():
             pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
@@ -113,17 +114,6 @@ class VLAPolicy(PolicyBackend):
                            progress=min(1.0, max(0.0, progress)))
 
     # ------------------------------------------------------------------ helpers
-    def _joints(self, observation: Observation) -> np.ndarray:
-        index = {name: i for i, name in enumerate(observation.joint_names)}
-        missing = [n for n in self.config.joint_names if n not in index]
-        if missing:
-            raise ValueError(f"observation lacks joints {missing}")
-        values = np.asarray(observation.joint_positions, dtype=np.float64)
-        joints = np.array([values[index[n]] for n in self.config.joint_names])
-        if not np.all(np.isfinite(joints)):
-            raise ValueError("joint positions hold NaN or inf")
-        return joints
-
     def _embedding(self, text: str) -> torch.Tensor:
         vector = self._language.get(text)
         if vector is None:
