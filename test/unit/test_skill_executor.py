@@ -110,7 +110,7 @@ def test_a_lost_policy_holds_at_once():
     executor = started()
     executor.on_chunk(chunk(0.0, rows=20), 0.05)
     sent = executor.command(0.15)
-    executor.policy_lost(0.16)
+    assert executor.policy_lost(0.16)  # a running skill: the caller must request the stop
     assert executor.status().state is SkillState.HOLDING and executor.released
     # Released to the safety checker's controlled stop: nothing is streamed.
     assert executor.command(0.2) is None
@@ -133,6 +133,8 @@ def test_after_a_release_the_next_skill_starts_from_the_arm_not_the_last_target(
     for now in (0.4, 1.0, 3.0):  # quiet through the failure that follows the silence
         assert executor.command(now) is None
     assert executor.status().state is SkillState.FAILED
+    # A second report after the failure (DDS liveliness of an idle policy) stops nothing.
+    assert not executor.policy_lost(3.05)
     arm = last_target - 0.05  # the controlled stop ended short of the last target
     executor.start("s2", 3.1, TIMING, measured_positions=arm)
     np.testing.assert_allclose(executor.command(3.2), arm)

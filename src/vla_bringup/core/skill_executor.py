@@ -110,21 +110,24 @@ class SkillExecutor:
         self._check_time(now)
         return None if self.released else self.scheduler.sample(now)
 
-    def policy_lost(self, now: float) -> None:
+    def policy_lost(self, now: float) -> bool:
         """The policy process is gone or stalled: stop now rather than at the timeout.
 
-        The executor releases the arm (`released`; `command` gives None) and the caller asks
-        the safety checker for its controlled stop, which brakes from where the arm really is.
+        With a skill running, the executor releases the arm (`released`; `command` gives None)
+        and returns True: the caller then asks the safety checker for its controlled stop, which
+        brakes from where the arm really is. Without one there is nothing to stop (False).
 
         Chunks computed from observations before `now` are refused from here on: one that the
         dead process sent just before it died can still be in flight, and must not move the arm
         again after the stop. A respawned or recovered policy answers newer observations.
         """
         self.lost_at = max(self.lost_at, now)
-        if self.state.active:
-            self.released = True  # `on_chunk` or `start` re-anchors on the arm when it ends
+        if not self.state.active:
+            return False
+        self.released = True  # `on_chunk` or `start` re-anchors on the arm when it ends
         if self.state is SkillState.EXECUTING:
             self.state, self.message = SkillState.HOLDING, "holding: policy lost"
+        return True
 
     def cancel(self, reason: str = "cancelled") -> None:
         if self.state.active:

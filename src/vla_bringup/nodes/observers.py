@@ -13,6 +13,7 @@ from typing import Callable
 import numpy as np
 import rclpy
 from rclpy.action import ActionClient
+from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image
@@ -35,7 +36,14 @@ def start_in_background(make_node: Callable[[], Node], threads: int = 2):
     node = make_node()
     executor = make_executor(threads)
     executor.add_node(node)
-    threading.Thread(target=executor.spin, daemon=True).start()
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass  # `stop` shuts the context down first: the normal end of this thread
+
+    threading.Thread(target=spin, daemon=True).start()
 
     def stop() -> None:
         # Context first: the executor then ends without tasks left half-run on destroyed

@@ -114,9 +114,8 @@ class SkillControllerNode(Node):
 
     def on_policy_lost(self, how: str) -> None:
         with self.core_lock:
-            self.executor_core.policy_lost(now_sec(self))
-            released = self.executor_core.released
-        if released:
+            stopping = self.executor_core.policy_lost(now_sec(self))
+        if stopping:
             # An empty trajectory asks the safety checker for its controlled stop now (as it
             # stops a joint_trajectory_controller): it brakes from where the arm really is,
             # while the last target lies ahead of it. The stream then stays quiet.
@@ -125,7 +124,7 @@ class SkillControllerNode(Node):
                     header=Header(stamp=sec_to_stamp(now_sec(self))),
                     joint_names=list(PANDA_JOINT_NAMES)))
         self.get_logger().error(f"policy lost ({how}): "
-                                + ("controlled stop requested" if released else "no skill running"))
+                                + ("controlled stop requested" if stopping else "no skill running"))
 
     def control_step(self) -> None:
         # One step at a time, published in order with the stop request of `on_policy_lost`.
