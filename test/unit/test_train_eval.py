@@ -175,3 +175,25 @@ def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_
     seen = next(e for e in policy if e["phrasing"] == "train")
     assert held_out["skills"] != seen["skills"]  # the paraphrase reached the policy
     assert report["crashed_episodes"] == 0
+
+
+def test_end_effector_model_trains_and_drives_the_policy(demos, tmp_path):
+    overrides = {**TINY_MODEL, "action_space": "ee_delta", "position_aux": True,
+                 "position_token": True}
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2})
+    log = train_cli.train(demos, tmp_path / "ee", overrides, config, progress=False,
+                          log=lambda *a: None)
+    assert all(np.isfinite(h["loss"]) for h in log["history"])
+    model = load_checkpoint(tmp_path / "ee")
+    assert len(model.config.state_mean) == 12 and len(model.config.position_mean) == 6
+    # The labels are grasp-point offsets: a few cm per 0.1 s step at most, not radians.
+    assert np.max(np.abs(np.array(model.config.action_mean)[:, :3])) < 0.5
+    policy = VLAPolicy(model=model, device="cpu")
+    skill = SkillSpec("s0", "push", "push the red cube to the left", "red_cube", "left")
+    policy.reset(skill)
+    joints = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
+    chunk = policy.infer(Observation(0.0, list(model.config.joint_names), joints, skill,
+                                     np.zeros((64, 64, 3), dtype=np.uint8)))
+    assert chunk.positions.shape == (16, 9) and np.all(np.isfinite(chunk.positions))
+    # IK answers within the Panda's joint range.
+    assert np.all(np.abs(chunk.positions[:, :7]) < 3.1)

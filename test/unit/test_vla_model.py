@@ -219,3 +219,77 @@ def test_model_and_bench_import_neither_pybullet_nor_rclpy(tmp_path):
     report = json.loads(out.read_text())
     assert report["variants"]["cpu_eager_fp32"]["p50_ms"] > 0
     assert report["parameters"]["trainable"] > 0
+
+
+def test_end_effector_space_gives_back_the_experts_joint_targets():
+    from vla_bringup.policy.vla.ee_space import EndEffectorSpace
+    from vla_bringup.sim.kinematics import down_orientation
+    space = EndEffectorSpace()
+    try:
+        joints = HOME.copy()
+        start = space.pose(joints)
+        # A chunk as the expert plans it: IK rows along a line, turning the wrist a little.
+        goals = [(start[:3] + [-0.01 * i, 0.005 * i, -0.01 * i], start[3] + 0.02 * i)
+                 for i in range(1, 5)]
+        chunk = np.array([np.concatenate([space.kinematics.ik(p, down_orientation(np.pi + yaw)),
+                                          [0.02, 0.02]]) for p, yaw in goals])
+        poses = space.poses(chunk)
+        np.testing.assert_allclose(poses[:, :3], [g[0] for g in goals], atol=1e-3)
+        assert abs(start[3]) < 0.01  # yaw counts from the home yaw, away from the +-pi seam
+        np.testing.assert_allclose(poses[:, 3], [g[1] for g in goals], atol=1e-2)
+        actions = space.encode(poses, start, chunk[:, 7])
+        assert actions.shape == (4, 5)
+        np.testing.assert_allclose(actions[:, 2], [-0.01 * i for i in range(1, 5)], atol=1e-3)
+        decoded = space.decode(actions, joints)
+        np.testing.assert_allclose(decoded, chunk, atol=2e-3)
+        # Yaw offsets wrap: a target just across +-pi is a small turn, not a full one.
+        across = space.encode([[0, 0, 0, -np.pi + 0.05]], [0, 0, 0, np.pi - 0.05], [0.0])
+        assert across[0, 3] == pytest.approx(0.1)
+        with pytest.raises(ValueError, match="NaN"):
+            space.decode(np.full((2, 5), np.nan), joints)
+        with pytest.raises(ValueError, match=r"\(H, 5\)"):
+            space.decode(np.zeros((2, 8)), joints)
+    finally:
+        space.close()
+
+
+@pytest.mark.parametrize("head", ["continuous", "discrete"])
+def test_end_effector_model_sees_the_grasp_point_and_relative_positions(head):
+    config = small(action_space="ee_delta", head=head, action_bins=8, position_aux=True,
+                   position_token=True)
+    assert (config.action_dim, config.state_dim) == (5, 12)
+    model = VLAModel(config).eval()
+    images, language, _ = batch(config)
+    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    with torch.no_grad():
+        out = model(model.preprocess(images), language, state)
+        predicted = model.predict(out)
+        shifted = model(model.preprocess(images), language, state + torch.tensor(
+            [0.0] * 8 + [0.05, 0.0, 0.0, 0.0]))
+    assert predicted["actions"].shape == (2, 4, 5) and out["positions"].shape == (2, 6)
+    key = "action_logits" if head == "discrete" else "actions"
+    assert not torch.equal(out[key], shifted[key])  # the grasp point reaches the head
+    inputs = model._position_inputs(torch.zeros(2, 6), state)
+    # Zero normalised positions are the default mean, 0.5 m: the vector to it in 0.1 m units.
+    torch.testing.assert_close(inputs[0, 6:9], torch.tensor([1.0, 5.0, -3.0]))
+    with pytest.raises(ValueError, match="state_mean"):
+        VLAConfig(action_space="ee_delta", state_mean=[0.0] * 8, state_std=[1.0] * 8)
+
+
+def test_grounded_position_head_does_not_read_the_robot_state():
+    model = VLAModel(small(position_aux=True)).eval()
+    assert model.config.position_from == "vision_language"
+    images, language, state = batch(model.config)
+    pixels = model.preprocess(images)
+    with torch.no_grad():
+        first = model(pixels, language, state)
+        moved = model(pixels, language, state + 1.0)
+        other_text = model(pixels, language.flip(0), state)
+    torch.testing.assert_close(first["positions"], moved["positions"])
+    assert not torch.equal(first["positions"], other_text["positions"])  # it reads the text
+    fused = VLAModel(small(position_aux=True, position_from="fused")).eval()
+    with torch.no_grad():
+        assert not torch.equal(fused(pixels, language, state)["positions"],
+                               fused(pixels, language, state + 1.0)["positions"])
+    with pytest.raises(ValueError, match="position_from"):
+        small(position_from="gripper")

@@ -79,6 +79,7 @@ class TrainConfig:
     split_seed: int = 0
     seed: int = 0
     state_noise: float = 0.01  # rad, std of the noise on the arm joints of the state input
+    grasp_noise: float = 0.005  # m, std of the noise on the grasp point (ee_delta models)
     done_weight: float = 1.0
     progress_weight: float = 0.5
     done_pos_weight: Optional[float] = None
@@ -98,9 +99,10 @@ class TrainConfig:
             raise ValueError("lr must be > 0, weight_decay >= 0, min_lr_ratio in [0, 1]")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
-        if min(self.state_noise, self.grad_clip, self.warmup_steps, self.position_weight) < 0:
-            raise ValueError("state_noise, grad_clip, warmup_steps and position_weight must be "
-                             ">= 0")
+        if min(self.state_noise, self.grasp_noise, self.grad_clip, self.warmup_steps,
+               self.position_weight) < 0:
+            raise ValueError("state_noise, grasp_noise, grad_clip, warmup_steps and "
+                             "position_weight must be >= 0")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError("save_dtype must be float32 or float16")
 
@@ -239,6 +241,32 @@ def load_dataset(root: str | Path) -> Demos:
                  np.repeat(np.arange(len(lengths)), lengths), offsets,
                  np.concatenate(parts["positions"])
                  if len(parts.get("positions", [])) == len(lengths) else None)
+
+
+def end_effector_labels(demos: Demos, horizon: int, progress: bool = True
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """States (N, 12) and end-effector actions (N, H, 5) of an ee_delta model, by forward
+    kinematics of the measured joints and of every chunk row (repeated rows solved once)."""
+    from vla_bringup.policy.vla.config import state_vector
+    from vla_bringup.policy.vla.ee_space import EndEffectorSpace
+    space = EndEffectorSpace()
+    try:
+        state_poses = space.poses(demos.states)
+        chunks = demos.chunks[:, :horizon]
+        chunk_poses = np.empty((*chunks.shape[:2], 4))
+        step = 2048
+        bar = _progress(len(chunks), "end-effector labels", progress, "frame")
+        for start in range(0, len(chunks), step):
+            chunk_poses[start:start + step] = space.poses(chunks[start:start + step])
+            if bar is not None:
+                bar.update(min(step, len(chunks) - start))
+        if bar is not None:
+            bar.close()
+    finally:
+        space.close()
+    states = np.concatenate([state_vector(demos.states), state_poses], -1)
+    gripper = chunks[..., 7:].mean(-1)
+    return states, space.encode(chunk_poses, state_poses, gripper)
 
 
 def split_episodes(episodes: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -480,9 +508,13 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     state = tensors["state"][rows].clone()
     actions = tensors["actions"][rows].clone()
     if noise is not None:
-        state[:, :7] += noise
+        state[:, :7] += noise[:, :7]
         if model.config.action_space == "joint_delta":
-            actions[:, :, :7] -= noise[:, None, :]  # same absolute targets from the noisy state
+            actions[:, :, :7] -= noise[:, None, :7]  # same absolute targets from the noisy state
+        elif model.config.action_space == "ee_delta":
+            # The grasp point gets its own noise (m), and the offsets the opposite shift.
+            state[:, 8:11] += noise[:, 7:]
+            actions[:, :, :3] -= noise[:, None, 7:]
     given = tensors["positions"][rows] if train.oracle_positions else None
     outputs = model(None, language, state, vision_features=features, given_positions=given)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
@@ -596,9 +628,18 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         [np.arange(demos.offsets[e], demos.offsets[e + 1]) for e in eps]) if eps else \
         np.zeros(0, dtype=np.int64)
     train_idx, val_idx = frames_of(train_eps), frames_of(val_eps)
-    states8 = state_vector(demos.states)
-    actions8 = encode_actions(demos.chunks[:, :horizon], demos.states, config.action_space)
-    config = config.with_stats(states8[train_idx], actions8[train_idx])
+    if config.action_space == "ee_delta":
+        states8, actions8 = end_effector_labels(demos, horizon, progress)
+    else:
+        states8 = state_vector(demos.states)
+        actions8 = encode_actions(demos.chunks[:, :horizon], demos.states, config.action_space)
+    if train_config.oracle_positions and not config.position_token:
+        raise ValueError("oracle_positions needs a model with position_token")
+    if config.position_aux and demos.positions is None:
+        raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
+                           f"{demos.root} lacks (regenerate it with generate_data)")
+    config = config.with_stats(states8[train_idx], actions8[train_idx],
+                               demos.positions[train_idx] if config.position_aux else None)
     phase("statistics")
 
     # --- model (seeded) and caches
@@ -629,14 +670,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         "done": torch.from_numpy(demos.done.astype(np.float32)),
         "progress": torch.from_numpy(demos.progress.astype(np.float32)),
     }
-    if train_config.oracle_positions and not config.position_token:
-        raise ValueError("oracle_positions needs a model with position_token")
     if config.position_aux:
-        if demos.positions is None:
-            raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
-                               f"{demos.root} lacks (regenerate it with generate_data)")
-        mean = demos.positions[train_idx].mean(0)
-        std = demos.positions[train_idx].std(0) + 1e-3
+        mean, std = np.array(config.position_mean), np.array(config.position_std)
         tensors["positions"] = torch.from_numpy(((demos.positions - mean) / std)
                                                 .astype(np.float32))
     if len(val_idx) > train_config.val_max_frames:
@@ -663,8 +698,10 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         for step in range(1, steps + 1):
             idx = next(batches)
             noise = None
-            if train_config.state_noise > 0:
-                noise = torch.randn(len(idx), 7, generator=noise_gen) * train_config.state_noise
+            if train_config.state_noise > 0 or train_config.grasp_noise > 0:
+                noise = torch.randn(len(idx), 10, generator=noise_gen)
+                noise[:, :7] *= train_config.state_noise
+                noise[:, 7:] *= train_config.grasp_noise
             losses = _losses(model, tensors, idx, train_config, noise)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()

@@ -5,7 +5,9 @@ active skill's instruction (never `Observation.scene`). The model predicts, for 
 `action_horizon` steps of `action_dt` s, the 7 arm joints as offsets from the measured joints and
 the gripper opening (see config.py for why joint-space deltas), de-normalised with the dataset
 statistics of its config; the backend adds the measured joints back and returns absolute 9-joint
-targets, so the rest of the stack (chunk scheduling, safety limits) is unchanged.
+targets, so the rest of the stack (chunk scheduling, safety limits) is unchanged. A model in the
+end-effector space (`ee_delta`, see ee_space.py) predicts grasp-point offsets instead; the
+backend turns them into the same absolute joint targets with the expert's IK.
 
 Device: "auto" takes CUDA when present; on CUDA the model runs in half precision. On CPU the
 torch thread count defaults to 1: the policy shares a few cores with the simulator and the other
@@ -81,6 +83,10 @@ class VLAPolicy(PolicyBackend):
         self.text_encoder = text_encoder if text_encoder is not None else TextEncoder()
         self._language: dict[str, torch.Tensor] = {}  # instruction -> embedding on the device
         self.last_outputs: dict[str, float] = {}
+        self._end_effector = None
+        if self.config.action_space == "ee_delta":
+            from vla_bringup.policy.vla.ee_space import EndEffectorSpace  # PyBullet: only here
+            self._end_effector = EndEffectorSpace()
 
     # ------------------------------------------------------------------ contract
     def reset(self, skill: Optional[SkillSpec]) -> None:
@@ -99,7 +105,7 @@ class VLAPolicy(PolicyBackend):
             pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
             pixels = self.model.preprocess(pixels.unsqueeze(0)).to(self.dtype)
             language = self._embedding(observation.skill.instruction).unsqueeze(0)
-            state = torch.as_tensor(state_vector(joints), dtype=torch.float32,
+            state = torch.as_tensor(self._state(joints), dtype=torch.float32,
                                     device=self.device).unsqueeze(0)
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
@@ -107,13 +113,23 @@ class VLAPolicy(PolicyBackend):
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])
             progress = float(prediction["progress"][0])
-        positions = decode_actions(actions, joints, self.config.action_space)[:self.horizon]
+        actions = actions[:self.horizon]
+        if self._end_effector is not None:
+            positions = self._end_effector.decode(actions, joints)
+        else:
+            positions = decode_actions(actions, joints, self.config.action_space)
         self.last_outputs = {"done_probability": done, "progress": progress}
         return ActionChunk(list(self.config.joint_names), positions, self.config.action_dt,
                            skill_done=done >= self.config.done_threshold,
                            progress=min(1.0, max(0.0, progress)))
 
     # ------------------------------------------------------------------ helpers
+    def _state(self, joints: np.ndarray) -> np.ndarray:
+        state = state_vector(joints)
+        if self._end_effector is None:
+            return state
+        return np.concatenate([state, self._end_effector.pose(joints)])
+
     def _embedding(self, text: str) -> torch.Tensor:
         vector = self._language.get(text)
         if vector is None:

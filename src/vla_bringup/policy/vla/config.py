@@ -8,9 +8,11 @@ to the robot with no IK in the loop (no solver failures, no solver latency, no s
 the kinematics in the policy) and the safety checker clamps exactly what the policy asked for.
 Why deltas: the same motion ("go down 5 cm") is nearly the same offset wherever the arm is, so
 offsets are easier to learn than absolute angles and stay near zero when the arm should hold.
-`joint_position` (absolute targets) is kept as an option. Both are normalised with dataset
-statistics per (chunk step, dimension): offsets grow along the chunk, so one scale per
-dimension would squash the first steps.
+`joint_position` (absolute targets) is kept as an option. `ee_delta` is the end-effector
+space (grasp-point offsets, yaw offset, gripper; see ee_space.py): the network no longer has to
+learn the arm's inverse kinematics, at the price of one IK solve per chunk row at inference.
+All are normalised with dataset statistics per (chunk step, dimension): offsets grow along the
+chunk, so one scale per dimension would squash the first steps.
 
 No torch and no numpy at import time: `cli/bench_policy.py` imports this on bare machines.
 """
@@ -28,10 +30,14 @@ VISION_ENCODERS = ("efficientnet_lite0", "small_cnn")
 FUSIONS = ("early", "late", "dense", "cross_attention")
 HEADS = ("continuous", "discrete")
 HEAD_ARCHS = ("transformer", "mlp")
-ACTION_SPACES = ("joint_delta", "joint_position")
+POSITION_SOURCES = ("vision_language", "fused")
+ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
-ACTION_DIM = 8  # 7 arm joints + gripper opening
+ACTION_DIM = 8  # joint spaces: 7 arm joints + gripper opening
 STATE_DIM = 8  # 7 arm joint positions + gripper opening (mean of the fingers)
+EE_ACTION_DIM = 5  # ee_delta: grasp point offset xyz, yaw offset, gripper opening
+EE_STATE_DIM = 4  # ee_delta models also see the grasp point xyz and yaw
+POSITION_DIM = 6  # position_aux: target object xyz + place xyz (m, world)
 LANGUAGE_DIM = 384  # all-MiniLM-L6-v2
 CONFIG_VERSION = 1
 
@@ -86,6 +92,11 @@ class VLAConfig:
     # With position_aux: the predicted positions also enter the action head as one more token,
     # so the head reads "where" directly instead of digging it out of the fused tokens.
     position_token: bool = False
+    # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
+    # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
+    # which is right for most frames of a demonstration) or "fused" (the fused tokens, state
+    # included: the third training run, see docs/training.md).
+    position_from: str = "vision_language"
     # --- dataset statistics (None: identity / defaults until `with_stats`)
     state_mean: Optional[list[float]] = None
     state_std: Optional[list[float]] = None
@@ -93,11 +104,14 @@ class VLAConfig:
     action_std: Optional[list[list[float]]] = None
     action_low: Optional[list[list[float]]] = None  # bin range of the discrete head
     action_high: Optional[list[list[float]]] = None
+    position_mean: Optional[list[float]] = None  # position_aux targets (m), training split
+    position_std: Optional[list[float]] = None
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
         choices = {"vision_encoder": VISION_ENCODERS, "fusion": FUSIONS, "head": HEADS,
-                   "head_arch": HEAD_ARCHS, "action_space": ACTION_SPACES}
+                   "head_arch": HEAD_ARCHS, "action_space": ACTION_SPACES,
+                   "position_from": POSITION_SOURCES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
@@ -130,20 +144,24 @@ class VLAConfig:
             if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
                 raise ValueError(f"image_crop {self.image_crop} is not (top, left, bottom, right)")
             self.image_crop = [top, left, bottom, right]
-        if (self.state_mean is None) != (self.state_std is None):
-            raise ValueError("state_mean and state_std come together")
+        for first, second in (("state_mean", "state_std"), ("position_mean", "position_std")):
+            if (getattr(self, first) is None) != (getattr(self, second) is None):
+                raise ValueError(f"{first} and {second} come together")
         if self.state_mean is not None:
-            self.state_mean = _vector(self.state_mean, STATE_DIM, "state_mean")
-            self.state_std = _vector(self.state_std, STATE_DIM, "state_std")
+            self.state_mean = _vector(self.state_mean, self.state_dim, "state_mean")
+            self.state_std = _vector(self.state_std, self.state_dim, "state_std")
+        if self.position_mean is not None:
+            self.position_mean = _vector(self.position_mean, POSITION_DIM, "position_mean")
+            self.position_std = _vector(self.position_std, POSITION_DIM, "position_std")
         h = self.action_horizon
         for name in ("action_mean", "action_std", "action_low", "action_high"):
             if getattr(self, name) is not None:
-                setattr(self, name, _matrix(getattr(self, name), h, ACTION_DIM, name))
+                setattr(self, name, _matrix(getattr(self, name), h, self.action_dim, name))
         if (self.action_mean is None) != (self.action_std is None):
             raise ValueError("action_mean and action_std come together")
         if (self.action_low is None) != (self.action_high is None):
             raise ValueError("action_low and action_high come together")
-        for name in ("state_std", "action_std"):
+        for name in ("state_std", "action_std", "position_std"):
             if getattr(self, name) is not None and min(min(r) if isinstance(r, list) else r
                                                       for r in getattr(self, name)) <= 0:
                 raise ValueError(f"{name} must be > 0")
@@ -152,41 +170,59 @@ class VLAConfig:
                 for lo, hi in zip(rl, rh)):
             raise ValueError("action_low must be below action_high everywhere")
 
+    # ------------------------------------------------------------------ sizes
+    @property
+    def action_dim(self) -> int:
+        return EE_ACTION_DIM if self.action_space == "ee_delta" else ACTION_DIM
+
+    @property
+    def state_dim(self) -> int:
+        return STATE_DIM + (EE_STATE_DIM if self.action_space == "ee_delta" else 0)
+
     # ------------------------------------------------------------------ statistics
     def normalisation(self) -> dict[str, list]:
-        """Stats with defaults filled in: state/action mean 0 std 1, bins at mean +- 3 std."""
-        h = self.action_horizon
-        state_mean = self.state_mean or [0.0] * STATE_DIM
-        state_std = self.state_std or [1.0] * STATE_DIM
-        mean = self.action_mean or [[0.0] * ACTION_DIM for _ in range(h)]
-        std = self.action_std or [[1.0] * ACTION_DIM for _ in range(h)]
+        """Stats with defaults filled in: mean 0 std 1, bins at mean +- 3 std; positions in
+        metres around the table (mean 0.5 m, std 0.1 m) until trained."""
+        h, a = self.action_horizon, self.action_dim
+        state_mean = self.state_mean or [0.0] * self.state_dim
+        state_std = self.state_std or [1.0] * self.state_dim
+        mean = self.action_mean or [[0.0] * a for _ in range(h)]
+        std = self.action_std or [[1.0] * a for _ in range(h)]
         low = self.action_low or [[m - 3 * s for m, s in zip(rm, rs)] for rm, rs in zip(mean, std)]
         high = self.action_high or [[m + 3 * s for m, s in zip(rm, rs)]
                                     for rm, rs in zip(mean, std)]
         return {"state_mean": state_mean, "state_std": state_std, "action_mean": mean,
-                "action_std": std, "action_low": low, "action_high": high}
+                "action_std": std, "action_low": low, "action_high": high,
+                "position_mean": self.position_mean or [0.5] * POSITION_DIM,
+                "position_std": self.position_std or [0.1] * POSITION_DIM}
 
-    def with_stats(self, states: Any, actions: Any, min_std: float = 1e-3,
-                   quantile: float = 0.005) -> "VLAConfig":
-        """A copy with statistics of `states` (N, 8) and `actions` (N, H, 8) in model units.
+    def with_stats(self, states: Any, actions: Any, positions: Any = None,
+                   min_std: float = 1e-3, quantile: float = 0.005) -> "VLAConfig":
+        """A copy with statistics of `states` (N, state_dim), `actions` (N, H, action_dim) in
+        model units and, for position_aux, `positions` (N, 6).
 
         Bins of the discrete head span the [quantile, 1 - quantile] range of each (step, dim).
         """
         import numpy as np
         states = np.asarray(states, dtype=np.float64)
         actions = np.asarray(actions, dtype=np.float64)
-        if states.ndim != 2 or states.shape[1] != STATE_DIM:
-            raise ValueError(f"states must be (N, {STATE_DIM}), got {states.shape}")
-        if actions.shape[1:] != (self.action_horizon, ACTION_DIM):
-            raise ValueError(f"actions must be (N, {self.action_horizon}, {ACTION_DIM})")
+        if states.ndim != 2 or states.shape[1] != self.state_dim:
+            raise ValueError(f"states must be (N, {self.state_dim}), got {states.shape}")
+        if actions.shape[1:] != (self.action_horizon, self.action_dim):
+            raise ValueError(f"actions must be (N, {self.action_horizon}, {self.action_dim})")
         low = np.quantile(actions, quantile, axis=0)
         high = np.maximum(np.quantile(actions, 1.0 - quantile, axis=0), low + min_std)
+        extra = {}
+        if positions is not None:
+            positions = np.asarray(positions, dtype=np.float64)
+            extra = {"position_mean": positions.mean(0).tolist(),
+                     "position_std": np.maximum(positions.std(0), min_std).tolist()}
         return dataclasses.replace(
             self, state_mean=states.mean(0).tolist(),
             state_std=np.maximum(states.std(0), min_std).tolist(),
             action_mean=actions.mean(0).tolist(),
             action_std=np.maximum(actions.std(0), min_std).tolist(),
-            action_low=low.tolist(), action_high=high.tolist())
+            action_low=low.tolist(), action_high=high.tolist(), **extra)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

@@ -14,7 +14,6 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vla_bringup.policy.vla.config import ACTION_DIM
 from vla_bringup.policy.vla.fusion import mlp
 
 
@@ -47,8 +46,8 @@ class ActionHead(nn.Module):
         super().__init__()
         d, h = config.d_model, config.action_horizon
         self.horizon, self.kind, self.arch = h, config.head, config.head_arch
-        self.bins = config.action_bins
-        per_step = ACTION_DIM * (self.bins if self.kind == "discrete" else 1)
+        self.bins, self.action_dim = config.action_bins, config.action_dim
+        per_step = self.action_dim * (self.bins if self.kind == "discrete" else 1)
         self.per_step = per_step
         if self.arch == "transformer":
             self.queries = nn.Parameter(torch.randn(h + 1, d) * 0.02)
@@ -75,7 +74,8 @@ class ActionHead(nn.Module):
             summary = flat[:, -2:]
         result = {"done_logit": summary[:, 0], "progress_logit": summary[:, 1]}
         if self.kind == "discrete":
-            result["action_logits"] = rows.reshape(batch, self.horizon, ACTION_DIM, self.bins)
+            result["action_logits"] = rows.reshape(batch, self.horizon, self.action_dim,
+                                                    self.bins)
         else:
             result["actions"] = rows  # normalised units
         return result

@@ -16,12 +16,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vla_bringup.policy.vla.config import ACTION_DIM, STATE_DIM, VLAConfig
+from vla_bringup.policy.vla.config import ACTION_DIM, POSITION_DIM, STATE_DIM, VLAConfig
 from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
-from vla_bringup.policy.vla.fusion import build_fusion, mlp
+from vla_bringup.policy.vla.fusion import CrossBlock, build_fusion, mlp
 from vla_bringup.policy.vla.heads import ActionHead, ActionTokenizer
 
-POSITION_DIM = 6  # auxiliary target: target object xyz + place xyz
+RELATIVE_SCALE = 0.1  # m; gripper-to-object vectors enter the position token in these units
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -36,14 +36,24 @@ class VLAModel(nn.Module):
         self.vision_pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
         self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
         self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
-        self.state_proj = mlp(STATE_DIM, d, d, 0.0)
+        self.state_proj = mlp(config.state_dim, d, d, 0.0)
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config)
         self.position_head = mlp(d, POSITION_DIM, d, 0.0) if config.position_aux else None
-        self.position_proj = nn.Linear(POSITION_DIM, d) if config.position_token else None
+        self.position_grounding = None
+        if config.position_aux and config.position_from == "vision_language":
+            self.position_grounding = CrossBlock(d, config.n_heads, config.dropout, True,
+                                                 config.ffn_ratio)
+            self.position_norm = nn.LayerNorm(d)
+        # An end-effector model also gets the vectors from its grasp point to both positions:
+        # with end-effector actions, approaching the cube is nearly copying that vector.
+        self.relative_positions = config.action_space == "ee_delta"
+        token_inputs = POSITION_DIM * (2 if self.relative_positions else 1)
+        self.position_proj = nn.Linear(token_inputs, d) if config.position_token else None
         stats = config.normalisation()
-        for name in ("state_mean", "state_std", "action_mean", "action_std"):
+        for name in ("state_mean", "state_std", "action_mean", "action_std", "position_mean",
+                     "position_std"):
             self.register_buffer(name, torch.tensor(stats[name]), persistent=False)
         self.register_buffer("image_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1),
                              persistent=False)
@@ -82,7 +92,9 @@ class VLAModel(nn.Module):
                 given_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
-        state (B, 8) raw (7 arm joints + gripper opening). Returns the head's outputs."""
+        state (B, state_dim) raw (7 arm joints + gripper opening [+ grasp point xyz, yaw]).
+        `given_positions` (B, 6), normalised: true positions, for a trainer's oracle experiment
+        only. Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -91,20 +103,32 @@ class VLAModel(nn.Module):
         batch = vision.shape[0]
         lang = self.language_proj(language.to(dtype)).view(batch, -1, self.config.d_model)
         lang = lang + self.language_pos
-        state = ((state - self.state_mean) / self.state_std).to(dtype)
-        state_token = self.state_proj(state).unsqueeze(1) + self.state_pos
+        normalised_state = ((state - self.state_mean) / self.state_std).to(dtype)
+        state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         context = self.fusion(vision, lang, state_token)
         positions = None
-        if self.position_head is not None:
-            positions = self.position_head(context.mean(1))  # normalised units
+        if self.position_grounding is not None:
+            grounded = self.position_norm(self.position_grounding(lang, vision))
+            positions = self.position_head(grounded.mean(1))  # normalised units
+        elif self.position_head is not None:
+            positions = self.position_head(context.mean(1))
         if self.position_proj is not None:
-            # `given_positions`: ground truth, for a trainer's oracle experiment only.
             source = positions.detach() if given_positions is None else given_positions
-            context = torch.cat([context, self.position_proj(source.to(dtype)).unsqueeze(1)], 1)
+            token = self.position_proj(self._position_inputs(source, state).to(dtype))
+            context = torch.cat([context, token.unsqueeze(1)], 1)
         outputs = self.head(context)
         if positions is not None:
             outputs["positions"] = positions
         return outputs
+
+    def _position_inputs(self, positions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Normalised positions (B, 6) [+ grasp point to each position (B, 6), RELATIVE_SCALE]."""
+        if not self.relative_positions:
+            return positions
+        metres = positions.float() * self.position_std + self.position_mean
+        grasp = state[:, STATE_DIM:STATE_DIM + 3].float().unsqueeze(1)
+        relative = (metres.view(-1, 2, 3) - grasp).flatten(1) / RELATIVE_SCALE
+        return torch.cat([positions.float(), relative], 1)
 
     def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw actions (B, H, 8) in the config's action space, done probability, progress."""
