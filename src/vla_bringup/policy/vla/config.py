@@ -31,6 +31,7 @@ FUSIONS = ("early", "late", "dense", "cross_attention")
 HEADS = ("continuous", "discrete")
 HEAD_ARCHS = ("transformer", "mlp")
 POSITION_SOURCES = ("vision_language", "fused")
+VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
 ACTION_DIM = 8  # joint spaces: 7 arm joints + gripper opening
@@ -64,6 +65,10 @@ class VLAConfig:
     # --- vision
     vision_encoder: str = "efficientnet_lite0"
     vision_trainable_blocks: int = 0  # 0: frozen; k: last k MBConv blocks + head conv trained
+    # Lite0 feature map used as image tokens: "head" (1280 x S/32 x S/32, after the head conv)
+    # or "stride16" (the 112-channel map after block 11 of 16, S/16 x S/16, frozen): four times
+    # the tokens, each cell 16 px, for objects a few pixels wide.
+    vision_stage: str = "head"
     cnn_channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256, 256])
     # --- language (all-MiniLM-L6-v2 embedding, mean pooled, cached per instruction)
     language_dim: int = LANGUAGE_DIM
@@ -111,7 +116,7 @@ class VLAConfig:
     def __post_init__(self) -> None:
         choices = {"vision_encoder": VISION_ENCODERS, "fusion": FUSIONS, "head": HEADS,
                    "head_arch": HEAD_ARCHS, "action_space": ACTION_SPACES,
-                   "position_from": POSITION_SOURCES}
+                   "position_from": POSITION_SOURCES, "vision_stage": VISION_STAGES}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
@@ -127,6 +132,10 @@ class VLAConfig:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if not 0 <= self.vision_trainable_blocks <= 16:
             raise ValueError("vision_trainable_blocks must be in 0..16 (Lite0 has 16 blocks)")
+        if self.vision_stage == "stride16" and (self.vision_trainable_blocks or
+                                                self.vision_encoder != "efficientnet_lite0"):
+            raise ValueError("vision_stage stride16 is the frozen Lite0 map: it needs "
+                             "efficientnet_lite0 and vision_trainable_blocks 0")
         if not self.cnn_channels or any(int(c) < 1 for c in self.cnn_channels):
             raise ValueError("cnn_channels must be a non-empty list of positive integers")
         if self.position_token and not self.position_aux:

@@ -23,6 +23,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 LITE0_BLOCKS = 16
 LITE0_CHANNELS = 1280
+STRIDE16_BLOCKS = 11  # blocks 0..10 end at stride 16 (block 11 starts the stride-32 stage)
+STRIDE16_CHANNELS = 112
 
 
 class MissingDependencyError(ImportError):
@@ -46,10 +48,15 @@ class EfficientNetLite0Encoder(nn.Module):
     cache it once per frame.
     """
 
-    out_channels = LITE0_CHANNELS
-
-    def __init__(self, image_size: int, trainable_blocks: int = 0, pretrained: bool = True):
+    def __init__(self, image_size: int, trainable_blocks: int = 0, pretrained: bool = True,
+                 stage: str = "head"):
         super().__init__()
+        # "stride16": the frozen map after STRIDE16_BLOCKS blocks is the output; the rest of the
+        # network is dropped. It is the same tensor a model with 5 trained blocks caches.
+        self.stride16 = stage == "stride16"
+        if self.stride16 and trainable_blocks:
+            raise ValueError("the stride-16 map is frozen: trainable_blocks must be 0")
+        self.out_channels = STRIDE16_CHANNELS if self.stride16 else LITE0_CHANNELS
         lite = _require("efficientnet_lite_pytorch", "efficientnet-lite-pytorch")
         net = lite.EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
         if pretrained:
@@ -63,10 +70,14 @@ class EfficientNetLite0Encoder(nn.Module):
         self.net = net
         self.trainable_blocks = int(trainable_blocks)
         self.split = LITE0_BLOCKS - self.trainable_blocks  # blocks [split:] + head are trained
+        if self.stride16:
+            self.split = STRIDE16_BLOCKS
+            del net._blocks[STRIDE16_BLOCKS:]
+            del net._conv_head, net._bn1
         self._fold_frozen_batchnorm()
         for name, parameter in self.net.named_parameters():
             parameter.requires_grad = self.is_trainable(f"net.{name}")
-        self.grid = image_size // 32
+        self.grid = image_size // (16 if self.stride16 else 32)
 
     def _fold_frozen_batchnorm(self) -> None:
         """Fold the frozen batch norms into their convolutions (same output, ~40% less time).
@@ -80,7 +91,7 @@ class EfficientNetLite0Encoder(nn.Module):
             if block._block_args.expand_ratio != 1:
                 pairs.append((block, "_expand_conv", "_bn0"))
             pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
-        if self.trainable_blocks == 0:
+        if self.trainable_blocks == 0 and not self.stride16:
             pairs.append((net, "_conv_head", "_bn1"))
         with torch.no_grad():
             for owner, conv_name, bn_name in pairs:
@@ -105,7 +116,7 @@ class EfficientNetLite0Encoder(nn.Module):
         super().train(mode)
         net = self.net
         frozen = [net._conv_stem, net._bn0, *net._blocks[:self.split]]
-        if self.trainable_blocks == 0:
+        if self.trainable_blocks == 0 and not self.stride16:
             frozen += [net._conv_head, net._bn1]
         for module in frozen:
             module.eval()
@@ -117,14 +128,14 @@ class EfficientNetLite0Encoder(nn.Module):
             x = net._swish(net._bn0(net._conv_stem(images)))
             for block in net._blocks[:self.split]:
                 x = block(x)  # no drop-connect: frozen blocks run as in inference
-            if self.trainable_blocks == 0:
+            if self.trainable_blocks == 0 and not self.stride16:
                 x = net._swish(net._bn1(net._conv_head(x)))
         return x
 
     def trainable_features(self, x: torch.Tensor) -> torch.Tensor:
         net = self.net
         if self.trainable_blocks == 0:
-            return x
+            return x  # frozen: the head map, or the stride-16 map
         rate = net._global_params.drop_connect_rate if self.training else 0.0
         for index in range(self.split, LITE0_BLOCKS):
             x = net._blocks[index](x, drop_connect_rate=rate * index / LITE0_BLOCKS)
@@ -169,7 +180,7 @@ def build_vision_encoder(config, pretrained: bool = True) -> nn.Module:
     """`pretrained=False` (random Lite0 weights) is for latency benchmarks and tests only."""
     if config.vision_encoder == "efficientnet_lite0":
         return EfficientNetLite0Encoder(config.image_size, config.vision_trainable_blocks,
-                                        pretrained)
+                                        pretrained, config.vision_stage)
     return SmallCNNEncoder(config.image_size, config.cnn_channels)
 
 

@@ -30,8 +30,8 @@ class VLAModel(nn.Module):
     def __init__(self, config: VLAConfig, pretrained: bool = True) -> None:
         super().__init__()
         self.config = config
-        d, grid = config.d_model, config.image_size // 32
         self.vision = build_vision_encoder(config, pretrained)
+        d, grid = config.d_model, self.vision.grid
         self.vision_proj = nn.Linear(self.vision.out_channels, d)
         self.vision_pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
         self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
