@@ -98,6 +98,7 @@ def test_position_aux_trains_on_the_privileged_positions_and_loads(demos, tmp_pa
     assert all(h["loss"] > h["action"] for h in log["history"])
     model = load_checkpoint(tmp_path / "aux")
     assert model.config.position_aux and model.position_head is not None
+    assert model.position_grounding is not None  # the default source: instruction over image
     demos_loaded = train_cli.load_dataset(demos)
     assert demos_loaded.positions.shape == (len(demos_loaded.states), 6)
 

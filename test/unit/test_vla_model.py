@@ -287,6 +287,10 @@ def test_grounded_position_head_does_not_read_the_robot_state():
         other_text = model(pixels, language.flip(0), state)
     torch.testing.assert_close(first["positions"], moved["positions"])
     assert not torch.equal(first["positions"], other_text["positions"])  # it reads the text
+    keypoints = VLAModel(small(position_aux=True, position_from="keypoints")).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(keypoints(pixels, language, state)["positions"],
+                                   keypoints(pixels, language, state + 1.0)["positions"])
     fused = VLAModel(small(position_aux=True, position_from="fused")).eval()
     with torch.no_grad():
         assert not torch.equal(fused(pixels, language, state)["positions"],

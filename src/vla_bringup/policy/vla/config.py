@@ -30,7 +30,7 @@ VISION_ENCODERS = ("efficientnet_lite0", "small_cnn")
 FUSIONS = ("early", "late", "dense", "cross_attention")
 HEADS = ("continuous", "discrete")
 HEAD_ARCHS = ("transformer", "mlp")
-POSITION_SOURCES = ("vision_language", "fused")
+POSITION_SOURCES = ("vision_language", "keypoints", "fused")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
@@ -99,8 +99,10 @@ class VLAConfig:
     position_token: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
-    # which is right for most frames of a demonstration) or "fused" (the fused tokens, state
-    # included: the third training run, see docs/training.md).
+    # which is right for most frames of a demonstration), "keypoints" (a spatial softmax per
+    # position over the image grid, conditioned on the instruction: an expected image point,
+    # finer than a cell) or "fused" (the fused tokens, state included: the third training run,
+    # see docs/training.md).
     position_from: str = "vision_language"
     # --- dataset statistics (None: identity / defaults until `with_stats`)
     state_mean: Optional[list[float]] = None

@@ -138,6 +138,36 @@ class CrossAttentionFusion(nn.Module):
         return self.norm(queries)
 
 
+class GroundedKeypoints(nn.Module):
+    """Where on the image the instruction points: one spatial softmax per asked position.
+
+    Each of `points` queries (from the mean language token) scores every image cell; the
+    softmax over the grid gives an expected (x, y) in [-1, 1], finer than a cell, and the
+    attended feature. An MLP maps both to world positions. Only image and text come in.
+    """
+
+    def __init__(self, d: int, grid: int, points: int, outputs: int) -> None:
+        super().__init__()
+        self.points, self.scale = points, d ** -0.5
+        self.query = nn.Linear(d, points * d)
+        self.key = nn.Linear(d, d)
+        self.norm = nn.LayerNorm(d)
+        axis = torch.linspace(-1.0, 1.0, grid)
+        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys], -1).view(-1, 2), persistent=False)
+        self.out = mlp(points * (2 + d), outputs, d, 0.0)
+
+    def forward(self, vision: torch.Tensor, language: torch.Tensor) -> torch.Tensor:
+        batch, d = vision.shape[0], vision.shape[-1]
+        vision = self.norm(vision)
+        queries = self.query(language.mean(1)).view(batch, self.points, d)
+        weights = (torch.einsum("bpd,bnd->bpn", queries, self.key(vision)) * self.scale
+                   ).softmax(-1)
+        where = weights @ self.coords.to(weights.dtype)  # (B, P, 2)
+        what = weights @ vision  # (B, P, d)
+        return self.out(torch.cat([where.flatten(1), what.flatten(1)], 1))
+
+
 FUSION_CLASSES = {"early": EarlyFusion, "late": LateFusion, "dense": DenseFusion,
                   "cross_attention": CrossAttentionFusion}
 

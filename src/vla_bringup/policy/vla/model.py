@@ -18,7 +18,7 @@ from torch import nn
 
 from vla_bringup.policy.vla.config import ACTION_DIM, POSITION_DIM, STATE_DIM, VLAConfig
 from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
-from vla_bringup.policy.vla.fusion import CrossBlock, build_fusion, mlp
+from vla_bringup.policy.vla.fusion import CrossBlock, GroundedKeypoints, build_fusion, mlp
 from vla_bringup.policy.vla.heads import ActionHead, ActionTokenizer
 
 RELATIVE_SCALE = 0.1  # m; gripper-to-object vectors enter the position token in these units
@@ -40,9 +40,14 @@ class VLAModel(nn.Module):
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config)
-        self.position_head = mlp(d, POSITION_DIM, d, 0.0) if config.position_aux else None
-        self.position_grounding = None
-        if config.position_aux and config.position_from == "vision_language":
+        # The auxiliary position head (see VLAConfig.position_from for the three sources).
+        self.position_head = self.position_grounding = self.position_keypoints = None
+        source = config.position_from if config.position_aux else None
+        if source == "keypoints":
+            self.position_keypoints = GroundedKeypoints(d, grid, 2, POSITION_DIM)
+        elif source is not None:
+            self.position_head = mlp(d, POSITION_DIM, d, 0.0)
+        if source == "vision_language":
             self.position_grounding = CrossBlock(d, config.n_heads, config.dropout, True,
                                                  config.ffn_ratio)
             self.position_norm = nn.LayerNorm(d)
@@ -107,7 +112,9 @@ class VLAModel(nn.Module):
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         context = self.fusion(vision, lang, state_token)
         positions = None
-        if self.position_grounding is not None:
+        if self.position_keypoints is not None:
+            positions = self.position_keypoints(vision, lang)
+        elif self.position_grounding is not None:
             grounded = self.position_norm(self.position_grounding(lang, vision))
             positions = self.position_head(grounded.mean(1))  # normalised units
         elif self.position_head is not None:
