@@ -198,3 +198,22 @@ def test_end_effector_model_trains_and_drives_the_policy(demos, tmp_path):
     assert chunk.positions.shape == (16, 9) and np.all(np.isfinite(chunk.positions))
     # IK answers within the Panda's joint range.
     assert np.all(np.abs(chunk.positions[:, :7]) < 3.1)
+
+
+def test_keypoint_supervision_points_at_the_projected_cube(demos, tmp_path):
+    from vla_bringup.policy.vla.config import VLAConfig
+    from vla_bringup.sim.world import project_to_image
+    loaded = train_cli.load_dataset(demos)
+    config = VLAConfig(image_size=64)
+    labels = train_cli.keypoint_targets(loaded.positions[:3], 4, config, loaded.info)
+    assert labels.shape == (3, 2, 16)
+    np.testing.assert_allclose(labels.sum(-1).numpy(), 1.0, rtol=1e-5)
+    # The most likely cell holds the target's projection (64 px image, 4 x 4 cells of 16 px).
+    u, v = project_to_image(loaded.positions[0, :3], 64, 64)
+    assert int(labels[0, 0].argmax()) == int(v // 16) * 4 + int(u // 16)
+    overrides = {**TINY_MODEL, "action_space": "ee_delta", "position_aux": True,
+                 "position_from": "keypoints"}
+    log = train_cli.train(demos, tmp_path / "kp", overrides,
+                          train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2}),
+                          progress=False, log=lambda *a: None)
+    assert all(h["keypoint"] > 0 and h["loss"] > h["keypoint"] for h in log["history"])

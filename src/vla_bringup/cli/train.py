@@ -84,6 +84,9 @@ class TrainConfig:
     progress_weight: float = 0.5
     done_pos_weight: Optional[float] = None
     position_weight: float = 1.0  # auxiliary position loss, for models with position_aux
+    # position_from=keypoints: cross-entropy of each keypoint's grid softmax against a blob at
+    # the true position projected into the image (the simulator's camera, without jitter).
+    keypoint_weight: float = 1.0
     # Diagnosis only: feed the true positions to a position_token model while training, to
     # see whether the action head can learn the task when it is told where things are.
     oracle_positions: bool = False
@@ -100,9 +103,9 @@ class TrainConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
         if min(self.state_noise, self.grasp_noise, self.grad_clip, self.warmup_steps,
-               self.position_weight) < 0:
-            raise ValueError("state_noise, grasp_noise, grad_clip, warmup_steps and "
-                             "position_weight must be >= 0")
+               self.position_weight, self.keypoint_weight) < 0:
+            raise ValueError("state_noise, grasp_noise, grad_clip, warmup_steps, "
+                             "position_weight and keypoint_weight must be >= 0")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError("save_dtype must be float32 or float16")
 
@@ -267,6 +270,29 @@ def end_effector_labels(demos: Demos, horizon: int, progress: bool = True
     states = np.concatenate([state_vector(demos.states), state_poses], -1)
     gripper = chunks[..., 7:].mean(-1)
     return states, space.encode(chunk_poses, state_poses, gripper)
+
+
+def keypoint_targets(positions: np.ndarray, grid: int, config, info: dict,
+                     sigma_cells: float = 0.5):
+    """(N, 6) target and place positions -> (N, 2, grid * grid) soft labels: a Gaussian blob
+    (sigma in cells) around each position projected into the image, over the token grid."""
+    import torch
+    from vla_bringup.sim.world import project_to_image
+    if config.image_crop is not None:
+        raise ValueError("keypoint supervision does not handle image_crop yet")
+    shape = info.get("features", {}).get("observation.image", {}).get("shape", [224, 224, 3])
+    height, width = int(shape[0]), int(shape[1])
+    pixels = project_to_image(positions.reshape(-1, 2, 3), width, height)  # (N, 2, 2)
+    # Pixel -> the grid's [-1, 1] coordinates, where cell i's centre is at -1 + 2 i / (grid - 1).
+    cells = pixels / np.array([width, height]) * grid - 0.5
+    where = -1.0 + 2.0 * cells / (grid - 1)
+    axis = np.linspace(-1.0, 1.0, grid)
+    ys, xs = np.meshgrid(axis, axis, indexing="ij")
+    coords = np.stack([xs, ys], -1).reshape(-1, 2)  # same order as GroundedKeypoints.coords
+    sigma = sigma_cells * 2.0 / (grid - 1)
+    distance = ((where[:, :, None, :] - coords[None, None]) ** 2).sum(-1)
+    labels = np.exp(-(distance - distance.min(-1, keepdims=True)) / (2 * sigma ** 2))
+    return torch.from_numpy((labels / labels.sum(-1, keepdims=True)).astype(np.float32))
 
 
 def split_episodes(episodes: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -529,6 +555,11 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
                                                       tensors["positions"][rows], beta=0.1)
         losses["loss"] = losses["loss"] + train.position_weight * position
         losses["position"] = position.detach()
+    if "keypoint_logits" in outputs and "keypoint_targets" in tensors:
+        log_probs = outputs["keypoint_logits"].float().log_softmax(-1)
+        keypoint = -(tensors["keypoint_targets"][rows] * log_probs).sum(-1).mean()
+        losses["loss"] = losses["loss"] + train.keypoint_weight * keypoint
+        losses["keypoint"] = keypoint.detach()
     return losses
 
 
@@ -677,6 +708,10 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         mean, std = np.array(config.position_mean), np.array(config.position_std)
         tensors["positions"] = torch.from_numpy(((demos.positions - mean) / std)
                                                 .astype(np.float32))
+    if config.position_from == "keypoints" and config.position_aux and \
+            train_config.keypoint_weight > 0:
+        tensors["keypoint_targets"] = keypoint_targets(demos.positions, model.vision.grid,
+                                                       config, demos.info)
     if len(val_idx) > train_config.val_max_frames:
         val_idx = val_idx[np.linspace(0, len(val_idx) - 1, train_config.val_max_frames)
                           .round().astype(np.int64)]

@@ -70,6 +70,27 @@ def _quaternion(rotation: np.ndarray) -> np.ndarray:
     return np.array(q)
 
 
+
+def project_to_image(points, width: int = 224, height: int = 224,
+                     eye=CAMERA_EYE) -> np.ndarray:
+    """(..., 3) world points (m) -> (..., 2) pixel (u, v) in the front camera's image.
+
+    Pinhole model of `TabletopWorld.render` (vertical field of view, square pixels, pixel
+    centres at integer coordinates); `eye` defaults to the nominal camera, without jitter.
+    """
+    eye = np.asarray(eye, dtype=float)
+    forward = np.asarray(CAMERA_TARGET) - eye
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, (0.0, 0.0, 1.0))
+    right /= np.linalg.norm(right)
+    down = np.cross(forward, right)
+    focal = (height / 2.0) / np.tan(np.radians(CAMERA_FOV_DEG) / 2.0)
+    offset = np.asarray(points, dtype=float) - eye
+    depth = offset @ forward
+    u = focal * (offset @ right) / depth + (width - 1) / 2.0
+    v = focal * (offset @ down) / depth + (height - 1) / 2.0
+    return np.stack([u, v], -1)
+
 class TabletopWorld:
     camera_frame_id = "camera_optical_frame"
 

@@ -157,15 +157,18 @@ class GroundedKeypoints(nn.Module):
         self.register_buffer("coords", torch.stack([xs, ys], -1).view(-1, 2), persistent=False)
         self.out = mlp(points * (2 + d), outputs, d, 0.0)
 
-    def forward(self, vision: torch.Tensor, language: torch.Tensor) -> torch.Tensor:
+    def forward(self, vision: torch.Tensor, language: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> positions (B, outputs) and the grid logits (B, points, N), which a trainer can
+        supervise with where the points really are in the image."""
         batch, d = vision.shape[0], vision.shape[-1]
         vision = self.norm(vision)
         queries = self.query(language.mean(1)).view(batch, self.points, d)
-        weights = (torch.einsum("bpd,bnd->bpn", queries, self.key(vision)) * self.scale
-                   ).softmax(-1)
+        logits = torch.einsum("bpd,bnd->bpn", queries, self.key(vision)) * self.scale
+        weights = logits.softmax(-1)
         where = weights @ self.coords.to(weights.dtype)  # (B, P, 2)
         what = weights @ vision  # (B, P, d)
-        return self.out(torch.cat([where.flatten(1), what.flatten(1)], 1))
+        return self.out(torch.cat([where.flatten(1), what.flatten(1)], 1)), logits
 
 
 FUSION_CLASSES = {"early": EarlyFusion, "late": LateFusion, "dense": DenseFusion,

@@ -111,9 +111,9 @@ class VLAModel(nn.Module):
         normalised_state = ((state - self.state_mean) / self.state_std).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         context = self.fusion(vision, lang, state_token)
-        positions = None
+        positions = keypoint_logits = None
         if self.position_keypoints is not None:
-            positions = self.position_keypoints(vision, lang)
+            positions, keypoint_logits = self.position_keypoints(vision, lang)
         elif self.position_grounding is not None:
             grounded = self.position_norm(self.position_grounding(lang, vision))
             positions = self.position_head(grounded.mean(1))  # normalised units
@@ -126,6 +126,8 @@ class VLAModel(nn.Module):
         outputs = self.head(context)
         if positions is not None:
             outputs["positions"] = positions
+        if keypoint_logits is not None:
+            outputs["keypoint_logits"] = keypoint_logits
         return outputs
 
     def _position_inputs(self, positions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
