@@ -277,6 +277,7 @@ def keypoint_targets(positions: np.ndarray, grid: int, config, info: dict,
     """(N, 6) target and place positions -> (N, 2, grid * grid) soft labels: a Gaussian blob
     (sigma in cells) around each position projected into the image, over the token grid."""
     import torch
+    from vla_bringup.policy.vla.fusion import grid_coordinates
     from vla_bringup.sim.world import project_to_image
     if config.image_crop is not None:
         raise ValueError("keypoint supervision does not handle image_crop yet")
@@ -286,9 +287,7 @@ def keypoint_targets(positions: np.ndarray, grid: int, config, info: dict,
     # Pixel -> the grid's [-1, 1] coordinates, where cell i's centre is at -1 + 2 i / (grid - 1).
     cells = pixels / np.array([width, height]) * grid - 0.5
     where = -1.0 + 2.0 * cells / (grid - 1)
-    axis = np.linspace(-1.0, 1.0, grid)
-    ys, xs = np.meshgrid(axis, axis, indexing="ij")
-    coords = np.stack([xs, ys], -1).reshape(-1, 2)  # same order as GroundedKeypoints.coords
+    coords = grid_coordinates(grid).double().numpy()
     sigma = sigma_cells * 2.0 / (grid - 1)
     distance = ((where[:, :, None, :] - coords[None, None]) ** 2).sum(-1)
     labels = np.exp(-(distance - distance.min(-1, keepdims=True)) / (2 * sigma ** 2))
@@ -663,16 +662,17 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         np.zeros(0, dtype=np.int64)
     train_idx, val_idx = frames_of(train_eps), frames_of(val_eps)
     if config.action_space == "ee_delta":
-        states8, actions8 = end_effector_labels(demos, horizon, progress)
+        model_states, model_actions = end_effector_labels(demos, horizon, progress)
     else:
-        states8 = state_vector(demos.states)
-        actions8 = encode_actions(demos.chunks[:, :horizon], demos.states, config.action_space)
+        model_states = state_vector(demos.states)
+        model_actions = encode_actions(demos.chunks[:, :horizon], demos.states,
+                                       config.action_space)
     if train_config.oracle_positions and not config.position_token:
         raise ValueError("oracle_positions needs a model with position_token")
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
                            f"{demos.root} lacks (regenerate it with generate_data)")
-    config = config.with_stats(states8[train_idx], actions8[train_idx],
+    config = config.with_stats(model_states[train_idx], model_actions[train_idx],
                                demos.positions[train_idx] if config.position_aux else None)
     phase("statistics")
 
@@ -699,8 +699,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         "features": vision["features"],
         "language": torch.from_numpy(language["embeddings"]),
         "text_index": torch.from_numpy(language["index"]),
-        "state": torch.from_numpy(states8.astype(np.float32)),
-        "actions": torch.from_numpy(actions8.astype(np.float32)),
+        "state": torch.from_numpy(model_states.astype(np.float32)),
+        "actions": torch.from_numpy(model_actions.astype(np.float32)),
         "done": torch.from_numpy(demos.done.astype(np.float32)),
         "progress": torch.from_numpy(demos.progress.astype(np.float32)),
     }

@@ -56,14 +56,19 @@ class CrossBlock(nn.Module):
         return self.ffn(x)
 
 
+def grid_coordinates(grid: int) -> torch.Tensor:
+    """(grid * grid, 2) cell centres as (x, y) in [-1, 1], row by row as tokens are flattened."""
+    axis = torch.linspace(-1.0, 1.0, grid)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    return torch.stack([xs, ys], -1).reshape(-1, 2)
+
+
 class VisionPool(nn.Module):
     """(B, N, d) tokens on a grid x grid map -> (B, d): mean token + spatial-softmax keypoints."""
 
     def __init__(self, d: int, grid: int, keypoints: int) -> None:
         super().__init__()
-        axis = torch.linspace(-1.0, 1.0, grid)
-        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-        self.register_buffer("coords", torch.stack([xs, ys], -1).reshape(-1, 2), persistent=False)
+        self.register_buffer("coords", grid_coordinates(grid), persistent=False)
         self.logits = nn.Linear(d, keypoints)
         self.out = nn.Linear(d + 2 * keypoints, d)
 
@@ -152,9 +157,7 @@ class GroundedKeypoints(nn.Module):
         self.query = nn.Linear(d, points * d)
         self.key = nn.Linear(d, d)
         self.norm = nn.LayerNorm(d)
-        axis = torch.linspace(-1.0, 1.0, grid)
-        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
-        self.register_buffer("coords", torch.stack([xs, ys], -1).view(-1, 2), persistent=False)
+        self.register_buffer("coords", grid_coordinates(grid), persistent=False)
         self.out = mlp(points * (2 + d), outputs, d, 0.0)
 
     def forward(self, vision: torch.Tensor, language: torch.Tensor
