@@ -39,6 +39,16 @@ def _train(demos, out, **train_overrides):
                            log=lambda *a: None)
 
 
+def _infer_once(model):
+    """One chunk from the checkpoint's policy on a blank frame at the home pose."""
+    policy = VLAPolicy(model=model, device="cpu")
+    skill = SkillSpec("s0", "push", "push the red cube to the left", "red_cube", "left")
+    policy.reset(skill)
+    joints = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
+    image = np.zeros((model.config.image_size,) * 2 + (3,), dtype=np.uint8)
+    return policy.infer(Observation(0.0, list(model.config.joint_names), joints, skill, image))
+
+
 @pytest.fixture(scope="module")
 def trained(demos, tmp_path_factory):
     base = tmp_path_factory.mktemp("runs")
@@ -62,12 +72,7 @@ def test_training_writes_a_loadable_checkpoint_and_its_artifacts(trained):
 
     model = load_checkpoint(folder)
     assert model.config.state_mean is not None and model.config.action_dt == pytest.approx(0.1)
-    policy = VLAPolicy(model=model, device="cpu")
-    skill = SkillSpec("s0", "push", "push the red cube to the left", "red_cube", "left")
-    policy.reset(skill)
-    joints = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
-    image = np.zeros((64, 64, 3), dtype=np.uint8)
-    chunk = policy.infer(Observation(0.0, list(model.config.joint_names), joints, skill, image))
+    chunk = _infer_once(model)
     assert chunk.positions.shape == (16, 9) and np.all(np.isfinite(chunk.positions))
 
 
@@ -120,13 +125,7 @@ def test_position_token_reads_the_predicted_or_the_oracle_positions(demos, tmp_p
         assert all(np.isfinite(h["loss"]) for h in log["history"])
         model = load_checkpoint(out)
         assert model.position_proj is not None  # and inference runs on predicted positions:
-        policy = VLAPolicy(model=model, device="cpu")
-        skill = SkillSpec("s0", "push", "push the red cube to the left", "red_cube", "left")
-        policy.reset(skill)
-        joints = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
-        chunk = policy.infer(Observation(0.0, list(model.config.joint_names), joints, skill,
-                                         np.zeros((64, 64, 3), dtype=np.uint8)))
-        assert np.all(np.isfinite(chunk.positions))
+        assert np.all(np.isfinite(_infer_once(model).positions))
 
 
 def test_bad_datasets_fail_clearly(tmp_path, capsys):
@@ -189,12 +188,7 @@ def test_end_effector_model_trains_and_drives_the_policy(demos, tmp_path):
     assert len(model.config.state_mean) == 12 and len(model.config.position_mean) == 6
     # The labels are grasp-point offsets: a few cm per 0.1 s step at most, not radians.
     assert np.max(np.abs(np.array(model.config.action_mean)[:, :3])) < 0.5
-    policy = VLAPolicy(model=model, device="cpu")
-    skill = SkillSpec("s0", "push", "push the red cube to the left", "red_cube", "left")
-    policy.reset(skill)
-    joints = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
-    chunk = policy.infer(Observation(0.0, list(model.config.joint_names), joints, skill,
-                                     np.zeros((64, 64, 3), dtype=np.uint8)))
+    chunk = _infer_once(model)
     assert chunk.positions.shape == (16, 9) and np.all(np.isfinite(chunk.positions))
     # IK answers within the Panda's joint range.
     assert np.all(np.abs(chunk.positions[:, :7]) < 3.1)

@@ -240,15 +240,15 @@ def test_end_effector_space_gives_back_the_experts_joint_targets():
         actions = space.encode(poses, start, chunk[:, 7])
         assert actions.shape == (4, 5)
         np.testing.assert_allclose(actions[:, 2], [-0.01 * i for i in range(1, 5)], atol=1e-3)
-        decoded = space.decode(actions, joints)
+        decoded = space.decode(actions, start)
         np.testing.assert_allclose(decoded, chunk, atol=2e-3)
         # Yaw offsets wrap: a target just across +-pi is a small turn, not a full one.
         across = space.encode([[0, 0, 0, -np.pi + 0.05]], [0, 0, 0, np.pi - 0.05], [0.0])
         assert across[0, 3] == pytest.approx(0.1)
         with pytest.raises(ValueError, match="NaN"):
-            space.decode(np.full((2, 5), np.nan), joints)
+            space.decode(np.full((2, 5), np.nan), start)
         with pytest.raises(ValueError, match=r"\(H, 5\)"):
-            space.decode(np.zeros((2, 8)), joints)
+            space.decode(np.zeros((2, 8)), start)
     finally:
         space.close()
 

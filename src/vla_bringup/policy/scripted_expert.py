@@ -16,7 +16,8 @@ import numpy as np
 
 from vla_bringup.policy.base import ActionChunk, ObjectPose, Observation, PolicyBackend, SkillSpec
 from vla_bringup.sim.kinematics import (
-    FINGER_CLOSED, FINGER_OPEN, JOINT_NAMES, PANDA_BASE_YAW, PandaKinematics, down_orientation)
+    FINGER_CLOSED, FINGER_OPEN, JOINT_NAMES, PANDA_BASE_YAW, PandaKinematics, down_orientation,
+    hand_yaw)
 from vla_bringup.sim.tasks import CUBE_SIZE, PUSH_DIRECTIONS, TRAY_FLOOR_TOP
 
 HOVER = 0.12  # m above the final spot, where descents start
@@ -114,8 +115,7 @@ class ScriptedExpert(PolicyBackend):
             raise ValueError("scripted expert needs the ground-truth scene in the observation")
         q = self._joints(observation)
         position, quat = self._kinematics.fk(q[:7])
-        hand_x = _rotation(quat)[:, 0]  # for a gripper pointing down, its yaw is hand x's
-        state = _State(observation.stamp, position, float(np.arctan2(hand_x[1], hand_x[0])),
+        state = _State(observation.stamp, position, hand_yaw(quat),
                        float(np.mean(q[7:])), observation.scene)
         if self._phase_stamp is None:
             self._enter(0, state)

@@ -42,6 +42,14 @@ def down_orientation(yaw: float = PANDA_BASE_YAW) -> np.ndarray:
     return np.array(p.getQuaternionFromEuler((np.pi, 0.0, yaw)))
 
 
+def hand_yaw(quat) -> float:
+    """Yaw (rad, world) of the hand's x axis for a grasp quaternion (x, y, z, w): for a
+    gripper pointing down, the yaw that `down_orientation` takes."""
+    x, y, z, w = quat
+    # First column of the rotation matrix.
+    return float(np.arctan2(2 * (x * y + z * w), 1 - 2 * (y * y + z * z)))
+
+
 class PandaKinematics:
     """IK / FK for the grasp point of the Panda at PANDA_BASE_POSITION / PANDA_BASE_ORIENTATION."""
 

@@ -24,7 +24,7 @@ import torch
 
 from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, SkillSpec,
                                      joint_vector)
-from vla_bringup.policy.vla.config import decode_actions, state_vector
+from vla_bringup.policy.vla.config import STATE_DIM, decode_actions, state_vector
 from vla_bringup.policy.vla.encoders import TextEncoder
 from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
 
@@ -105,7 +105,8 @@ class VLAPolicy(PolicyBackend):
             pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
             pixels = self.model.preprocess(pixels.unsqueeze(0)).to(self.dtype)
             language = self._embedding(observation.skill.instruction).unsqueeze(0)
-            state = torch.as_tensor(self._state(joints), dtype=torch.float32,
+            raw_state = self._state(joints)
+            state = torch.as_tensor(raw_state, dtype=torch.float32,
                                     device=self.device).unsqueeze(0)
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
@@ -115,7 +116,8 @@ class VLAPolicy(PolicyBackend):
             progress = float(prediction["progress"][0])
         actions = actions[:self.horizon]
         if self._end_effector is not None:
-            positions = self._end_effector.decode(actions, joints)
+            # The measured grasp pose is already in the state: no second forward kinematics.
+            positions = self._end_effector.decode(actions, raw_state[STATE_DIM:])
         else:
             positions = decode_actions(actions, joints, self.config.action_space)
         self.last_outputs = {"done_probability": done, "progress": progress}

@@ -25,7 +25,7 @@ import numpy as np
 
 from vla_bringup.policy.vla.config import EE_ACTION_DIM, EE_STATE_DIM
 from vla_bringup.sim.kinematics import (
-    FINGER_OPEN, PANDA_BASE_YAW, PandaKinematics, down_orientation)
+    FINGER_OPEN, PANDA_BASE_YAW, PandaKinematics, down_orientation, hand_yaw)
 
 
 def wrap(angle):
@@ -42,11 +42,7 @@ class EndEffectorSpace:
         """(9,) or (7,) joints -> (4,) grasp point x, y, z (m, world) and the yaw of the hand's
         x axis from the home yaw (rad)."""
         position, quat = self.kinematics.fk(np.asarray(joints, dtype=float)[:7])
-        x, y, z, w = quat
-        # First column of the rotation matrix: where the hand's x axis points.
-        hand_x = (1 - 2 * (y * y + z * z), 2 * (x * y + z * w))
-        yaw = wrap(np.arctan2(hand_x[1], hand_x[0]) - PANDA_BASE_YAW)
-        return np.array([*position, yaw])
+        return np.array([*position, wrap(hand_yaw(quat) - PANDA_BASE_YAW)])
 
     def poses(self, joints) -> np.ndarray:
         """(..., 9) joints -> (..., 4); repeated rows are solved once (chunks often hold still)."""
@@ -65,15 +61,16 @@ class EndEffectorSpace:
         yaw = wrap(chunk_poses[..., 3] - state_poses[..., 3])
         return np.concatenate([offset, yaw[..., None], np.asarray(gripper)[..., None]], -1)
 
-    def decode(self, actions, joints) -> np.ndarray:
-        """(H, 5) actions + (9,) measured joints -> (H, 9) absolute joint targets, via IK."""
+    def decode(self, actions, state_pose) -> np.ndarray:
+        """(H, 5) actions + the measured grasp pose (4,), as `pose` gives it -> (H, 9) joint
+        targets, via IK."""
         actions = np.asarray(actions, dtype=float)
         if actions.ndim != 2 or actions.shape[1] != EE_ACTION_DIM:
             raise ValueError(f"end-effector actions must be (H, {EE_ACTION_DIM}), "
                              f"got {actions.shape}")
         if not np.all(np.isfinite(actions)):
             raise ValueError("end-effector actions hold NaN or inf")
-        state = self.pose(joints)
+        state = np.asarray(state_pose, dtype=float)
         rows = []
         for row in actions:
             yaw = PANDA_BASE_YAW + state[3] + row[3]
