@@ -211,3 +211,45 @@ def test_keypoint_supervision_points_at_the_projected_cube(demos, tmp_path):
                           train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2}),
                           progress=False, log=lambda *a: None)
     assert all(h["keypoint"] > 0 and h["loss"] > h["keypoint"] for h in log["history"])
+
+
+def test_pixel_keypoints_train_and_point_at_the_projected_cube(demos, tmp_path):
+    from vla_bringup.policy.vla.config import VLAConfig
+    from vla_bringup.sim.world import project_to_image
+    loaded = train_cli.load_dataset(demos)
+    crop = [0.5, 0.25, 1.0, 1.0]  # rows 32..64, columns 16..64 of the 64 px input
+    config = VLAConfig(image_size=64, keypoint_crop=crop)
+    points, inside = train_cli.pixel_keypoint_targets(loaded.positions[:3], config, loaded.info)
+    assert points.shape == (3, 2, 2) and inside.shape == (3, 2)
+    u, v = project_to_image(loaded.positions[0, :3], 64, 64)
+    np.testing.assert_allclose(points[0, 0].numpy(), [u - 16, v - 32], atol=1e-4)
+    assert bool(inside[0, 0]) == (0 <= u - 16 <= 47 and 0 <= v - 32 <= 31)
+    overrides = {**TINY_MODEL, "action_space": "ee_delta", "position_aux": True,
+                 "position_token": True, "position_from": "pixels", "keypoint_crop": crop,
+                 "keypoint_channels": 8}
+    log = train_cli.train(demos, tmp_path / "px", overrides,
+                          train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2}),
+                          progress=False, log=lambda *a: None)
+    assert all(h["keypoint"] > 0 and h["pixel_error"] > 0 for h in log["history"])
+    crops = list((demos / "cache").glob("keypoint-crops-*.npy"))
+    assert len(crops) == 1 and np.load(crops[0]).shape[1:] == (32, 48, 3)
+    model = load_checkpoint(tmp_path / "px")
+    assert model.position_pixels is not None
+    chunk = _infer_once(model)  # the policy crops the live image itself
+    assert chunk.positions.shape == (16, 9) and np.all(np.isfinite(chunk.positions))
+
+
+def test_executed_chunks_carry_the_next_phase_into_earlier_rows(demos):
+    loaded = train_cli.load_dataset(demos)
+    labels = train_cli.executed_chunks(loaded, 4)
+    assert labels.shape == (len(loaded.states), 4, 9)
+    texts = np.asarray(loaded.instructions, dtype=object)
+    first_end = int(np.flatnonzero((texts != texts[0]) | (loaded.episode_of != 0))[0]) - 1
+    # Row k of frame t is row 0 of frame t + k while the skill lasts ...
+    np.testing.assert_array_equal(labels[0, 3], loaded.chunks[3, 0])
+    np.testing.assert_array_equal(labels[first_end - 1, 1], loaded.chunks[first_end, 0])
+    # ... then the rows planned at the skill's last frame, never the next skill's.
+    np.testing.assert_array_equal(labels[first_end - 1, 2], loaded.chunks[first_end, 1])
+    np.testing.assert_array_equal(labels[first_end, :3], loaded.chunks[first_end, :3])
+    with pytest.raises(ValueError, match="chunk_labels"):
+        train_cli.TrainConfig(chunk_labels="future")

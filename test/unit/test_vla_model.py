@@ -317,3 +317,61 @@ def test_stride16_tokens_are_the_frozen_map_of_a_five_block_model():
     assert not any(k.startswith("vision.") for k in model.trainable_state_dict())
     with pytest.raises(ValueError, match="stride16"):
         small(vision_stage="stride16", vision_trainable_blocks=1)
+
+
+def test_pixel_detector_sees_only_its_crop_and_the_instruction():
+    config = small(position_aux=True, position_token=True, position_from="pixels",
+                   keypoint_crop=[0.5, 0.25, 1.0, 1.0], keypoint_channels=8)
+    assert config.keypoint_box == (32, 16, 64, 64) and config.keypoint_crop_size == (32, 48)
+    model = VLAModel(config).eval()
+    images, language, state = batch(config)
+    pixels = model.preprocess(images)
+    outside = pixels.clone()
+    outside[..., :32, :] = 0.0  # rows above the crop
+    with torch.no_grad():
+        first = model(pixels, language, state)
+        moved = model(outside, language, state + 1.0)
+        other_text = model(pixels, language.flip(0), state)
+        given = model(None, language, state, vision_features=model.vision.frozen_features(
+            pixels), keypoint_crops=model.keypoint_crops(pixels))
+    assert first["keypoint_logits"].shape == (2, 2, 8 * 12)
+    assert first["keypoint_pixels"].shape == (2, 2, 2) and first["positions"].shape == (2, 6)
+    torch.testing.assert_close(first["positions"], moved["positions"])
+    torch.testing.assert_close(first["positions"], given["positions"])
+    assert not torch.equal(first["positions"], other_text["positions"])
+    # Expected points lie inside the crop (pixel centres 0..47 x 0..31).
+    points = first["keypoint_pixels"]
+    assert bool((points >= 0).all() and (points[..., 0] <= 47).all()
+                and (points[..., 1] <= 31).all())
+    with pytest.raises(ValueError, match="needs images or keypoint_crops"):
+        model(None, language, state, vision_features=model.vision.frozen_features(pixels))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        small(position_aux=True, position_from="pixels", keypoint_crop=[0.5, 0.0, 0.9, 1.0])
+    with pytest.raises(ValueError, match="keypoint_crop"):
+        small(keypoint_crop=[0.5, 0.0, 0.4, 1.0])
+
+
+def test_keypoint_losses_reward_the_right_point_and_skip_points_outside():
+    from vla_bringup.policy.vla.keypoints import PixelKeypoints, keypoint_losses
+    detector = PixelKeypoints((16, 32), 384, points=2, channels=8)
+    cells = detector.cell_pixels  # 4 x 8 cells of 4 px
+    target = torch.tensor([[[9.5, 5.5], [100.0, 100.0]]])  # the second point is outside
+    inside = torch.tensor([[True, False]])
+    right = torch.full((1, 2, 32), -20.0)
+    right[0, 0, 1 * 8 + 2] = 20.0  # cell (row 1, column 2): centre (9.5, 5.5)
+    wrong = torch.full((1, 2, 32), -20.0)
+    wrong[0, 0, 3 * 8 + 7] = 20.0
+    point = lambda logits: logits.softmax(-1) @ cells  # noqa: E731
+    good = keypoint_losses({"keypoint_logits": right, "keypoint_pixels": point(right)}, cells,
+                           target, inside)
+    bad = keypoint_losses({"keypoint_logits": wrong, "keypoint_pixels": point(wrong)}, cells,
+                          target, inside)
+    assert float(good[1]) < 1e-4 and float(bad[1]) > 10.0
+    assert float(good[0]) < float(bad[0])
+    # The point outside the crop adds nothing, whatever its map says.
+    flipped = right.clone()
+    flipped[0, 1] = wrong[0, 0]
+    again = keypoint_losses({"keypoint_logits": flipped, "keypoint_pixels": point(flipped)},
+                            cells, target, inside)
+    torch.testing.assert_close(again[0], good[0])
+    torch.testing.assert_close(again[1], good[1])

@@ -84,7 +84,7 @@ def inputs(model: VLAModel, device: torch.device, dtype: torch.dtype):
     image = torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8, generator=generator)
     pixels = model.preprocess(image.to(device)).to(dtype)
     language = torch.nn.functional.normalize(torch.randn(1, 384, generator=generator), dim=-1)
-    state = torch.randn(1, 8, generator=generator) * 0.1
+    state = torch.randn(1, model.config.state_dim, generator=generator) * 0.1
     return pixels, language.to(device), state.to(device)
 
 

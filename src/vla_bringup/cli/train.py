@@ -87,9 +87,15 @@ class TrainConfig:
     # position_from=keypoints: cross-entropy of each keypoint's grid softmax against a blob at
     # the true position projected into the image (the simulator's camera, without jitter).
     keypoint_weight: float = 1.0
+    # position_from=pixels: the same cross-entropy on the detector's heat maps, plus this
+    # weight times the smooth-L1 error (px) of the expected image point.
+    pixel_weight: float = 0.1
     # Diagnosis only: feed the true positions to a position_token model while training, to
     # see whether the action head can learn the task when it is told where things are.
     oracle_positions: bool = False
+    # Chunk labels: "planned" (the chunk the expert planned at the frame) or "executed" (row k is
+    # the first row the expert planned k frames later, in the same skill): see executed_chunks.
+    chunk_labels: str = "planned"
     threads: int = 1  # torch threads; on 2 shared cores 1 is usually the fastest
     encode_batch: int = 16  # frames per forward pass of the frozen encoder while caching
     save_dtype: str = "float32"  # or float16 (halves model.safetensors)
@@ -103,9 +109,11 @@ class TrainConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
         if min(self.state_noise, self.grasp_noise, self.grad_clip, self.warmup_steps,
-               self.position_weight, self.keypoint_weight) < 0:
+               self.position_weight, self.keypoint_weight, self.pixel_weight) < 0:
             raise ValueError("state_noise, grasp_noise, grad_clip, warmup_steps, "
-                             "position_weight and keypoint_weight must be >= 0")
+                             "position_weight, keypoint_weight and pixel_weight must be >= 0")
+        if self.chunk_labels not in ("planned", "executed"):
+            raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError("save_dtype must be float32 or float16")
 
@@ -246,16 +254,44 @@ def load_dataset(root: str | Path) -> Demos:
                  if len(parts.get("positions", [])) == len(lengths) else None)
 
 
-def end_effector_labels(demos: Demos, horizon: int, progress: bool = True
-                        ) -> tuple[np.ndarray, np.ndarray]:
+def executed_chunks(demos: Demos, horizon: int) -> np.ndarray:
+    """(N, H, 9) chunk labels from what the expert went on to do: row k of frame t is the first
+    row it planned at frame t + k; past the last frame e of the skill, the rows it planned at e.
+
+    Why: the scripted expert re-plans every frame and each plan stays inside its current phase
+    (it plans "descend, fingers open" until the grasp point is within 6 mm, and only then
+    "close"). Its chunks never show the next phase, so a policy trained on them must hit that
+    6 mm trigger exactly before its chunks say "close"; a policy that stops 7 mm away waits
+    forever. Executed chunks carry the coming grasp, release or push into the rows before it
+    (the chunk labels of ACT-style datasets: the actions actually taken next).
+    """
+    count, planned = len(demos.chunks), demos.chunks.shape[1]
+    if planned < horizon:
+        raise DatasetError(f"chunks hold {planned} rows, {horizon} wanted")
+    texts = np.asarray(demos.instructions, dtype=object)
+    starts = np.ones(count, dtype=bool)
+    starts[1:] = (demos.episode_of[1:] != demos.episode_of[:-1]) | (texts[1:] != texts[:-1])
+    segment = np.cumsum(starts) - 1
+    last = np.append(np.flatnonzero(starts)[1:], count) - 1  # last frame of each segment
+    end = last[segment][:, None]
+    future = np.arange(count)[:, None] + np.arange(horizon)[None]
+    inside = future <= end
+    frames = np.where(inside, future, end)
+    rows = np.where(inside, 0, np.minimum(future - end, planned - 1))
+    return demos.chunks[frames, rows]
+
+
+def end_effector_labels(demos: Demos, horizon: int, progress: bool = True,
+                        chunks: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
     """States (N, 12) and end-effector actions (N, H, 5) of an ee_delta model, by forward
-    kinematics of the measured joints and of every chunk row (repeated rows solved once)."""
+    kinematics of the measured joints and of every chunk row (repeated rows solved once).
+    `chunks` (N, >= H, 9): the chunk labels, by default the planned chunks."""
     from vla_bringup.policy.vla.config import state_vector
     from vla_bringup.policy.vla.ee_space import EndEffectorSpace
     space = EndEffectorSpace()
     try:
         state_poses = space.poses(demos.states)
-        chunks = demos.chunks[:, :horizon]
+        chunks = (demos.chunks if chunks is None else chunks)[:, :horizon]
         chunk_poses = np.empty((*chunks.shape[:2], 4))
         step = 2048
         bar = _progress(len(chunks), "end-effector labels", progress, "frame")
@@ -292,6 +328,26 @@ def keypoint_targets(positions: np.ndarray, grid: int, config, info: dict,
     distance = ((where[:, :, None, :] - coords[None, None]) ** 2).sum(-1)
     labels = np.exp(-(distance - distance.min(-1, keepdims=True)) / (2 * sigma ** 2))
     return torch.from_numpy((labels / labels.sum(-1, keepdims=True)).astype(np.float32))
+
+
+def pixel_keypoint_targets(positions: np.ndarray, config, info: dict
+                           ) -> tuple[Any, Any]:
+    """(N, 6) target and place positions -> their points in the "pixels" detector's crop
+    (N, 2, 2) (x, y px, pixel centres at integers) and whether each lies inside it (N, 2)."""
+    import torch
+    from vla_bringup.sim.world import project_to_image
+    if config.image_crop is not None:
+        raise ValueError("keypoint supervision does not handle image_crop yet")
+    shape = info.get("features", {}).get("observation.image", {}).get("shape", [224, 224, 3])
+    height, width = int(shape[0]), int(shape[1])
+    pixels = project_to_image(positions.reshape(-1, 2, 3), width, height)
+    # Frame pixels -> model input pixels (a square resize), then into the crop.
+    scale = np.array([config.image_size / width, config.image_size / height])
+    top, left, _, _ = config.keypoint_box
+    points = (pixels + 0.5) * scale - 0.5 - np.array([left, top])
+    crop_height, crop_width = config.keypoint_crop_size
+    inside = ((points >= 0) & (points <= np.array([crop_width - 1, crop_height - 1]))).all(-1)
+    return torch.from_numpy(points.astype(np.float32)), torch.from_numpy(inside)
 
 
 def split_episodes(episodes: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
@@ -448,6 +504,53 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
             "seconds_per_frame": elapsed / todo_frames if todo_frames else None}
 
 
+def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
+                         cache_dir: Optional[Path] = None, progress: bool = True) -> np.ndarray:
+    """(N_frames, h, w, 3) uint8: the "pixels" detector's crop of every frame of `episodes`
+    (zeros elsewhere), as the model sees it after `preprocess`; cached in one .npy file keyed by
+    the crop and the episodes' fingerprints."""
+    import torch
+    config = model.config
+    key = json.dumps({"format": CACHE_FORMAT, "image_size": config.image_size,
+                      "image_crop": config.image_crop, "box": list(config.keypoint_box),
+                      "episodes": {e: demos.episode_fingerprint(e) for e in episodes}},
+                     sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    base = cache_dir if cache_dir is not None else demos.root / CACHE_DIR
+    path = base / f"keypoint-crops-{digest}.npy"
+    total = int(demos.offsets[-1])
+    if path.is_file():
+        try:
+            crops = np.load(path, allow_pickle=False)
+            if crops.shape[0] == total and crops.dtype == np.uint8:
+                return crops
+        except (OSError, ValueError):
+            pass
+    height, width = config.keypoint_crop_size
+    crops = np.zeros((total, height, width, 3), dtype=np.uint8)
+    frames_todo = sum(int(demos.offsets[e + 1] - demos.offsets[e]) for e in episodes)
+    bar = _progress(frames_todo, "cropping keypoint frames", progress, "frame")
+    mean, std = model.image_mean.cpu(), model.image_std.cpu()
+    try:
+        for episode in episodes:
+            frames = torch.from_numpy(_read_frames(demos, episode))
+            with torch.inference_mode():
+                pixels = model.keypoint_crops(model.preprocess(frames)) * std + mean
+            start = int(demos.offsets[episode])
+            crops[start:start + len(frames)] = (pixels.clamp(0, 1) * 255).round().to(
+                torch.uint8).permute(0, 2, 3, 1).numpy()
+            if bar is not None:
+                bar.update(len(frames))
+    finally:
+        if bar is not None:
+            bar.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(temporary, crops, allow_pickle=False)
+    os.replace(temporary, path)
+    return crops
+
+
 def cache_language(demos: Demos, cache_dir: Optional[Path] = None) -> dict:
     """MiniLM embedding of each distinct instruction (cached in <cache>/language-minilm.npz)."""
     texts = sorted(set(demos.instructions))
@@ -530,6 +633,7 @@ class _Batches:
 def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=None) -> dict:
     import torch
     from vla_bringup.policy.vla.heads import head_loss
+    from vla_bringup.policy.vla.keypoints import keypoint_losses
     rows = torch.from_numpy(idx)
     features = torch.from_numpy(tensors["features"][idx]).float()
     language = tensors["language"][tensors["text_index"][rows]]
@@ -544,7 +648,12 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
             state[:, 8:11] += noise[:, 7:]
             actions[:, :, :3] -= noise[:, None, 7:]
     given = tensors["positions"][rows] if train.oracle_positions else None
-    outputs = model(None, language, state, vision_features=features, given_positions=given)
+    crops = None
+    if "crops" in tensors:
+        crops = torch.from_numpy(tensors["crops"][idx]).permute(0, 3, 1, 2).float().div_(255.0)
+        crops = (crops - model.image_mean) / model.image_std
+    outputs = model(None, language, state, vision_features=features, given_positions=given,
+                    keypoint_crops=crops)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
     losses = head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
                        tensors["progress"][rows], train.done_weight, train.progress_weight,
@@ -559,6 +668,13 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
         keypoint = -(tensors["keypoint_targets"][rows] * log_probs).sum(-1).mean()
         losses["loss"] = losses["loss"] + train.keypoint_weight * keypoint
         losses["keypoint"] = keypoint.detach()
+    if "keypoint_pixels" in outputs and "keypoint_points" in tensors:
+        keypoint, pixel = keypoint_losses(outputs, model.position_pixels.cell_pixels,
+                                          tensors["keypoint_points"][rows],
+                                          tensors["keypoint_inside"][rows])
+        losses["loss"] = losses["loss"] + train.keypoint_weight * keypoint + \
+            train.pixel_weight * pixel
+        losses["keypoint"], losses["pixel_error"] = keypoint.detach(), pixel.detach()
     return losses
 
 
@@ -661,12 +777,13 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         [np.arange(demos.offsets[e], demos.offsets[e + 1]) for e in eps]) if eps else \
         np.zeros(0, dtype=np.int64)
     train_idx, val_idx = frames_of(train_eps), frames_of(val_eps)
+    chunks = demos.chunks[:, :horizon] if train_config.chunk_labels == "planned" else \
+        executed_chunks(demos, horizon)
     if config.action_space == "ee_delta":
-        model_states, model_actions = end_effector_labels(demos, horizon, progress)
+        model_states, model_actions = end_effector_labels(demos, horizon, progress, chunks)
     else:
         model_states = state_vector(demos.states)
-        model_actions = encode_actions(demos.chunks[:, :horizon], demos.states,
-                                       config.action_space)
+        model_actions = encode_actions(chunks, demos.states, config.action_space)
     if train_config.oracle_positions and not config.position_token:
         raise ValueError("oracle_positions needs a model with position_token")
     if config.position_aux and demos.positions is None:
@@ -712,6 +829,12 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
             train_config.keypoint_weight > 0:
         tensors["keypoint_targets"] = keypoint_targets(demos.positions, model.vision.grid,
                                                        config, demos.info)
+    if config.position_aux and config.position_from == "pixels":
+        tensors["crops"] = cache_keypoint_crops(demos, model, sorted(train_eps + val_eps),
+                                                cache_dir, progress)
+        tensors["keypoint_points"], tensors["keypoint_inside"] = pixel_keypoint_targets(
+            demos.positions, config, demos.info)
+        phase("keypoint crops")
     if len(val_idx) > train_config.val_max_frames:
         val_idx = val_idx[np.linspace(0, len(val_idx) - 1, train_config.val_max_frames)
                           .round().astype(np.int64)]

@@ -30,7 +30,7 @@ VISION_ENCODERS = ("efficientnet_lite0", "small_cnn")
 FUSIONS = ("early", "late", "dense", "cross_attention")
 HEADS = ("continuous", "discrete")
 HEAD_ARCHS = ("transformer", "mlp")
-POSITION_SOURCES = ("vision_language", "keypoints", "fused")
+POSITION_SOURCES = ("vision_language", "keypoints", "fused", "pixels")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
@@ -103,7 +103,15 @@ class VLAConfig:
     # position over the image grid, conditioned on the instruction: an expected image point,
     # finer than a cell) or "fused" (the fused tokens, state included: the third training run,
     # see docs/training.md).
+    # "pixels": a separate small CNN on `keypoint_crop` of the model input at full resolution,
+    # conditioned on the instruction (keypoints.py): a heat map per position, sub-pixel.
     position_from: str = "vision_language"
+    # (top, left, bottom, right) fractions of the model input that the "pixels" detector sees:
+    # the workspace (table, cubes, tray) of the scene camera, 96 x 192 px at 224 px. Each side
+    # must come out a multiple of 4 px.
+    keypoint_crop: list[float] = dataclasses.field(
+        default_factory=lambda: [120 / 224, 16 / 224, 216 / 224, 208 / 224])
+    keypoint_channels: int = 32  # width of the "pixels" detector
     # --- dataset statistics (None: identity / defaults until `with_stats`)
     state_mean: Optional[list[float]] = None
     state_std: Optional[list[float]] = None
@@ -123,7 +131,8 @@ class VLAConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         positive = ("image_size", "language_dim", "language_tokens", "d_model", "n_heads",
-                    "fusion_layers", "head_layers", "action_horizon", "keypoints", "ffn_ratio")
+                    "fusion_layers", "head_layers", "action_horizon", "keypoints", "ffn_ratio",
+                    "keypoint_channels")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -155,6 +164,16 @@ class VLAConfig:
             if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
                 raise ValueError(f"image_crop {self.image_crop} is not (top, left, bottom, right)")
             self.image_crop = [top, left, bottom, right]
+        top, left, bottom, right = (float(v) for v in self.keypoint_crop)
+        if not (0.0 <= top < bottom <= 1.0 and 0.0 <= left < right <= 1.0):
+            raise ValueError(f"keypoint_crop {self.keypoint_crop} is not "
+                             "(top, left, bottom, right)")
+        self.keypoint_crop = [top, left, bottom, right]
+        if self.position_aux and self.position_from == "pixels":
+            height, width = self.keypoint_crop_size
+            if height % 4 or width % 4 or min(height, width) < 16:
+                raise ValueError(f"keypoint_crop is {height} x {width} px at image_size "
+                                 f"{self.image_size}: each side must be a multiple of 4, >= 16")
         for first, second in (("state_mean", "state_std"), ("position_mean", "position_std")):
             if (getattr(self, first) is None) != (getattr(self, second) is None):
                 raise ValueError(f"{first} and {second} come together")
@@ -189,6 +208,17 @@ class VLAConfig:
     @property
     def state_dim(self) -> int:
         return STATE_DIM + (EE_STATE_DIM if self.action_space == "ee_delta" else 0)
+
+    @property
+    def keypoint_box(self) -> tuple[int, int, int, int]:
+        """keypoint_crop in pixels of the model input: (top, left, bottom, right)."""
+        size = self.image_size
+        return tuple(int(round(f * size)) for f in self.keypoint_crop)
+
+    @property
+    def keypoint_crop_size(self) -> tuple[int, int]:
+        top, left, bottom, right = self.keypoint_box
+        return bottom - top, right - left
 
     # ------------------------------------------------------------------ statistics
     def normalisation(self) -> dict[str, list]:

@@ -20,6 +20,7 @@ from vla_bringup.policy.vla.config import ACTION_DIM, POSITION_DIM, STATE_DIM, V
 from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
 from vla_bringup.policy.vla.fusion import CrossBlock, GroundedKeypoints, build_fusion, mlp
 from vla_bringup.policy.vla.heads import ActionHead, ActionTokenizer
+from vla_bringup.policy.vla.keypoints import PixelKeypoints
 
 RELATIVE_SCALE = 0.1  # m; gripper-to-object vectors enter the position token in these units
 CONFIG_FILE = "config.json"
@@ -40,11 +41,15 @@ class VLAModel(nn.Module):
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config)
-        # The auxiliary position head (see VLAConfig.position_from for the three sources).
+        # The auxiliary position head (see VLAConfig.position_from for the four sources).
         self.position_head = self.position_grounding = self.position_keypoints = None
+        self.position_pixels = None
         source = config.position_from if config.position_aux else None
         if source == "keypoints":
             self.position_keypoints = GroundedKeypoints(d, grid, 2, POSITION_DIM)
+        elif source == "pixels":
+            self.position_pixels = PixelKeypoints(config.keypoint_crop_size, config.language_dim,
+                                                  2, config.keypoint_channels)
         elif source is not None:
             self.position_head = mlp(d, POSITION_DIM, d, 0.0)
         if source == "vision_language":
@@ -85,6 +90,11 @@ class VLAModel(nn.Module):
                                           align_corners=False, antialias=True)
         return (x - self.image_mean) / self.image_std
 
+    def keypoint_crops(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) preprocessed images -> the "pixels" detector's crop (B, 3, h, w)."""
+        top, left, bottom, right = self.config.keypoint_box
+        return images[..., top:bottom, left:right]
+
     def normalise_actions(self, actions: torch.Tensor) -> torch.Tensor:
         return (actions - self.action_mean) / self.action_std
 
@@ -94,12 +104,14 @@ class VLAModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, images: Optional[torch.Tensor], language: torch.Tensor, state: torch.Tensor,
                 vision_features: Optional[torch.Tensor] = None,
-                given_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                given_positions: Optional[torch.Tensor] = None,
+                keypoint_crops: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
         state (B, state_dim) raw (7 arm joints + gripper opening [+ grasp point xyz, yaw]).
         `given_positions` (B, 6), normalised: true positions, for a trainer's oracle experiment
-        only. Returns the head's outputs."""
+        only. `keypoint_crops` (B, 3, h, w): `keypoint_crops(images)`, for a trainer that caches
+        features instead of images. Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -111,8 +123,16 @@ class VLAModel(nn.Module):
         normalised_state = ((state - self.state_mean) / self.state_std).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         context = self.fusion(vision, lang, state_token)
-        positions = keypoint_logits = None
-        if self.position_keypoints is not None:
+        positions = keypoint_logits = keypoint_pixels = None
+        if self.position_pixels is not None:
+            if keypoint_crops is None:
+                if images is None:
+                    raise ValueError("position_from='pixels' needs images or keypoint_crops")
+                keypoint_crops = self.keypoint_crops(images)
+            found = self.position_pixels(keypoint_crops.to(dtype), language.to(dtype))
+            positions, keypoint_logits = found["positions"], found["keypoint_logits"]
+            keypoint_pixels = found["keypoint_pixels"]
+        elif self.position_keypoints is not None:
             positions, keypoint_logits = self.position_keypoints(vision, lang)
         elif self.position_grounding is not None:
             grounded = self.position_norm(self.position_grounding(lang, vision))
@@ -128,6 +148,8 @@ class VLAModel(nn.Module):
             outputs["positions"] = positions
         if keypoint_logits is not None:
             outputs["keypoint_logits"] = keypoint_logits
+        if keypoint_pixels is not None:
+            outputs["keypoint_pixels"] = keypoint_pixels
         return outputs
 
     def _position_inputs(self, positions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
