@@ -206,6 +206,28 @@ def test_policy_backend_turns_an_observation_into_a_chunk(text_encoder):
                      horizon=3).infer(observation).horizon == 3
 
 
+def test_policy_backend_ensembles_chunks_when_the_checkpoint_says_so(text_encoder):
+    from vla_bringup.policy.vla.backend import VLAPolicy
+    model = VLAModel(small(action_horizon=6, temporal_ensemble=0.0)).eval()
+    skill = SkillSpec("s1", "pick", "pick up the blue cube", "blue_cube")
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    raw = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu", ensemble_decay=None)
+    plain = [raw.infer(Observation(1.0 + 0.1 * i, JOINTS, HOME, skill, image=image)).positions
+             for i, image in enumerate(images)]
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    policy.reset(skill)
+    first = policy.infer(Observation(1.0, JOINTS, HOME, skill, image=images[0])).positions
+    second = policy.infer(Observation(1.1, JOINTS, HOME, skill, image=images[1])).positions
+    np.testing.assert_allclose(first, plain[0])
+    # Rows 0..4 of the second chunk are due when rows 1..5 of the first were: their mean.
+    np.testing.assert_allclose(second[:5], (plain[1][:5] + plain[0][1:]) / 2, atol=1e-9)
+    np.testing.assert_allclose(second[5], plain[1][5])
+    policy.reset(skill)  # a new skill starts afresh
+    np.testing.assert_allclose(policy.infer(Observation(
+        1.2, JOINTS, HOME, skill, image=images[1])).positions, plain[1])
+
+
 def test_model_and_bench_import_neither_pybullet_nor_rclpy(tmp_path):
     out = tmp_path / "bench.json"
     code = ("import sys\n"
@@ -324,6 +346,8 @@ def test_pixel_detector_sees_only_its_crop_and_the_instruction():
                    keypoint_crop=[0.5, 0.25, 1.0, 1.0], keypoint_channels=8)
     assert config.keypoint_box == (32, 16, 64, 64) and config.keypoint_crop_size == (32, 48)
     model = VLAModel(config).eval()
+    for block in model.position_pixels.blocks:  # FiLM starts as the identity: give it a say
+        torch.nn.init.normal_(block.film.proj.weight, std=0.1)
     images, language, state = batch(config)
     pixels = model.preprocess(images)
     outside = pixels.clone()
@@ -331,14 +355,19 @@ def test_pixel_detector_sees_only_its_crop_and_the_instruction():
     with torch.no_grad():
         first = model(pixels, language, state)
         moved = model(outside, language, state + 1.0)
+        outside_only = model(outside, language, state)
         other_text = model(pixels, language.flip(0), state)
         given = model(None, language, state, vision_features=model.vision.frozen_features(
             pixels), keypoint_crops=model.keypoint_crops(pixels))
     assert first["keypoint_logits"].shape == (2, 2, 8 * 12)
     assert first["keypoint_pixels"].shape == (2, 2, 2) and first["positions"].shape == (2, 6)
-    torch.testing.assert_close(first["positions"], moved["positions"])
+    # The image point comes from the crop and the text alone; the state reaches only the
+    # pixel-to-world map (a held cube is off the table: its point fits any height).
+    torch.testing.assert_close(first["keypoint_pixels"], moved["keypoint_pixels"])
+    torch.testing.assert_close(first["positions"], outside_only["positions"])
+    assert not torch.equal(first["positions"], moved["positions"])
     torch.testing.assert_close(first["positions"], given["positions"])
-    assert not torch.equal(first["positions"], other_text["positions"])
+    assert not torch.equal(first["keypoint_pixels"], other_text["keypoint_pixels"])
     # Expected points lie inside the crop (pixel centres 0..47 x 0..31).
     points = first["keypoint_pixels"]
     assert bool((points >= 0).all() and (points[..., 0] <= 47).all()

@@ -24,6 +24,7 @@ import torch
 
 from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, SkillSpec,
                                      joint_vector)
+from vla_bringup.policy.temporal_ensemble import TemporalEnsemble
 from vla_bringup.policy.vla.config import STATE_DIM, decode_actions, state_vector
 from vla_bringup.policy.vla.encoders import TextEncoder
 from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
@@ -52,7 +53,8 @@ class VLAPolicy(PolicyBackend):
                  half: Optional[bool] = None, num_threads: Optional[int] = 1,
                  model: Optional[VLAModel] = None,
                  text_encoder: Optional[TextEncoder] = None,
-                 compile_mode: Optional[str] = None) -> None:
+                 compile_mode: Optional[str] = None,
+                 ensemble_decay: Optional[float] | str = "checkpoint") -> None:
         self.device = resolve_device(device)
         if self.device.type == "cpu" and num_threads:
             torch.set_num_threads(int(num_threads))
@@ -83,6 +85,10 @@ class VLAPolicy(PolicyBackend):
         self.text_encoder = text_encoder if text_encoder is not None else TextEncoder()
         self._language: dict[str, torch.Tensor] = {}  # instruction -> embedding on the device
         self.last_outputs: dict[str, float] = {}
+        # Temporal ensembling of successive chunks (temporal_ensemble.py): the checkpoint's
+        # setting by default; a number overrides it, None turns it off.
+        decay = self.config.temporal_ensemble if ensemble_decay == "checkpoint" else ensemble_decay
+        self._ensemble = None if decay is None else TemporalEnsemble(decay)
         self._end_effector = None
         if self.config.action_space == "ee_delta":
             from vla_bringup.policy.vla.ee_space import EndEffectorSpace  # PyBullet: only here
@@ -90,6 +96,8 @@ class VLAPolicy(PolicyBackend):
 
     # ------------------------------------------------------------------ contract
     def reset(self, skill: Optional[SkillSpec]) -> None:
+        if self._ensemble is not None:
+            self._ensemble.reset()  # a new skill's chunks do not blend with the last one's
         if skill is not None:
             self._embedding(skill.instruction)  # encode now, not at the first frame
 
@@ -120,6 +128,8 @@ class VLAPolicy(PolicyBackend):
             positions = self._end_effector.decode(actions, raw_state[STATE_DIM:])
         else:
             positions = decode_actions(actions, joints, self.config.action_space)
+        if self._ensemble is not None:
+            positions = self._ensemble(observation.stamp, self.config.action_dt, positions)
         self.last_outputs = {"done_probability": done, "progress": progress}
         return ActionChunk(list(self.config.joint_names), positions, self.config.action_dt,
                            skill_done=done >= self.config.done_threshold,

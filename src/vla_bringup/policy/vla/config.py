@@ -90,6 +90,10 @@ class VLAConfig:
     action_space: str = "joint_delta"
     action_bins: int = 256  # discrete head only
     done_threshold: float = 0.5
+    # Inference only: decay of the temporal ensembling of successive chunks (see
+    # policy/temporal_ensemble.py; 0 = plain mean), or None to execute each chunk as predicted.
+    # A model trained on executed chunk labels needs it: see docs/training.md, run 12.
+    temporal_ensemble: Optional[float] = None
     # Auxiliary head for training: the target object's and the place position (world frame,
     # from the generator's privileged columns), read from the fused tokens. It teaches the
     # fusion where to look; the policy never uses its output.
@@ -153,6 +157,10 @@ class VLAConfig:
             raise ValueError("position_token needs position_aux (the head that predicts them)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:
             raise ValueError("dropout must be in [0, 1) and done_threshold in (0, 1)")
+        if self.temporal_ensemble is not None and not (
+                math.isfinite(self.temporal_ensemble) and self.temporal_ensemble >= 0):
+            raise ValueError(
+                f"temporal_ensemble must be None or >= 0, got {self.temporal_ensemble}")
         if not (math.isfinite(self.action_dt) and self.action_dt > 0):
             raise ValueError(f"action_dt must be > 0 s, got {self.action_dt}")
         if self.action_bins < 2:

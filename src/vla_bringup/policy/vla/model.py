@@ -49,7 +49,8 @@ class VLAModel(nn.Module):
             self.position_keypoints = GroundedKeypoints(d, grid, 2, POSITION_DIM)
         elif source == "pixels":
             self.position_pixels = PixelKeypoints(config.keypoint_crop_size, config.language_dim,
-                                                  2, config.keypoint_channels)
+                                                  2, config.keypoint_channels,
+                                                  state_dim=config.state_dim)
         elif source is not None:
             self.position_head = mlp(d, POSITION_DIM, d, 0.0)
         if source == "vision_language":
@@ -129,7 +130,8 @@ class VLAModel(nn.Module):
                 if images is None:
                     raise ValueError("position_from='pixels' needs images or keypoint_crops")
                 keypoint_crops = self.keypoint_crops(images)
-            found = self.position_pixels(keypoint_crops.to(dtype), language.to(dtype))
+            found = self.position_pixels(keypoint_crops.to(dtype), language.to(dtype),
+                                         normalised_state)
             positions, keypoint_logits = found["positions"], found["keypoint_logits"]
             keypoint_pixels = found["keypoint_pixels"]
         elif self.position_keypoints is not None:
