@@ -343,12 +343,14 @@ def test_stride16_tokens_are_the_frozen_map_of_a_five_block_model():
 
 def test_pixel_detector_sees_only_its_crop_and_the_instruction():
     config = small(position_aux=True, position_token=True, position_from="pixels",
-                   keypoint_crop=[0.5, 0.25, 1.0, 1.0], keypoint_channels=8)
+                   keypoint_crop=[0.5, 0.25, 1.0, 1.0], keypoint_channels=8,
+                   action_space="ee_delta")
     assert config.keypoint_box == (32, 16, 64, 64) and config.keypoint_crop_size == (32, 48)
     model = VLAModel(config).eval()
     for block in model.position_pixels.blocks:  # FiLM starts as the identity: give it a say
         torch.nn.init.normal_(block.film.proj.weight, std=0.1)
-    images, language, state = batch(config)
+    images, language, _ = batch(config)
+    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
     pixels = model.preprocess(images)
     outside = pixels.clone()
     outside[..., :32, :] = 0.0  # rows above the crop
@@ -356,15 +358,21 @@ def test_pixel_detector_sees_only_its_crop_and_the_instruction():
         first = model(pixels, language, state)
         moved = model(outside, language, state + 1.0)
         outside_only = model(outside, language, state)
+        # Grasp point x, y and the arm joints: not read (only fingers and grasp height are).
+        elsewhere = state.clone()
+        elsewhere[:, :7] += 1.0
+        elsewhere[:, 8:10] += 0.3
+        far_arm = model(pixels, language, elsewhere)
         other_text = model(pixels, language.flip(0), state)
         given = model(None, language, state, vision_features=model.vision.frozen_features(
             pixels), keypoint_crops=model.keypoint_crops(pixels))
     assert first["keypoint_logits"].shape == (2, 2, 8 * 12)
     assert first["keypoint_pixels"].shape == (2, 2, 2) and first["positions"].shape == (2, 6)
-    # The image point comes from the crop and the text alone; the state reaches only the
-    # pixel-to-world map (a held cube is off the table: its point fits any height).
+    # The image point comes from the crop and the text alone; the finger opening and the grasp
+    # height reach only the pixel-to-world map (a held cube is off the table).
     torch.testing.assert_close(first["keypoint_pixels"], moved["keypoint_pixels"])
     torch.testing.assert_close(first["positions"], outside_only["positions"])
+    torch.testing.assert_close(first["positions"], far_arm["positions"])
     assert not torch.equal(first["positions"], moved["positions"])
     torch.testing.assert_close(first["positions"], given["positions"])
     assert not torch.equal(first["keypoint_pixels"], other_text["keypoint_pixels"])

@@ -9,10 +9,12 @@ looks only at a fixed crop of the workspace, at native resolution (no resizing b
 sensor's pixels), with a small CNN trained from scratch whose features are modulated by the
 instruction (FiLM, as RT-1 conditions its EfficientNet). It outputs one heat map per position
 (target object, place); the expectation of each map is a sub-pixel image point, and a small MLP
-maps that point (plus the instruction and the robot state) to world coordinates: it learns the
-camera's geometry from the demonstrations. The state is there for one case the image point
-cannot settle: a cube held in the hand is off the table, and along the camera ray its point
-fits any height (without the state, a cube lifted 15 cm came out 12 cm too far, on the table).
+maps that point (plus the instruction and a held-object cue) to world coordinates: it learns the
+camera's geometry from the demonstrations. The cue is the finger opening and the grasp point's
+height, for the one case the image point cannot settle: a cube held in the hand is off the
+table, and along the camera ray its point fits any height (without it, a cube lifted 15 cm came
+out 12 cm too far, on the table). Not the whole state: given the grasp point's x and y, the map
+learnt to answer "near the gripper" and lost 3-8 cm on cubes far from it (run 13).
 """
 from __future__ import annotations
 
@@ -55,13 +57,13 @@ class ConditionedBlock(nn.Module):
 
 
 class PixelKeypoints(nn.Module):
-    """Crop (B, 3, h, w) ImageNet-normalised + language (B, L) [+ state (B, S)] ->
+    """Crop (B, 3, h, w) ImageNet-normalised + language (B, L) [+ held cue (B, C)] ->
     {"keypoint_logits": (B, P, h/4 * w/4), "keypoint_pixels": (B, P, 2) in crop pixels (x, y),
     "positions": (B, P * 3) normalised world positions}."""
 
     def __init__(self, crop_size: tuple[int, int], language_dim: int, points: int = 2,
                  channels: int = 32, dilations: tuple[int, ...] = (1, 2, 4, 8),
-                 state_dim: int = 0) -> None:
+                 cue_dim: int = 0) -> None:
         super().__init__()
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         if min(self.crop_size) < 16 or any(s % STRIDE for s in self.crop_size):
@@ -88,11 +90,11 @@ class PixelKeypoints(nn.Module):
         self.register_buffer("cell_pixels", torch.stack([xs, ys], -1).view(-1, 2),
                              persistent=False)
         self.point_language = nn.Linear(language_dim, 16)
-        self.to_world = nn.ModuleList(mlp(2 + 16 + state_dim, 3, 64, 0.0) for _ in range(points))
+        self.to_world = nn.ModuleList(mlp(2 + 16 + cue_dim, 3, 64, 0.0) for _ in range(points))
 
     def forward(self, crop: torch.Tensor, language: torch.Tensor,
-                state: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        """`state` (B, state_dim), normalised: only the pixel-to-world map reads it."""
+                cue: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+        """`cue` (B, cue_dim), normalised: only the pixel-to-world map reads it."""
         language = language.to(crop.dtype)
         x = self.stem(crop)
         for block in self.blocks:
@@ -103,8 +105,8 @@ class PixelKeypoints(nn.Module):
         scale = torch.tensor(self.crop_size[::-1], dtype=pixels.dtype, device=pixels.device)
         unit = (pixels / scale * 2.0 - 1.0).to(crop.dtype)  # [-1, 1] over the crop
         words = self.point_language(language)
-        if state is not None:
-            words = torch.cat([words, state.to(words.dtype)], -1)
+        if cue is not None:
+            words = torch.cat([words, cue.to(words.dtype)], -1)
         positions = [head(torch.cat([unit[:, k], words], -1))
                      for k, head in enumerate(self.to_world)]
         return {"keypoint_logits": logits, "keypoint_pixels": pixels,

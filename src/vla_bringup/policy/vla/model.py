@@ -50,7 +50,7 @@ class VLAModel(nn.Module):
         elif source == "pixels":
             self.position_pixels = PixelKeypoints(config.keypoint_crop_size, config.language_dim,
                                                   2, config.keypoint_channels,
-                                                  state_dim=config.state_dim)
+                                                  cue_dim=len(self._held_cue_columns()))
         elif source is not None:
             self.position_head = mlp(d, POSITION_DIM, d, 0.0)
         if source == "vision_language":
@@ -130,8 +130,8 @@ class VLAModel(nn.Module):
                 if images is None:
                     raise ValueError("position_from='pixels' needs images or keypoint_crops")
                 keypoint_crops = self.keypoint_crops(images)
-            found = self.position_pixels(keypoint_crops.to(dtype), language.to(dtype),
-                                         normalised_state)
+            cue = normalised_state[:, self._held_cue_columns()]
+            found = self.position_pixels(keypoint_crops.to(dtype), language.to(dtype), cue)
             positions, keypoint_logits = found["positions"], found["keypoint_logits"]
             keypoint_pixels = found["keypoint_pixels"]
         elif self.position_keypoints is not None:
@@ -153,6 +153,11 @@ class VLAModel(nn.Module):
         if keypoint_pixels is not None:
             outputs["keypoint_pixels"] = keypoint_pixels
         return outputs
+
+    def _held_cue_columns(self) -> list[int]:
+        """State columns the pixel detector's world map reads: the finger opening and, for an
+        end-effector model, the grasp point's height (keypoints.py says why no more)."""
+        return [STATE_DIM - 1] + ([STATE_DIM + 2] if self.config.action_space == "ee_delta" else [])
 
     def _position_inputs(self, positions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Normalised positions (B, 6) [+ grasp point to each position (B, 6), RELATIVE_SCALE]."""
