@@ -22,9 +22,11 @@ test-unit: setup
 test-integration: setup
 	@$(ENV) && python -m pytest test/integration $(ARGS)
 
-# Safety reaction times on the live graph + the 100k-stream property run -> artifacts/bench.json
+# Safety reaction times on the live graph + the 100k-stream property run -> artifacts/bench.json;
+# then the VLA forward pass at batch 1 (CPU, and CUDA when present) -> artifacts/policy_latency.json
 bench: setup
 	@$(ENV) && ROS_DOMAIN_ID=$${ROS_DOMAIN_ID:-$(DOMAIN)} python -m vla_bringup.cli.bench $(ARGS)
+	@$(ENV) && python -m vla_bringup.cli.bench_policy --out artifacts/policy_latency.json --no-text
 
 # Closed-loop success of the committed VLA checkpoint vs the scripted expert on held-out seeds
 # -> artifacts/eval.json + artifacts/eval_table.png (about an hour on 2 cores at 100 seeds)

@@ -61,6 +61,11 @@ def time_runs(step, runs: int, warmup: int, cuda: bool) -> dict[str, float]:
 
 
 def build_model(args, notes: list[str]) -> VLAModel:
+    if not (args.checkpoint or args.config or args.fusion or args.head != "continuous"):
+        from vla_bringup.policy.vla.backend import DEFAULT_CHECKPOINT, default_checkpoint_available
+        if default_checkpoint_available():
+            args.checkpoint = str(DEFAULT_CHECKPOINT)
+            notes.append(f"timing the committed checkpoint {DEFAULT_CHECKPOINT}")
     if args.checkpoint:
         return load_checkpoint(args.checkpoint, "cpu")
     overrides = {"fusion": args.fusion, "head": args.head} if args.fusion else {"head": args.head}
@@ -118,7 +123,8 @@ def variant(model: VLAModel, device: str, dtype: torch.dtype, compile_mode: str 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="JSON file to write")
-    parser.add_argument("--checkpoint", default="", help="checkpoint folder (default: random)")
+    parser.add_argument("--checkpoint", default="",
+                        help="checkpoint folder (default: the committed one, else random weights)")
     parser.add_argument("--config", default="", help="VLAConfig JSON (default: defaults)")
     parser.add_argument("--fusion", default="", help="override the default config's fusion")
     parser.add_argument("--head", default="continuous", choices=("continuous", "discrete"))

@@ -36,7 +36,8 @@ class PolicyNode(Node):
         self.params = p = declare_parameters(self, "policy")
         self.backend = make_backend(p["backend"], horizon=p["chunk_horizon"], dt=p["chunk_dt_s"],
                                     device=p["device"], checkpoint=p["checkpoint"],
-                                    trust_remote_code=p["trust_remote_code"])
+                                    trust_remote_code=p["trust_remote_code"],
+                                    compile_mode=p["compile"])
         self.inputs_lock = threading.Lock()
         self.image = None  # (stamp s, sensor_msgs/Image), decoded when used
         # Short histories, so the observation pairs the frame with the joint state and scene of

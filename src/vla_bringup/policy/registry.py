@@ -6,7 +6,8 @@ from vla_bringup.policy.base import PolicyBackend
 
 
 def make_backend(name: str, *, horizon: int, dt: float, device: str = "auto",
-                 checkpoint: str = "", trust_remote_code: bool = False) -> PolicyBackend:
+                 checkpoint: str = "", trust_remote_code: bool = False,
+                 compile_mode: str = "none") -> PolicyBackend:
     if name == "scripted_expert":
         # Privileged: reads the simulator's ground truth; a baseline and data source, not a VLA.
         from vla_bringup.policy.scripted_expert import ScriptedExpert
@@ -14,7 +15,11 @@ def make_backend(name: str, *, horizon: int, dt: float, device: str = "auto",
     if name == "vla":
         # The built-in Vision-Language-Action model: camera + instruction + joint state.
         from vla_bringup.policy.vla.backend import VLAPolicy
-        return VLAPolicy(checkpoint, horizon=horizon, dt=dt, device=device)
+        policy = VLAPolicy(checkpoint, horizon=horizon, dt=dt, device=device,
+                           compile_mode=None if compile_mode == "none" else compile_mode)
+        if compile_mode != "none":
+            policy.warmup()  # compile now, not on the first real frame
+        return policy
     if name in ("openvla", "lerobot") and not checkpoint:
         raise ValueError(f"policy {name} needs a local checkpoint folder (parameter checkpoint); "
                          "nothing is downloaded")
