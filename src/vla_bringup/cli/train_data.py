@@ -1,0 +1,288 @@
+"""Demonstration datasets for training: loading the LeRobot layout, and the labels made from it
+(end-effector actions, executed chunks, keypoint targets) and the train / validation split.
+
+No torch at import time; functions that build tensors import it themselves.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+POSITION_COLUMNS = ("privileged.target_position", "privileged.place_position")
+
+
+class DatasetError(ValueError):
+    """The dataset folder is missing, empty or malformed; the message says what and where."""
+
+
+
+
+# ---------------------------------------------------------------------- dataset
+@dataclasses.dataclass
+class Demos:
+    root: Path
+    info: dict
+    episodes: list[dict]
+    states: np.ndarray  # (N, 9) measured joints
+    chunks: np.ndarray  # (N, Hd, 9) expert chunk, absolute targets
+    done: np.ndarray  # (N,) bool
+    progress: np.ndarray  # (N,) float
+    instructions: list[str]  # (N,)
+    episode_of: np.ndarray  # (N,) episode index of each frame
+    offsets: np.ndarray  # (E + 1,) first frame of each episode
+    # (N, 6) target object and place positions (m), the generator's privileged columns; None
+    # for a dataset without them (the auxiliary position loss then cannot be used)
+    positions: Optional[np.ndarray] = None
+
+    @property
+    def chunk_dt(self) -> float:
+        extra = self.info.get("vla_bringup", {})
+        return float(extra.get("chunk_dt") or 1.0 / float(self.info["fps"]))
+
+    def image_path(self, episode: int, frame: int) -> Path:
+        return self.root / self.info["image_path"].format(episode_index=episode,
+                                                          frame_index=frame)
+
+    def episode_fingerprint(self, episode: int) -> str:
+        """Changes when the episode (or the generator settings) changes; keys the cache."""
+        path = self.root / self.info["data_path"].format(
+            episode_chunk=episode // int(self.info.get("chunks_size", 1000)),
+            episode_index=episode)
+        generator = self.info.get("vla_bringup", {}).get("generator_config", {})
+        blob = json.dumps([self.episodes[episode], generator, path.stat().st_size],
+                          sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _column(table, name: str, path: Path) -> Any:
+    if name not in table.column_names:
+        raise DatasetError(f"{path}: column {name!r} is missing (has {table.column_names})")
+    return table.column(name).combine_chunks()
+
+
+def _flat(array, path: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    import pyarrow as pa
+    values = array
+    while pa.types.is_fixed_size_list(values.type) or pa.types.is_list(values.type):
+        values = values.flatten()
+    out = np.asarray(values.to_numpy(zero_copy_only=False), dtype=np.float64)
+    try:
+        out = out.reshape(len(array), *shape)
+    except ValueError:
+        raise DatasetError(f"{path}: column {name!r} does not hold {list(shape)} per row") from None
+    if not np.all(np.isfinite(out)):
+        raise DatasetError(f"{path}: column {name!r} holds NaN or inf")
+    return out
+
+
+def load_dataset(root: str | Path) -> Demos:
+    """Read the generator's LeRobot-layout folder; DatasetError says what is wrong with it."""
+    import pyarrow.parquet as pq
+    root = Path(root)
+    hint = "(make one with: python -m vla_bringup.cli.generate_data --out DIR --episodes N)"
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder {root} does not exist {hint}")
+    info_path, episodes_path = root / "meta" / "info.json", root / "meta" / "episodes.jsonl"
+    if not info_path.is_file():
+        raise DatasetError(f"{root} is not a LeRobot-layout dataset: meta/info.json is missing "
+                           f"{hint}")
+    try:
+        info = json.loads(info_path.read_text())
+        episodes = [json.loads(line) for line in episodes_path.read_text().splitlines()
+                    if line.strip()] if episodes_path.is_file() else []
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{root}/meta: unreadable JSON ({error})") from None
+    if not isinstance(info, dict):
+        raise DatasetError(f"{info_path}: not a JSON object")
+    missing = [k for k in ("data_path", "image_path", "fps", "features") if k not in info]
+    if missing:
+        raise DatasetError(f"{info_path} lacks {missing}; this trainer reads the layout of "
+                           "vla_bringup.sim.demonstrations (frames as PNG files)")
+    if not episodes:
+        raise DatasetError(f"{root} holds no episodes (meta/episodes.jsonl is empty or missing) "
+                           f"{hint}")
+    chunks_size = int(info.get("chunks_size", 1000))
+    parts: dict[str, list] = {k: [] for k in ("states", "chunks", "done", "progress")}
+    instructions: list[str] = []
+    lengths = []
+    horizon = None
+    for index, record in enumerate(episodes):
+        if record.get("episode_index") != index:
+            raise DatasetError(f"{episodes_path}: line {index + 1} is not episode {index}")
+        path = root / info["data_path"].format(episode_chunk=index // chunks_size,
+                                               episode_index=index)
+        if not path.is_file():
+            raise DatasetError(f"episode {index}: {path} is missing")
+        try:
+            table = pq.read_table(path)
+        except Exception as error:  # pyarrow raises several types for a broken file
+            raise DatasetError(f"episode {index}: cannot read {path} ({error})") from None
+        rows = table.num_rows
+        if rows == 0 or rows != int(record.get("length", -1)):
+            raise DatasetError(f"episode {index}: {path} has {rows} rows, meta says "
+                               f"{record.get('length')}")
+        chunk = _column(table, "action.chunk", path)
+        if horizon is None:
+            horizon = len(_flat(chunk.slice(0, 1), path, "action.chunk", (-1,))[0]) // 9
+        parts["chunks"].append(_flat(chunk, path, "action.chunk", (horizon, 9)))
+        parts["states"].append(_flat(_column(table, "observation.state", path), path,
+                                     "observation.state", (9,)))
+        parts["done"].append(np.asarray(_column(table, "skill_done", path).to_numpy(
+            zero_copy_only=False), dtype=bool))
+        parts["progress"].append(_flat(_column(table, "progress", path), path, "progress", ()))
+        if all(name in table.column_names for name in POSITION_COLUMNS):
+            parts.setdefault("positions", []).append(np.concatenate(
+                [_flat(_column(table, name, path), path, name, (3,))
+                 for name in POSITION_COLUMNS], axis=1))
+        texts = _column(table, "instruction", path).to_pylist()
+        if any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise DatasetError(f"episode {index}: {path} has an empty instruction")
+        instructions += texts
+        folder = (root / info["image_path"].format(episode_index=index, frame_index=0)).parent
+        count = sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
+        if count != rows:
+            raise DatasetError(f"episode {index}: {folder} holds {count} PNG frames for {rows} "
+                               "rows")
+        lengths.append(rows)
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return Demos(root, info, episodes, np.concatenate(parts["states"]),
+                 np.concatenate(parts["chunks"]), np.concatenate(parts["done"]),
+                 np.concatenate(parts["progress"]).astype(np.float64), instructions,
+                 np.repeat(np.arange(len(lengths)), lengths), offsets,
+                 np.concatenate(parts["positions"])
+                 if len(parts.get("positions", [])) == len(lengths) else None)
+
+
+def executed_chunks(demos: Demos, horizon: int) -> np.ndarray:
+    """(N, H, 9) chunk labels from what the expert went on to do: row k of frame t is the first
+    row it planned at frame t + k; past the last frame e of the skill, the rows it planned at e.
+
+    Why: the scripted expert re-plans every frame and each plan stays inside its current phase
+    (it plans "descend, fingers open" until the grasp point is within 6 mm, and only then
+    "close"). Its chunks never show the next phase, so a policy trained on them must hit that
+    6 mm trigger exactly before its chunks say "close"; a policy that stops 7 mm away waits
+    forever. Executed chunks carry the coming grasp, release or push into the rows before it
+    (the chunk labels of ACT-style datasets: the actions actually taken next).
+    """
+    count, planned = len(demos.chunks), demos.chunks.shape[1]
+    if planned < horizon:
+        raise DatasetError(f"chunks hold {planned} rows, {horizon} wanted")
+    texts = np.asarray(demos.instructions, dtype=object)
+    starts = np.ones(count, dtype=bool)
+    starts[1:] = (demos.episode_of[1:] != demos.episode_of[:-1]) | (texts[1:] != texts[:-1])
+    segment = np.cumsum(starts) - 1
+    last = np.append(np.flatnonzero(starts)[1:], count) - 1  # last frame of each segment
+    end = last[segment][:, None]
+    future = np.arange(count)[:, None] + np.arange(horizon)[None]
+    inside = future <= end
+    frames = np.where(inside, future, end)
+    rows = np.where(inside, 0, np.minimum(future - end, planned - 1))
+    return demos.chunks[frames, rows]
+
+
+def end_effector_labels(demos: Demos, horizon: int, progress: bool = True,
+                        chunks: Optional[np.ndarray] = None) -> tuple[np.ndarray, np.ndarray]:
+    """States (N, 12) and end-effector actions (N, H, 5) of an ee_delta model, by forward
+    kinematics of the measured joints and of every chunk row (repeated rows solved once).
+    `chunks` (N, >= H, 9): the chunk labels, by default the planned chunks."""
+    from vla_bringup.policy.vla.config import state_vector
+    from vla_bringup.policy.vla.ee_space import EndEffectorSpace
+    space = EndEffectorSpace()
+    try:
+        state_poses = space.poses(demos.states)
+        chunks = (demos.chunks if chunks is None else chunks)[:, :horizon]
+        chunk_poses = np.empty((*chunks.shape[:2], 4))
+        step = 2048
+        bar = progress_bar(len(chunks), "end-effector labels", progress, "frame")
+        for start in range(0, len(chunks), step):
+            chunk_poses[start:start + step] = space.poses(chunks[start:start + step])
+            if bar is not None:
+                bar.update(min(step, len(chunks) - start))
+        if bar is not None:
+            bar.close()
+    finally:
+        space.close()
+    states = np.concatenate([state_vector(demos.states), state_poses], -1)
+    gripper = chunks[..., 7:].mean(-1)
+    return states, space.encode(chunk_poses, state_poses, gripper)
+
+
+def keypoint_targets(positions: np.ndarray, grid: int, config, info: dict,
+                     sigma_cells: float = 0.5):
+    """(N, 6) target and place positions -> (N, 2, grid * grid) soft labels: a Gaussian blob
+    (sigma in cells) around each position projected into the image, over the token grid."""
+    import torch
+    from vla_bringup.policy.vla.fusion import grid_coordinates
+    from vla_bringup.sim.world import project_to_image
+    if config.image_crop is not None:
+        raise ValueError("keypoint supervision does not handle image_crop yet")
+    shape = info.get("features", {}).get("observation.image", {}).get("shape", [224, 224, 3])
+    height, width = int(shape[0]), int(shape[1])
+    pixels = project_to_image(positions.reshape(-1, 2, 3), width, height)  # (N, 2, 2)
+    # Pixel -> the grid's [-1, 1] coordinates, where cell i's centre is at -1 + 2 i / (grid - 1).
+    cells = pixels / np.array([width, height]) * grid - 0.5
+    where = -1.0 + 2.0 * cells / (grid - 1)
+    coords = grid_coordinates(grid).double().numpy()
+    sigma = sigma_cells * 2.0 / (grid - 1)
+    distance = ((where[:, :, None, :] - coords[None, None]) ** 2).sum(-1)
+    labels = np.exp(-(distance - distance.min(-1, keepdims=True)) / (2 * sigma ** 2))
+    return torch.from_numpy((labels / labels.sum(-1, keepdims=True)).astype(np.float32))
+
+
+def pixel_keypoint_targets(positions: np.ndarray, config, info: dict
+                           ) -> tuple[Any, Any]:
+    """(N, 6) target and place positions -> their points in the "pixels" detector's crop
+    (N, 2, 2) (x, y px, pixel centres at integers) and whether each lies inside it (N, 2)."""
+    import torch
+    from vla_bringup.sim.world import project_to_image
+    if config.image_crop is not None:
+        raise ValueError("keypoint supervision does not handle image_crop yet")
+    shape = info.get("features", {}).get("observation.image", {}).get("shape", [224, 224, 3])
+    height, width = int(shape[0]), int(shape[1])
+    pixels = project_to_image(positions.reshape(-1, 2, 3), width, height)
+    # Frame pixels -> model input pixels (a square resize), then into the crop.
+    scale = np.array([config.image_size / width, config.image_size / height])
+    top, left, _, _ = config.keypoint_box
+    points = (pixels + 0.5) * scale - 0.5 - np.array([left, top])
+    crop_height, crop_width = config.keypoint_crop_size
+    inside = ((points >= 0) & (points <= np.array([crop_width - 1, crop_height - 1]))).all(-1)
+    return torch.from_numpy(points.astype(np.float32)), torch.from_numpy(inside)
+
+
+def split_episodes(episodes: list[dict], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Validation episodes drawn round-robin over families (balanced), the rest for training."""
+    count = len(episodes)
+    if val_fraction <= 0:
+        return list(range(count)), []
+    if count < 2:
+        raise DatasetError(f"{count} episode: need at least 2 (one for validation), or set "
+                           "val_fraction to 0")
+    rng = np.random.default_rng([int(seed), 2027])
+    by_family: dict[str, list[int]] = {}
+    for index, record in enumerate(episodes):
+        by_family.setdefault(str(record.get("family", "")), []).append(index)
+    queues = [list(rng.permutation(by_family[f])) for f in sorted(by_family)]
+    order = []
+    while any(queues):
+        for queue in queues:
+            if queue:
+                order.append(int(queue.pop(0)))
+    n_val = min(count - 1, max(1, int(round(val_fraction * count))))
+    val = sorted(order[:n_val])
+    return sorted(set(range(count)) - set(val)), val
+
+
+def progress_bar(total: int, desc: str, enabled: bool, unit: str = "it"):
+    if not enabled:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr)
