@@ -157,3 +157,18 @@ def test_stack(world, expert, kinematics, seed, top, bottom):
     initial, final = run_task(world, expert, kinematics, seed,
                               [("pick", top, ""), ("place", top, bottom)])
     assert task_succeeded(TaskSpec("stack", top, bottom), initial, final)
+
+
+def test_contact_via_points_are_tight_in_height_and_loose_across():
+    """A grasp point a centimetre beside the cube at its height counts as arrived; 1.5 cm
+    beside it, or a centimetre above it, does not (see CONTACT_HEIGHT, CONTACT_ACROSS)."""
+    from vla_bringup.policy.scripted_expert import _State
+    cube = np.array([0.5, 0.0, 0.025])
+
+    def state_at(offset):
+        return _State(0.0, cube + offset, 0.0, 0.04, {})
+
+    assert state_at([0.01, 0.0, 0.005]).in_contact_at(cube)
+    assert state_at([-0.007, 0.007, -0.005]).in_contact_at(cube)
+    assert not state_at([0.015, 0.0, 0.0]).in_contact_at(cube)
+    assert not state_at([0.0, 0.0, 0.01]).in_contact_at(cube)

@@ -24,7 +24,13 @@ HOVER = 0.12  # m above the final spot, where descents start
 LIFT = 0.15  # m, lift after grasping
 RETREAT = 0.10  # m, rise after releasing / pushing
 REACHED = 0.01  # m, a via point in free space counts as reached
-PRECISE = 0.006  # m, for via points in contact (grasp, release, push start)
+# Via points in contact (grasp, release, push start) are judged per axis. Height decides the
+# contact and is known from the joints alone, so it is held tight; across the table a centimetre
+# is harmless (the open fingers span 8 cm around a 5 cm cube, the push pad is 6 cm wide). A
+# learned policy that localises objects to about a centimetre from pixels then still meets the
+# trigger it was shown, instead of hovering just outside a 6 mm sphere.
+CONTACT_HEIGHT = 0.008  # m
+CONTACT_ACROSS = 0.012  # m
 SLOW = 0.10  # m/s cap near objects, so contacts stay gentle
 YAW_RATE = 1.0  # rad/s, wrist rotation speed
 FINGER_SETTLE = 0.4  # s the fingers get to close or open before the arm moves on
@@ -74,6 +80,11 @@ class _State:
 
     def reached(self, point: np.ndarray, tolerance: float = REACHED) -> bool:
         return bool(np.linalg.norm(self.position - point) < tolerance)
+
+    def in_contact_at(self, point: np.ndarray) -> bool:
+        error = self.position - point
+        return bool(abs(error[2]) < CONTACT_HEIGHT
+                    and np.linalg.norm(error[:2]) < CONTACT_ACROSS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +192,7 @@ class ScriptedExpert(PolicyBackend):
                 self._enter(1, state)
             return _Target(above, yaw, FINGER_OPEN, self.max_speed)
         if self._phase == 1:  # descend around it
-            if state.reached(cube, PRECISE):
+            if state.in_contact_at(cube):
                 self._enter(2, state)
             return _Target(cube, yaw, FINGER_OPEN, SLOW)
         if self._phase == 2:  # close on the spot where the descent ended
@@ -219,7 +230,7 @@ class ScriptedExpert(PolicyBackend):
                 self._enter(1, state)
             return _Target(above, yaw, FINGER_CLOSED, self.max_speed)
         if self._phase == 1:  # lower onto it
-            if state.reached(release, PRECISE):
+            if state.in_contact_at(release):
                 self._enter(2, state)
             return _Target(release, yaw, FINGER_CLOSED, SLOW)
         if self._phase == 2:  # let go
@@ -247,7 +258,7 @@ class ScriptedExpert(PolicyBackend):
                 self._enter(1, state)
             return _Target(above, yaw, FINGER_CLOSED, self.max_speed)
         if self._phase == 1:  # down to the table beside the cube
-            if state.reached(start, PRECISE):
+            if state.in_contact_at(start):
                 self._enter(2, state)
             return _Target(start, yaw, FINGER_CLOSED, SLOW)
         if self._phase == 2:
@@ -260,7 +271,7 @@ class ScriptedExpert(PolicyBackend):
             return _Target(end, yaw, FINGER_CLOSED, SLOW)
         if self._phase == 3:  # back off first: rising while pressed drags the cube along
             clear = self._anchor - PUSH_RELEASE * direction
-            if state.reached(clear, PRECISE):
+            if state.reached(clear, CONTACT_HEIGHT):
                 self._enter(4, state)
             return _Target(clear, yaw, FINGER_CLOSED, SLOW)
         up = self._anchor + [0.0, 0.0, RETREAT]
