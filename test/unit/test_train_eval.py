@@ -226,7 +226,7 @@ def test_pixel_keypoints_train_and_point_at_the_projected_cube(demos, tmp_path):
     assert bool(inside[0, 0]) == (0 <= u - 16 <= 47 and 0 <= v - 32 <= 31)
     overrides = {**TINY_MODEL, "action_space": "ee_delta", "position_aux": True,
                  "position_token": True, "position_from": "pixels", "keypoint_crop": crop,
-                 "keypoint_channels": 8}
+                 "keypoint_channels": 8, "start_memory": True}
     log = train_cli.train(demos, tmp_path / "px", overrides,
                           train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2}),
                           progress=False, log=lambda *a: None)
@@ -234,7 +234,7 @@ def test_pixel_keypoints_train_and_point_at_the_projected_cube(demos, tmp_path):
     crops = list((demos / "cache").glob("keypoint-crops-*.npy"))
     assert len(crops) == 1 and np.load(crops[0]).shape[1:] == (32, 48, 3)
     model = load_checkpoint(tmp_path / "px")
-    assert model.position_pixels is not None
+    assert model.position_pixels is not None and model.config.start_memory
     chunk = _infer_once(model)  # the policy crops the live image itself
     assert chunk.positions.shape == (16, 9) and np.all(np.isfinite(chunk.positions))
 
@@ -253,3 +253,18 @@ def test_executed_chunks_carry_the_next_phase_into_earlier_rows(demos):
     np.testing.assert_array_equal(labels[first_end, :3], loaded.chunks[first_end, :3])
     with pytest.raises(ValueError, match="chunk_labels"):
         train_cli.TrainConfig(chunk_labels="future")
+
+
+def test_skill_start_targets_hold_each_skills_first_position(demos):
+    loaded = train_cli.load_dataset(demos)
+    starts = train_cli.skill_start_targets(loaded)
+    texts = np.asarray(loaded.instructions, dtype=object)
+    opens = np.ones(len(texts), dtype=bool)
+    opens[1:] = (texts[1:] != texts[:-1]) | (loaded.episode_of[1:] != loaded.episode_of[:-1])
+    first = np.flatnonzero(opens)
+    assert len(first) >= 2  # two push episodes
+    for begin, end in zip(first, list(first[1:]) + [len(texts)]):
+        np.testing.assert_array_equal(starts[begin:end], np.repeat(
+            loaded.positions[begin:begin + 1, :3], end - begin, axis=0))
+    # In a push, the cube moves away from where it started.
+    assert np.linalg.norm(loaded.positions[first[1] - 1, :3] - starts[first[1] - 1]) > 0.05

@@ -298,6 +298,41 @@ def test_end_effector_model_sees_the_grasp_point_and_relative_positions(head):
         VLAConfig(action_space="ee_delta", state_mean=[0.0] * 8, state_std=[1.0] * 8)
 
 
+def test_start_memory_tells_the_head_how_far_the_target_moved(text_encoder):
+    from vla_bringup.policy.vla.backend import VLAPolicy
+    with pytest.raises(ValueError, match="start_memory"):
+        small(action_space="ee_delta", position_aux=True, start_memory=True)
+    config = small(action_space="ee_delta", position_aux=True, position_token=True,
+                   start_memory=True)
+    model = VLAModel(config).eval()
+    images, language, _ = batch(config)
+    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    pixels = model.preprocess(images)
+    with torch.no_grad():
+        first = model(pixels, language, state)  # no start given: the skill's first frame
+        start = model.target_position(first)
+        same = model(pixels, language, state, start_positions=start)
+        moved = model(pixels, language, state, start_positions=start - 0.12)
+    torch.testing.assert_close(first["actions"], same["actions"])
+    assert not torch.allclose(first["actions"], moved["actions"])
+    inputs = model._position_inputs(first["positions"], state, start - 0.12)
+    torch.testing.assert_close(inputs[:, 15:], torch.full((2, 3), 1.2))  # travel, 0.1 m units
+    # The backend latches its first prediction of each skill and forgets it on reset.
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    skill = SkillSpec("s1", "push", "push the red cube to the left", "red_cube", "left")
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    policy.reset(skill)
+    policy.infer(Observation(1.0, JOINTS, HOME, skill, image=frames[0]))
+    latched = policy._start.clone()
+    policy.infer(Observation(1.1, JOINTS, HOME, skill, image=frames[1]))
+    torch.testing.assert_close(policy._start, latched)
+    policy.reset(skill)
+    assert policy._start is None
+    policy.infer(Observation(1.2, JOINTS, HOME, skill, image=frames[1]))
+    assert not torch.allclose(policy._start, latched)
+
+
 def test_grounded_position_head_does_not_read_the_robot_state():
     model = VLAModel(small(position_aux=True)).eval()
     assert model.config.position_from == "vision_language"

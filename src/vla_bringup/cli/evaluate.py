@@ -262,6 +262,10 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
             with context.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
                 for result in pool.imap_unordered(_run_job, jobs, chunksize=1):
                     handle(result)
+                # Let the workers exit on their own: the context manager's terminate() kills
+                # them mid-shutdown and leaves their semaphores to the resource tracker.
+                pool.close()
+                pool.join()
     finally:
         if bar is not None:
             bar.close()

@@ -55,6 +55,7 @@ from vla_bringup.cli.train_cache import (  # noqa: F401
     cache_keypoint_crops, cache_language, cache_vision_features, vision_cache_key)
 from vla_bringup.cli.train_data import (  # noqa: F401
     POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks, keypoint_targets,
+    skill_start_targets,
     load_dataset, pixel_keypoint_targets, split_episodes, progress_bar)
 
 STATS_FIELDS = ("state_mean", "state_std", "action_mean", "action_std", "action_low",
@@ -77,6 +78,9 @@ class TrainConfig:
     seed: int = 0
     state_noise: float = 0.01  # rad, std of the noise on the arm joints of the state input
     grasp_noise: float = 0.005  # m, std of the noise on the grasp point (ee_delta models)
+    # m, std of the noise on the true skill-start position fed to a start_memory model: at run
+    # time the start is the model's own first prediction, about a centimetre off
+    start_noise: float = 0.01
     done_weight: float = 1.0
     progress_weight: float = 0.5
     done_pos_weight: Optional[float] = None
@@ -105,9 +109,10 @@ class TrainConfig:
             raise ValueError("lr must be > 0, weight_decay >= 0, min_lr_ratio in [0, 1]")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError("val_fraction must be in [0, 1)")
-        if min(self.state_noise, self.grasp_noise, self.grad_clip, self.warmup_steps,
-               self.position_weight, self.keypoint_weight, self.pixel_weight) < 0:
-            raise ValueError("state_noise, grasp_noise, grad_clip, warmup_steps, "
+        if min(self.state_noise, self.grasp_noise, self.start_noise, self.grad_clip,
+               self.warmup_steps, self.position_weight, self.keypoint_weight,
+               self.pixel_weight) < 0:
+            raise ValueError("state_noise, grasp_noise, start_noise, grad_clip, warmup_steps, "
                              "position_weight, keypoint_weight and pixel_weight must be >= 0")
         if self.chunk_labels not in ("planned", "executed"):
             raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
@@ -177,15 +182,20 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
             actions[:, :, :7] -= noise[:, None, :7]  # same absolute targets from the noisy state
         elif model.config.action_space == "ee_delta":
             # The grasp point gets its own noise (m), and the offsets the opposite shift.
-            state[:, 8:11] += noise[:, 7:]
-            actions[:, :, :3] -= noise[:, None, 7:]
+            state[:, 8:11] += noise[:, 7:10]
+            actions[:, :, :3] -= noise[:, None, 7:10]
     given = tensors["positions"][rows] if train.oracle_positions else None
     crops = None
     if "crops" in tensors:
         crops = torch.from_numpy(tensors["crops"][idx]).permute(0, 3, 1, 2).float().div_(255.0)
         crops = (crops - model.image_mean) / model.image_std
+    start = None
+    if "start_positions" in tensors:
+        start = tensors["start_positions"][rows]
+        if noise is not None:
+            start = start + noise[:, 10:13]
     outputs = model(None, language, state, vision_features=features, given_positions=given,
-                    keypoint_crops=crops)
+                    keypoint_crops=crops, start_positions=start)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
     losses = head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
                        tensors["progress"][rows], train.done_weight, train.progress_weight,
@@ -357,6 +367,9 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         mean, std = np.array(config.position_mean), np.array(config.position_std)
         tensors["positions"] = torch.from_numpy(((demos.positions - mean) / std)
                                                 .astype(np.float32))
+    if config.start_memory:
+        tensors["start_positions"] = torch.from_numpy(
+            skill_start_targets(demos).astype(np.float32))
     if config.position_from == "keypoints" and config.position_aux and \
             train_config.keypoint_weight > 0:
         tensors["keypoint_targets"] = keypoint_targets(demos.positions, model.vision.grid,
@@ -391,10 +404,12 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         for step in range(1, steps + 1):
             idx = next(batches)
             noise = None
-            if train_config.state_noise > 0 or train_config.grasp_noise > 0:
-                noise = torch.randn(len(idx), 10, generator=noise_gen)
+            if max(train_config.state_noise, train_config.grasp_noise,
+                   train_config.start_noise) > 0:
+                noise = torch.randn(len(idx), 13, generator=noise_gen)
                 noise[:, :7] *= train_config.state_noise
-                noise[:, 7:] *= train_config.grasp_noise
+                noise[:, 7:10] *= train_config.grasp_noise
+                noise[:, 10:] *= train_config.start_noise
             losses = _losses(model, tensors, idx, train_config, noise)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()

@@ -159,23 +159,39 @@ def load_dataset(root: str | Path) -> Demos:
                  if len(parts.get("positions", [])) == len(lengths) else None)
 
 
+def _skill_starts(demos: Demos) -> np.ndarray:
+    """(N,) bool: the frame opens a skill (a new episode, or the skill text changes)."""
+    texts = np.asarray(demos.instructions, dtype=object)
+    starts = np.ones(len(texts), dtype=bool)
+    starts[1:] = (demos.episode_of[1:] != demos.episode_of[:-1]) | (texts[1:] != texts[:-1])
+    return starts
+
+
+def skill_start_targets(demos: Demos) -> np.ndarray:
+    """(N, 3) m: for each frame, the target object's position at the first frame of its skill
+    (the label of a start_memory model's latched start)."""
+    if demos.positions is None:
+        raise DatasetError("start_memory needs the privileged position columns")
+    starts = _skill_starts(demos)
+    first = np.flatnonzero(starts)
+    return demos.positions[first[np.cumsum(starts) - 1], :3]
+
+
 def executed_chunks(demos: Demos, horizon: int) -> np.ndarray:
     """(N, H, 9) chunk labels from what the expert went on to do: row k of frame t is the first
     row it planned at frame t + k; past the last frame e of the skill, the rows it planned at e.
 
     Why: the scripted expert re-plans every frame and each plan stays inside its current phase
-    (it plans "descend, fingers open" until the grasp point is within 6 mm, and only then
+    (it plans "descend, fingers open" until the grasp point is at the cube, and only then
     "close"). Its chunks never show the next phase, so a policy trained on them must hit that
-    6 mm trigger exactly before its chunks say "close"; a policy that stops 7 mm away waits
+    trigger exactly before its chunks say "close"; a policy that stops just short of it waits
     forever. Executed chunks carry the coming grasp, release or push into the rows before it
     (the chunk labels of ACT-style datasets: the actions actually taken next).
     """
     count, planned = len(demos.chunks), demos.chunks.shape[1]
     if planned < horizon:
         raise DatasetError(f"chunks hold {planned} rows, {horizon} wanted")
-    texts = np.asarray(demos.instructions, dtype=object)
-    starts = np.ones(count, dtype=bool)
-    starts[1:] = (demos.episode_of[1:] != demos.episode_of[:-1]) | (texts[1:] != texts[:-1])
+    starts = _skill_starts(demos)
     segment = np.cumsum(starts) - 1
     last = np.append(np.flatnonzero(starts)[1:], count) - 1  # last frame of each segment
     end = last[segment][:, None]

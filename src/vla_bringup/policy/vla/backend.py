@@ -89,6 +89,8 @@ class VLAPolicy(PolicyBackend):
         # setting by default; a number overrides it, None turns it off.
         decay = self.config.temporal_ensemble if ensemble_decay == "checkpoint" else ensemble_decay
         self._ensemble = None if decay is None else TemporalEnsemble(decay)
+        # start_memory models: the target position predicted on the skill's first frame.
+        self._start: Optional[torch.Tensor] = None
         self._end_effector = None
         if self.config.action_space == "ee_delta":
             from vla_bringup.policy.vla.ee_space import EndEffectorSpace  # PyBullet: only here
@@ -98,6 +100,7 @@ class VLAPolicy(PolicyBackend):
     def reset(self, skill: Optional[SkillSpec]) -> None:
         if self._ensemble is not None:
             self._ensemble.reset()  # a new skill's chunks do not blend with the last one's
+        self._start = None
         if skill is not None:
             self._embedding(skill.instruction)  # encode now, not at the first frame
 
@@ -118,7 +121,13 @@ class VLAPolicy(PolicyBackend):
                                     device=self.device).unsqueeze(0)
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
-            prediction = self.model.predict(self._forward(pixels, language, state))
+            if self.config.start_memory:
+                outputs = self._forward(pixels, language, state, start_positions=self._start)
+                if self._start is None:  # the skill's first frame: remember where the target is
+                    self._start = self.model.target_position(outputs).detach().clone()
+            else:
+                outputs = self._forward(pixels, language, state)
+            prediction = self.model.predict(outputs)
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])
             progress = float(prediction["progress"][0])
@@ -158,6 +167,7 @@ class VLAPolicy(PolicyBackend):
         joints = np.zeros(len(self.config.joint_names))
         for _ in range(runs):
             self.infer(Observation(0.0, list(self.config.joint_names), joints, skill, dummy))
+        self.reset(None)  # nothing of the dummy frames may carry over to the first real skill
 
 
 def default_checkpoint_available() -> bool:

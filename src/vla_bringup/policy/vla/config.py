@@ -101,6 +101,12 @@ class VLAConfig:
     # With position_aux: the predicted positions also enter the action head as one more token,
     # so the head reads "where" directly instead of digging it out of the fused tokens.
     position_token: bool = False
+    # With position_token on an end-effector model: the token also gets where the target object
+    # was when the skill started (the backend latches its own first prediction of the skill;
+    # training uses the true one, jittered). One frame cannot tell "about to push" from "pushed
+    # and backed away": both show the arm above and behind the cube. How far the cube has moved
+    # since the start can, and it says when a push has gone far enough (docs/training.md, run 16).
+    start_memory: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
     # which is right for most frames of a demonstration), "keypoints" (a spatial softmax per
@@ -155,6 +161,9 @@ class VLAConfig:
             raise ValueError("cnn_channels must be a non-empty list of positive integers")
         if self.position_token and not self.position_aux:
             raise ValueError("position_token needs position_aux (the head that predicts them)")
+        if self.start_memory and not (self.position_token and self.action_space == "ee_delta"):
+            raise ValueError("start_memory needs position_token and action_space ee_delta (it "
+                             "adds to the position token's grasp-relative vectors)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:
             raise ValueError("dropout must be in [0, 1) and done_threshold in (0, 1)")
         if self.temporal_ensemble is not None and not (

@@ -61,6 +61,7 @@ class VLAModel(nn.Module):
         # with end-effector actions, approaching the cube is nearly copying that vector.
         self.relative_positions = config.action_space == "ee_delta"
         token_inputs = POSITION_DIM * (2 if self.relative_positions else 1)
+        token_inputs += 6 if config.start_memory else 0  # start - grasp, target - start
         self.position_proj = nn.Linear(token_inputs, d) if config.position_token else None
         stats = config.normalisation()
         for name in ("state_mean", "state_std", "action_mean", "action_std", "position_mean",
@@ -106,13 +107,16 @@ class VLAModel(nn.Module):
     def forward(self, images: Optional[torch.Tensor], language: torch.Tensor, state: torch.Tensor,
                 vision_features: Optional[torch.Tensor] = None,
                 given_positions: Optional[torch.Tensor] = None,
-                keypoint_crops: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                keypoint_crops: Optional[torch.Tensor] = None,
+                start_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
         state (B, state_dim) raw (7 arm joints + gripper opening [+ grasp point xyz, yaw]).
         `given_positions` (B, 6), normalised: true positions, for a trainer's oracle experiment
         only. `keypoint_crops` (B, 3, h, w): `keypoint_crops(images)`, for a trainer that caches
-        features instead of images. Returns the head's outputs."""
+        features instead of images. `start_positions` (B, 3), m: the target object's position
+        when the skill started, for a `start_memory` model; None means this is the skill's first
+        frame (the frame's own prediction is used). Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -143,7 +147,8 @@ class VLAModel(nn.Module):
             positions = self.position_head(context.mean(1))
         if self.position_proj is not None:
             source = positions.detach() if given_positions is None else given_positions
-            token = self.position_proj(self._position_inputs(source, state).to(dtype))
+            inputs = self._position_inputs(source, state, start_positions)
+            token = self.position_proj(inputs.to(dtype))
             context = torch.cat([context, token.unsqueeze(1)], 1)
         outputs = self.head(context)
         if positions is not None:
@@ -159,14 +164,24 @@ class VLAModel(nn.Module):
         end-effector model, the grasp point's height (keypoints.py says why no more)."""
         return [STATE_DIM - 1] + ([STATE_DIM + 2] if self.config.action_space == "ee_delta" else [])
 
-    def _position_inputs(self, positions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
-        """Normalised positions (B, 6) [+ grasp point to each position (B, 6), RELATIVE_SCALE]."""
+    def _position_inputs(self, positions: torch.Tensor, state: torch.Tensor,
+                         start: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Normalised positions (B, 6) [+ grasp point to each position (B, 6)] [+ grasp point to
+        the target's start, and the target's travel since then (B, 6)], in RELATIVE_SCALE."""
         if not self.relative_positions:
             return positions
         metres = positions.float() * self.position_std + self.position_mean
-        grasp = state[:, STATE_DIM:STATE_DIM + 3].float().unsqueeze(1)
-        relative = (metres.view(-1, 2, 3) - grasp).flatten(1) / RELATIVE_SCALE
-        return torch.cat([positions.float(), relative], 1)
+        grasp = state[:, STATE_DIM:STATE_DIM + 3].float()
+        relative = (metres.view(-1, 2, 3) - grasp.unsqueeze(1)).flatten(1) / RELATIVE_SCALE
+        parts = [positions.float(), relative]
+        if self.config.start_memory:
+            start = metres[:, :3] if start is None else start.float()
+            parts += [(start - grasp) / RELATIVE_SCALE, (metres[:, :3] - start) / RELATIVE_SCALE]
+        return torch.cat(parts, 1)
+
+    def target_position(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 3) m: the predicted target object position (what a start_memory backend latches)."""
+        return (outputs["positions"].float() * self.position_std + self.position_mean)[:, :3]
 
     def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw actions (B, H, 8) in the config's action space, done probability, progress."""
