@@ -160,8 +160,8 @@ def test_stack(world, expert, kinematics, seed, top, bottom):
 
 
 def test_contact_via_points_are_tight_in_height_and_loose_across():
-    """A grasp point a centimetre beside the cube at its height counts as arrived; 1.5 cm
-    beside it, or a centimetre above it, does not (see CONTACT_HEIGHT, CONTACT_ACROSS)."""
+    """A grasp point a centimetre beside the cube at its height, or lower, counts as arrived;
+    1.5 cm beside it, or a centimetre above it, does not (see CONTACT_HEIGHT, CONTACT_ACROSS)."""
     from vla_bringup.policy.scripted_expert import _State
     cube = np.array([0.5, 0.0, 0.025])
 
@@ -170,5 +170,7 @@ def test_contact_via_points_are_tight_in_height_and_loose_across():
 
     assert state_at([0.01, 0.0, 0.005]).in_contact_at(cube)
     assert state_at([-0.007, 0.007, -0.005]).in_contact_at(cube)
+    assert state_at([0.0, 0.0, -0.02]).in_contact_at(cube)
+    assert state_at([0.02, 0.0, 0.0]).in_contact_at(cube, across=0.03)  # the tray is wide
     assert not state_at([0.015, 0.0, 0.0]).in_contact_at(cube)
     assert not state_at([0.0, 0.0, 0.01]).in_contact_at(cube)

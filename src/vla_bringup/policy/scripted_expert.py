@@ -25,12 +25,15 @@ LIFT = 0.15  # m, lift after grasping
 RETREAT = 0.10  # m, rise after releasing / pushing
 REACHED = 0.01  # m, a via point in free space counts as reached
 # Via points in contact (grasp, release, push start) are judged per axis. Height decides the
-# contact and is known from the joints alone, so it is held tight; across the table a centimetre
-# is harmless (the open fingers span 8 cm around a 5 cm cube, the push pad is 6 cm wide). A
-# learned policy that localises objects to about a centimetre from pixels then still meets the
-# trigger it was shown, instead of hovering just outside a 6 mm sphere.
-CONTACT_HEIGHT = 0.008  # m
+# contact and is known from the joints alone, so it is held tight from above (and anything lower
+# counts: the descent was stopped by the table or the cube below). Across the table a centimetre
+# is harmless (the open fingers span 8 cm around a 5 cm cube, the push pad is 6 cm wide), and a
+# cube may drop anywhere well inside the tray. A learned policy that localises objects to about
+# a centimetre from pixels then still meets the trigger it was shown, instead of hovering at
+# its edge (docs/training.md, runs 14-16).
+CONTACT_HEIGHT = 0.008  # m above the via point
 CONTACT_ACROSS = 0.012  # m
+TRAY_ACROSS = 0.03  # m from the tray's release point (the floor is 18 cm wide)
 SLOW = 0.10  # m/s cap near objects, so contacts stay gentle
 YAW_RATE = 1.0  # rad/s, wrist rotation speed
 FINGER_SETTLE = 0.4  # s the fingers get to close or open before the arm moves on
@@ -81,10 +84,9 @@ class _State:
     def reached(self, point: np.ndarray, tolerance: float = REACHED) -> bool:
         return bool(np.linalg.norm(self.position - point) < tolerance)
 
-    def in_contact_at(self, point: np.ndarray) -> bool:
+    def in_contact_at(self, point: np.ndarray, across: float = CONTACT_ACROSS) -> bool:
         error = self.position - point
-        return bool(abs(error[2]) < CONTACT_HEIGHT
-                    and np.linalg.norm(error[:2]) < CONTACT_ACROSS)
+        return bool(error[2] < CONTACT_HEIGHT and np.linalg.norm(error[:2]) < across)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,11 +214,11 @@ class ScriptedExpert(PolicyBackend):
         if skill.destination == "tray":
             surface = np.array(self._object(state.scene, "tray").position)
             surface[2] += TRAY_FLOOR_TOP
-            yaw, gap = state.yaw, RELEASE_GAP["tray"]
+            yaw, gap, across = state.yaw, RELEASE_GAP["tray"], TRAY_ACROSS
         elif skill.destination.endswith("_cube") and skill.destination != skill.target_object:
             below = self._object(state.scene, skill.destination)
             surface = np.array(below.position) + [0.0, 0.0, CUBE_SIZE / 2]
-            yaw, gap = _square_yaw(below.orientation), RELEASE_GAP["cube"]
+            yaw, gap, across = _square_yaw(below.orientation), RELEASE_GAP["cube"], CONTACT_ACROSS
         else:
             raise ValueError(f"cannot place {skill.target_object!r} on {skill.destination!r}")
         # Aim with the held cube, not the grasp point: it may sit a little off-centre.
@@ -230,7 +232,7 @@ class ScriptedExpert(PolicyBackend):
                 self._enter(1, state)
             return _Target(above, yaw, FINGER_CLOSED, self.max_speed)
         if self._phase == 1:  # lower onto it
-            if state.in_contact_at(release):
+            if state.in_contact_at(release, across):
                 self._enter(2, state)
             return _Target(release, yaw, FINGER_CLOSED, SLOW)
         if self._phase == 2:  # let go
