@@ -121,12 +121,10 @@ class VLAPolicy(PolicyBackend):
                                     device=self.device).unsqueeze(0)
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
-            if self.config.start_memory:
-                outputs = self._forward(pixels, language, state, start_positions=self._start)
-                if self._start is None:  # the skill's first frame: remember where the target is
-                    self._start = self.model.target_position(outputs).detach().clone()
-            else:
-                outputs = self._forward(pixels, language, state)
+            # None for models without start_memory (they ignore it) and on a skill's first frame.
+            outputs = self._forward(pixels, language, state, start_positions=self._start)
+            if self.config.start_memory and self._start is None:
+                self._start = self.model.target_position(outputs).detach().clone()
             prediction = self.model.predict(outputs)
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])
