@@ -128,6 +128,19 @@ def test_position_token_reads_the_predicted_or_the_oracle_positions(demos, tmp_p
         assert np.all(np.isfinite(_infer_once(model).positions))
 
 
+def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2})
+    overrides = {**TINY_MODEL, "language_input": "tokens", "language_max_tokens": 12}
+    log = train_cli.train(demos, tmp_path / "tokens", overrides, config, progress=False,
+                          log=lambda *a: None)
+    assert all(np.isfinite(h["loss"]) for h in log["history"])
+    stored = np.load(demos / "cache" / "language-minilm-tokens12.npz")
+    assert stored["embeddings"].shape[1:] == (12, 384)
+    model = load_checkpoint(tmp_path / "tokens")
+    assert model.language_pool is not None
+    assert np.all(np.isfinite(_infer_once(model).positions))
+
+
 def test_bad_datasets_fail_clearly(tmp_path, capsys):
     out = tmp_path / "out"
     assert train_cli.main(["--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2

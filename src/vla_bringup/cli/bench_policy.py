@@ -88,7 +88,9 @@ def inputs(model: VLAModel, device: torch.device, dtype: torch.dtype):
     size = model.config.image_size
     image = torch.randint(0, 256, (1, size, size, 3), dtype=torch.uint8, generator=generator)
     pixels = model.preprocess(image.to(device)).to(dtype)
-    language = torch.nn.functional.normalize(torch.randn(1, 384, generator=generator), dim=-1)
+    # Random unit rows: a sentence embedding, or token states (none of them padding).
+    shape = (1, *model.config.language_shape)
+    language = torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)
     state = torch.randn(1, model.config.state_dim, generator=generator) * 0.1
     return pixels, language.to(device), state.to(device)
 

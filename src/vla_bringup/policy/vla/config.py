@@ -31,6 +31,7 @@ FUSIONS = ("early", "late", "dense", "cross_attention")
 HEADS = ("continuous", "discrete")
 HEAD_ARCHS = ("transformer", "mlp")
 POSITION_SOURCES = ("vision_language", "keypoints", "fused", "pixels")
+LANGUAGE_INPUTS = ("sentence", "tokens")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
@@ -70,9 +71,16 @@ class VLAConfig:
     # the tokens, each cell 16 px, for objects a few pixels wide.
     vision_stage: str = "head"
     cnn_channels: list[int] = dataclasses.field(default_factory=lambda: [32, 64, 128, 256, 256])
-    # --- language (all-MiniLM-L6-v2 embedding, mean pooled, cached per instruction)
+    # --- language (all-MiniLM-L6-v2, cached per instruction)
     language_dim: int = LANGUAGE_DIM
-    language_tokens: int = 4  # the sentence embedding becomes this many d_model tokens
+    language_tokens: int = 4  # the instruction becomes this many d_model tokens
+    # "sentence": the mean-pooled sentence embedding (B, 384). "tokens": MiniLM's token states
+    # (B, language_max_tokens, 384), zero rows for padding, read by learned attention pools
+    # (one per fusion token, one for the keypoint detector). Why: in the pooled vector, "to the
+    # left" and "to the right" differ by cosine 0.97-0.99 and a push went the wrong way; the
+    # direction word's own token state separates them, paraphrases included (docs/training.md).
+    language_input: str = "sentence"
+    language_max_tokens: int = 16  # "tokens": longer instructions are truncated
     # --- fusion
     fusion: str = "cross_attention"
     d_model: int = 256
@@ -136,13 +144,14 @@ class VLAConfig:
     def __post_init__(self) -> None:
         choices = {"vision_encoder": VISION_ENCODERS, "fusion": FUSIONS, "head": HEADS,
                    "head_arch": HEAD_ARCHS, "action_space": ACTION_SPACES,
-                   "position_from": POSITION_SOURCES, "vision_stage": VISION_STAGES}
+                   "position_from": POSITION_SOURCES, "vision_stage": VISION_STAGES,
+                   "language_input": LANGUAGE_INPUTS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
         positive = ("image_size", "language_dim", "language_tokens", "d_model", "n_heads",
                     "fusion_layers", "head_layers", "action_horizon", "keypoints", "ffn_ratio",
-                    "keypoint_channels")
+                    "keypoint_channels", "language_max_tokens")
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -225,6 +234,13 @@ class VLAConfig:
     @property
     def state_dim(self) -> int:
         return STATE_DIM + (EE_STATE_DIM if self.action_space == "ee_delta" else 0)
+
+    @property
+    def language_shape(self) -> tuple[int, ...]:
+        """One instruction's language input: (384,) or (language_max_tokens, 384)."""
+        if self.language_input == "tokens":
+            return (self.language_max_tokens, self.language_dim)
+        return (self.language_dim,)
 
     @property
     def keypoint_box(self) -> tuple[int, int, int, int]:

