@@ -134,7 +134,7 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
     log = train_cli.train(demos, tmp_path / "tokens", overrides, config, progress=False,
                           log=lambda *a: None)
     assert all(np.isfinite(h["loss"]) for h in log["history"])
-    stored = np.load(demos / "cache" / "language-minilm-tokens12.npz")
+    stored = np.load(demos / "cache" / "language-minilm-sentence+tokens12.npz")
     assert stored["embeddings"].shape[1:] == (12, 384)
     model = load_checkpoint(tmp_path / "tokens")
     assert model.language_pool is not None
@@ -281,3 +281,6 @@ def test_skill_start_targets_hold_each_skills_first_position(demos):
             loaded.positions[begin:begin + 1, :3], end - begin, axis=0))
     # In a push, the cube moves away from where it started.
     assert np.linalg.norm(loaded.positions[first[1] - 1, :3] - starts[first[1] - 1]) > 0.05
+    with_place = train_cli.skill_start_targets(loaded, with_place=True)
+    np.testing.assert_array_equal(with_place[:, :3], starts)
+    np.testing.assert_array_equal(with_place[first, 3:], loaded.positions[first, 3:6])

@@ -40,16 +40,17 @@ def test_token_states_are_padded_with_zero_rows_and_cached_apart(text_encoder):
     states = text_encoder(LEFT, 12)
     assert sentence.shape == (384,) and states.shape == (12, 384)
     length = len(text_encoder.tokenizer(LEFT)["input_ids"])  # [CLS] ... [SEP]
-    assert length < 12
-    assert bool((states[:length].abs().amax(-1) > 0).all())
-    assert bool((states[length:] == 0).all())
+    assert length < 11
+    torch.testing.assert_close(states[0], sentence)  # the sentence row, then the tokens
+    assert bool((states[1:1 + length].abs().amax(-1) > 0).all())
+    assert bool((states[1 + length:] == 0).all())
     assert torch.equal(text_encoder(LEFT), sentence)  # the sentence cache is untouched
     # Longer texts are cut at the limit, not refused.
     long = " ".join(["push the red cube to the left"] * 5)
     assert text_encoder(long, 12).shape == (12, 384)
     # The direction word's own state differs far more than the pooled sentences do.
     right = text_encoder(RIGHT, 12)
-    word = length - 2  # "left" / "right", just before [SEP]
+    word = length - 1  # "left" / "right", just before [SEP]
     token_cosine = float(torch.cosine_similarity(states[word], right[word], dim=0))
     sentence_cosine = float(sentence @ text_encoder(RIGHT))
     assert token_cosine < sentence_cosine - 0.05

@@ -310,7 +310,7 @@ def test_start_memory_tells_the_head_how_far_the_target_moved(text_encoder):
     pixels = model.preprocess(images)
     with torch.no_grad():
         first = model(pixels, language, state)  # no start given: the skill's first frame
-        start = model.target_position(first)
+        start = model.latched_positions(first)
         same = model(pixels, language, state, start_positions=start)
         moved = model(pixels, language, state, start_positions=start - 0.12)
     torch.testing.assert_close(first["actions"], same["actions"])
@@ -331,6 +331,36 @@ def test_start_memory_tells_the_head_how_far_the_target_moved(text_encoder):
     assert policy._start is None
     policy.infer(Observation(1.2, JOINTS, HOME, skill, image=frames[1]))
     assert not torch.allclose(policy._start, latched)
+
+
+def test_place_memory_reads_the_latched_place_not_the_live_prediction(text_encoder):
+    from vla_bringup.policy.vla.backend import VLAPolicy
+    with pytest.raises(ValueError, match="place_memory needs start_memory"):
+        small(action_space="ee_delta", position_aux=True, position_token=True,
+              place_memory=True)
+    config = small(action_space="ee_delta", position_aux=True, position_token=True,
+                   start_memory=True, place_memory=True)
+    model = VLAModel(config).eval()
+    images, language, _ = batch(config)
+    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    with torch.no_grad():
+        first = model(model.preprocess(images), language, state)
+    latched = model.latched_positions(first)
+    assert latched.shape == (2, 6)
+    elsewhere = latched.clone()
+    elsewhere[:, 3:] = torch.tensor([0.1, -0.2, 0.65])
+    inputs = model._position_inputs(first["positions"], state, elsewhere)
+    # Grasp point (0.4, 0, 0.8) to the latched place, in 0.1 m units: the live place is unused.
+    torch.testing.assert_close(inputs[:, 9:12], torch.tensor([[-3.0, -2.0, -1.5]] * 2))
+    mean, std = model.position_mean[3:], model.position_std[3:]
+    normalised = (torch.tensor([0.1, -0.2, 0.65]) - mean) / std
+    torch.testing.assert_close(inputs[:, 3:6], normalised.expand(2, 3))
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    skill = SkillSpec("s1", "push", "push the red cube to the left", "red_cube", "left")
+    policy.reset(skill)
+    frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    policy.infer(Observation(1.0, JOINTS, HOME, skill, image=frame))
+    assert policy._start.shape == (1, 6)
 
 
 def test_grounded_position_head_does_not_read_the_robot_state():

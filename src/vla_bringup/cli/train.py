@@ -193,7 +193,7 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     if "start_positions" in tensors:
         start = tensors["start_positions"][rows]
         if noise is not None:
-            start = start + noise[:, 10:13]
+            start = start + noise[:, 10:10 + start.shape[1]]
     outputs = model(None, language, state, vision_features=features, given_positions=given,
                     keypoint_crops=crops, start_positions=start)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
@@ -370,7 +370,7 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
                                                 .astype(np.float32))
     if config.start_memory:
         tensors["start_positions"] = torch.from_numpy(
-            skill_start_targets(demos).astype(np.float32))
+            skill_start_targets(demos, config.place_memory).astype(np.float32))
     if config.position_from == "keypoints" and config.position_aux and \
             train_config.keypoint_weight > 0:
         tensors["keypoint_targets"] = keypoint_targets(demos.positions, model.vision.grid,
@@ -407,7 +407,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
             noise = None
             if max(train_config.state_noise, train_config.grasp_noise,
                    train_config.start_noise) > 0:
-                noise = torch.randn(len(idx), 13, generator=noise_gen)
+                # 7 joints, 3 grasp point, 3 target start, 3 latched place
+                noise = torch.randn(len(idx), 16, generator=noise_gen)
                 noise[:, :7] *= train_config.state_noise
                 noise[:, 7:10] *= train_config.grasp_noise
                 noise[:, 10:] *= train_config.start_noise

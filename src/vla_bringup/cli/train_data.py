@@ -167,14 +167,15 @@ def _skill_starts(demos: Demos) -> np.ndarray:
     return starts
 
 
-def skill_start_targets(demos: Demos) -> np.ndarray:
+def skill_start_targets(demos: Demos, with_place: bool = False) -> np.ndarray:
     """(N, 3) m: for each frame, the target object's position at the first frame of its skill
-    (the label of a start_memory model's latched start)."""
+    (the label of a start_memory model's latched start); (N, 6) with the place position then
+    (a place_memory model's latched place)."""
     if demos.positions is None:
         raise DatasetError("start_memory needs the privileged position columns")
     starts = _skill_starts(demos)
     first = np.flatnonzero(starts)
-    return demos.positions[first[np.cumsum(starts) - 1], :3]
+    return demos.positions[first[np.cumsum(starts) - 1], :6 if with_place else 3]
 
 
 def executed_chunks(demos: Demos, horizon: int) -> np.ndarray:

@@ -124,7 +124,7 @@ class VLAPolicy(PolicyBackend):
             # None for models without start_memory (they ignore it) and on a skill's first frame.
             outputs = self._forward(pixels, language, state, start_positions=self._start)
             if self.config.start_memory and self._start is None:
-                self._start = self.model.target_position(outputs).detach().clone()
+                self._start = self.model.latched_positions(outputs).detach().clone()
             prediction = self.model.predict(outputs)
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])

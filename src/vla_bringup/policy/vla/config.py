@@ -74,13 +74,14 @@ class VLAConfig:
     # --- language (all-MiniLM-L6-v2, cached per instruction)
     language_dim: int = LANGUAGE_DIM
     language_tokens: int = 4  # the instruction becomes this many d_model tokens
-    # "sentence": the mean-pooled sentence embedding (B, 384). "tokens": MiniLM's token states
-    # (B, language_max_tokens, 384), zero rows for padding, read by learned attention pools
+    # "sentence": the mean-pooled sentence embedding (B, 384). "tokens": that embedding and
+    # MiniLM's token states as rows (B, language_max_tokens, 384; encoders.TextEncoder), zero
+    # rows for padding, read by learned attention pools
     # (one per fusion token, one for the keypoint detector). Why: in the pooled vector, "to the
     # left" and "to the right" differ by cosine 0.97-0.99 and a push went the wrong way; the
     # direction word's own token state separates them, paraphrases included (docs/training.md).
     language_input: str = "sentence"
-    language_max_tokens: int = 16  # "tokens": longer instructions are truncated
+    language_max_tokens: int = 16  # "tokens": rows; longer instructions are truncated
     # --- fusion
     fusion: str = "cross_attention"
     d_model: int = 256
@@ -115,6 +116,13 @@ class VLAConfig:
     # and backed away": both show the arm above and behind the cube. How far the cube has moved
     # since the start can, and it says when a push has gone far enough (docs/training.md, run 16).
     start_memory: bool = False
+    # With start_memory: the place position is latched on the skill's first frame too, and the
+    # token reads that instead of each frame's prediction. The place does not move during a
+    # skill, but a push's destination is an empty patch of table that a single frame cannot
+    # find once the cube has left its start: the live prediction crept along just ahead of the
+    # cube and the push stalled (docs/training.md, run 18). The arm also hides a stack's lower
+    # cube at the release.
+    place_memory: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
     # which is right for most frames of a demonstration), "keypoints" (a spatial softmax per
@@ -173,6 +181,10 @@ class VLAConfig:
         if self.start_memory and not (self.position_token and self.action_space == "ee_delta"):
             raise ValueError("start_memory needs position_token and action_space ee_delta (it "
                              "adds to the position token's grasp-relative vectors)")
+        if self.language_input == "tokens" and self.language_max_tokens < 2:
+            raise ValueError("language_max_tokens must be >= 2 (the sentence row and [CLS])")
+        if self.place_memory and not self.start_memory:
+            raise ValueError("place_memory needs start_memory (it latches with the start)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:
             raise ValueError("dropout must be in [0, 1) and done_threshold in (0, 1)")
         if self.temporal_ensemble is not None and not (

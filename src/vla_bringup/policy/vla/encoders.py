@@ -187,7 +187,10 @@ def build_vision_encoder(config, pretrained: bool = True) -> nn.Module:
 
 class TextEncoder:
     """all-MiniLM-L6-v2, cached per text: sentence embeddings (384-d, unit length) or, with
-    `tokens=L`, the last layer's token states (L x 384, zero rows after the text's end).
+    `tokens=L`, L x 384 rows: the sentence embedding, then the last layer's token states of the
+    first L - 1 tokens ([CLS] ... [SEP]), then zero rows. Both, because the sentence embedding
+    is what MiniLM was trained to make robust to paraphrase, and a token state is what keeps one
+    word ("left") apart from its opposite.
 
     Runs on the CPU whatever device the policy uses: it runs once per new instruction.
     """
@@ -212,18 +215,21 @@ class TextEncoder:
 
     @torch.inference_mode()
     def _encode(self, texts: list[str], tokens: int) -> torch.Tensor:
+        if tokens == 1:
+            raise ValueError("token input needs at least 2 rows (the sentence and [CLS])")
         batch = self.tokenizer(texts, padding=True, truncation=True,
-                               max_length=tokens or 128, return_tensors="pt")
+                               max_length=tokens - 1 if tokens else 128, return_tensors="pt")
         hidden = self.model(**batch).last_hidden_state
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        if tokens:
-            # Zero rows mark padding: a real token state is never all zeros.
-            states = (hidden * mask).float()
-            padded = hidden.new_zeros(len(texts), tokens, hidden.shape[-1]).float()
-            padded[:, :states.shape[1]] = states
-            return padded
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1).float()
+        sentence = torch.nn.functional.normalize(pooled, dim=-1).float()
+        if not tokens:
+            return sentence
+        # Zero rows mark padding: a real token state is never all zeros.
+        rows = hidden.new_zeros(len(texts), tokens, hidden.shape[-1]).float()
+        rows[:, 0] = sentence
+        rows[:, 1:1 + hidden.shape[1]] = (hidden * mask).float()
+        return rows
 
     def encode(self, texts: Iterable[str], tokens: int = 0) -> torch.Tensor:
         """(N, 384) float32 CPU sentence embeddings, or (N, tokens, 384) token states; texts

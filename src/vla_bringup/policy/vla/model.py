@@ -127,8 +127,9 @@ class VLAModel(nn.Module):
         `given_positions` (B, 6), normalised: true positions, for a trainer's oracle experiment
         only. `keypoint_crops` (B, 3, h, w): `keypoint_crops(images)`, for a trainer that caches
         features instead of images. `start_positions` (B, 3), m: the target object's position
-        when the skill started, for a `start_memory` model; None means this is the skill's first
-        frame (the frame's own prediction is used). Returns the head's outputs."""
+        when the skill started, for a `start_memory` model (B, 6 with the place, for a
+        `place_memory` one); None means this is the skill's first frame (the frame's own
+        prediction is used). Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -194,21 +195,28 @@ class VLAModel(nn.Module):
     def _position_inputs(self, positions: torch.Tensor, state: torch.Tensor,
                          start: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Normalised positions (B, 6) [+ grasp point to each position (B, 6)] [+ grasp point to
-        the target's start, and the target's travel since then (B, 6)], in RELATIVE_SCALE."""
+        the target's start, and the target's travel since then (B, 6)], in RELATIVE_SCALE. A
+        place_memory model reads the latched place instead of the predicted one."""
         if not self.relative_positions:
             return positions
         metres = positions.float() * self.position_std + self.position_mean
+        if self.config.place_memory and start is not None:
+            place = start[:, 3:6].float()  # the place as latched on the skill's first frame
+            metres = torch.cat([metres[:, :3], place], 1)
+            positions = (metres - self.position_mean) / self.position_std
         grasp = state[:, STATE_DIM:STATE_DIM + 3].float()
         relative = (metres.view(-1, 2, 3) - grasp.unsqueeze(1)).flatten(1) / RELATIVE_SCALE
         parts = [positions.float(), relative]
         if self.config.start_memory:
-            start = metres[:, :3] if start is None else start.float()
+            start = metres[:, :3] if start is None else start[:, :3].float()
             parts += [(start - grasp) / RELATIVE_SCALE, (metres[:, :3] - start) / RELATIVE_SCALE]
         return torch.cat(parts, 1)
 
-    def target_position(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, 3) m: the predicted target object position (what a start_memory backend latches)."""
-        return (outputs["positions"].float() * self.position_std + self.position_mean)[:, :3]
+    def latched_positions(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """What a start_memory backend latches on a skill's first frame, m: the predicted target
+        position (B, 3), and the place (B, 6) for a place_memory model."""
+        metres = outputs["positions"].float() * self.position_std + self.position_mean
+        return metres[:, :6] if self.config.place_memory else metres[:, :3]
 
     def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Raw actions (B, H, 8) in the config's action space, done probability, progress."""
