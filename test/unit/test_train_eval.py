@@ -284,3 +284,26 @@ def test_skill_start_targets_hold_each_skills_first_position(demos):
     with_place = train_cli.skill_start_targets(loaded, with_place=True)
     np.testing.assert_array_equal(with_place[:, :3], starts)
     np.testing.assert_array_equal(with_place[first, 3:], loaded.positions[first, 3:6])
+
+
+def test_export_halves_the_weights_and_keeps_what_evaluate_reads(trained, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from vla_bringup.cli import export_checkpoint
+    folder = trained[0]
+    out = tmp_path / "shipped"
+    assert export_checkpoint.main(["--checkpoint", str(folder), "--out", str(out)]) == 0
+    with safe_open(str(out / "model.safetensors"), "pt") as weights:
+        dtypes = {weights.get_tensor(k).dtype for k in weights.keys()}
+    assert str(dtypes) == "{torch.float16}"
+    size = (out / "model.safetensors").stat().st_size
+    assert size < (folder / "model.safetensors").stat().st_size
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["dataset"] == json.loads((folder / "train_log.json").read_text())["dataset"]
+    assert all(h["step"] % export_checkpoint.HISTORY_EVERY == 0 for h in log["history"])
+    assert evaluate_cli.sim_settings(out)["_source"].endswith("train_log.json")
+    original, shipped = _infer_once(load_checkpoint(folder)), _infer_once(load_checkpoint(out))
+    np.testing.assert_allclose(shipped.positions, original.positions, atol=2e-2)
+    assert export_checkpoint.main(["--checkpoint", str(tmp_path / "none"),
+                                   "--out", str(tmp_path / "x")]) == 2
+    assert "needs config.json" in capsys.readouterr().err

@@ -317,20 +317,27 @@ def test_start_memory_tells_the_head_how_far_the_target_moved(text_encoder):
     assert not torch.allclose(first["actions"], moved["actions"])
     inputs = model._position_inputs(first["positions"], state, start - 0.12)
     torch.testing.assert_close(inputs[:, 15:], torch.full((2, 3), 1.2))  # travel, 0.1 m units
-    # The backend latches its first prediction of each skill and forgets it on reset.
+    # The backend latches the median of its first START_FRAMES predictions of each skill, then
+    # holds it, and forgets it on reset.
+    from vla_bringup.policy.vla.backend import START_FRAMES
     policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
     skill = SkillSpec("s1", "push", "push the red cube to the left", "red_cube", "left")
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(2)]
+    frames = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(START_FRAMES + 2)]
     policy.reset(skill)
-    policy.infer(Observation(1.0, JOINTS, HOME, skill, image=frames[0]))
-    latched = policy._start.clone()
-    policy.infer(Observation(1.1, JOINTS, HOME, skill, image=frames[1]))
-    torch.testing.assert_close(policy._start, latched)
+    assert policy.latched_start() is None
+    seen = []
+    for index, frame in enumerate(frames):
+        policy.infer(Observation(1.0 + 0.1 * index, JOINTS, HOME, skill, image=frame))
+        seen.append(policy.model.latched_positions(policy.model(
+            policy.model.preprocess(torch.from_numpy(frame).unsqueeze(0)),
+            text_encoder("push the red cube to the left").unsqueeze(0),
+            torch.as_tensor(policy._state(HOME),
+                            dtype=torch.float32).unsqueeze(0))))
+    latched = policy.latched_start()
+    torch.testing.assert_close(latched, torch.stack(seen[:START_FRAMES]).median(0).values)
     policy.reset(skill)
-    assert policy._start is None
-    policy.infer(Observation(1.2, JOINTS, HOME, skill, image=frames[1]))
-    assert not torch.allclose(policy._start, latched)
+    assert policy.latched_start() is None
 
 
 def test_place_memory_reads_the_latched_place_not_the_live_prediction(text_encoder):
@@ -360,7 +367,7 @@ def test_place_memory_reads_the_latched_place_not_the_live_prediction(text_encod
     policy.reset(skill)
     frame = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     policy.infer(Observation(1.0, JOINTS, HOME, skill, image=frame))
-    assert policy._start.shape == (1, 6)
+    assert policy.latched_start().shape == (1, 6)
 
 
 def test_grounded_position_head_does_not_read_the_robot_state():

@@ -42,6 +42,11 @@ def start_in_background(make_node: Callable[[], Node], threads: int = 2):
             executor.spin()
         except ExternalShutdownException:
             pass  # `stop` shuts the context down first: the normal end of this thread
+        except Exception:
+            # The same end, when the shutdown lands while the executor builds its wait set:
+            # rclpy then raises RCLError ("context is not valid") instead (seen once in a demo).
+            if rclpy.ok():
+                raise
 
     threading.Thread(target=spin, daemon=True).start()
 

@@ -31,6 +31,11 @@ from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
 
 # Where the committed checkpoint lives (checkpoint:="" selects it).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
+# A start_memory model's latched start is the median of its predictions on a skill's first
+# START_FRAMES frames, not the first alone: on the first frame of an episode (arm at home, 35 cm
+# above the table) the detector's world map was off by 8-10 cm in some scenes, and one frame
+# later it was within 1 cm (docs/training.md, run 19). Nothing moves in a skill's first frames.
+START_FRAMES = 5
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -89,8 +94,8 @@ class VLAPolicy(PolicyBackend):
         # setting by default; a number overrides it, None turns it off.
         decay = self.config.temporal_ensemble if ensemble_decay == "checkpoint" else ensemble_decay
         self._ensemble = None if decay is None else TemporalEnsemble(decay)
-        # start_memory models: the target position predicted on the skill's first frame.
-        self._start: Optional[torch.Tensor] = None
+        # start_memory models: their predictions on the skill's first frames (START_FRAMES).
+        self._starts: list[torch.Tensor] = []
         self._end_effector = None
         if self.config.action_space == "ee_delta":
             from vla_bringup.policy.vla.ee_space import EndEffectorSpace  # PyBullet: only here
@@ -100,7 +105,7 @@ class VLAPolicy(PolicyBackend):
     def reset(self, skill: Optional[SkillSpec]) -> None:
         if self._ensemble is not None:
             self._ensemble.reset()  # a new skill's chunks do not blend with the last one's
-        self._start = None
+        self._starts = []
         if skill is not None:
             self._embedding(skill.instruction)  # encode now, not at the first frame
 
@@ -122,9 +127,9 @@ class VLAPolicy(PolicyBackend):
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
             # None for models without start_memory (they ignore it) and on a skill's first frame.
-            outputs = self._forward(pixels, language, state, start_positions=self._start)
-            if self.config.start_memory and self._start is None:
-                self._start = self.model.latched_positions(outputs).detach().clone()
+            outputs = self._forward(pixels, language, state, start_positions=self.latched_start())
+            if self.config.start_memory and len(self._starts) < START_FRAMES:
+                self._starts.append(self.model.latched_positions(outputs).detach().clone())
             prediction = self.model.predict(outputs)
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])
@@ -143,6 +148,13 @@ class VLAPolicy(PolicyBackend):
                            progress=min(1.0, max(0.0, progress)))
 
     # ------------------------------------------------------------------ helpers
+    def latched_start(self) -> Optional[torch.Tensor]:
+        """The start a start_memory model reads: the median of the skill's first predictions
+        (fixed after START_FRAMES), None before the first."""
+        if not self._starts:
+            return None
+        return torch.stack(self._starts).median(0).values
+
     def _state(self, joints: np.ndarray) -> np.ndarray:
         state = state_vector(joints)
         if self._end_effector is None:
