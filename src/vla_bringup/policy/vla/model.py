@@ -122,7 +122,8 @@ class VLAModel(nn.Module):
                 start_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
-        a (B, L, 384) token states for a "tokens" model, zero rows for padding;
+        for a "tokens" model (B, L, 384) rows: the sentence, then token states, then zero rows
+        (encoders.TextEncoder);
         state (B, state_dim) raw (7 arm joints + gripper opening [+ grasp point xyz, yaw]).
         `given_positions` (B, 6), normalised: true positions, for a trainer's oracle experiment
         only. `keypoint_crops` (B, 3, h, w): `keypoint_crops(images)`, for a trainer that caches
