@@ -38,6 +38,11 @@ def batch(config: VLAConfig, size: int = 2, seed: int = 0):
     return images, language, torch.randn(size, 8, generator=generator) * 0.1
 
 
+def end_effector_state(size: int = 2) -> torch.Tensor:
+    """Raw ee_delta state: zero joints and fingers, grasp point (0.4, 0, 0.8) m, yaw 3.1 rad."""
+    return torch.cat([torch.zeros(size, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * size)], 1)
+
+
 @pytest.fixture(scope="module")
 def text_encoder():
     return TextEncoder()
@@ -282,7 +287,7 @@ def test_end_effector_model_sees_the_grasp_point_and_relative_positions(head):
     assert (config.action_dim, config.state_dim) == (5, 12)
     model = VLAModel(config).eval()
     images, language, _ = batch(config)
-    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    state = end_effector_state()
     with torch.no_grad():
         out = model(model.preprocess(images), language, state)
         predicted = model.predict(out)
@@ -306,7 +311,7 @@ def test_start_memory_tells_the_head_how_far_the_target_moved(text_encoder):
                    start_memory=True)
     model = VLAModel(config).eval()
     images, language, _ = batch(config)
-    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    state = end_effector_state()
     pixels = model.preprocess(images)
     with torch.no_grad():
         first = model(pixels, language, state)  # no start given: the skill's first frame
@@ -349,7 +354,7 @@ def test_place_memory_reads_the_latched_place_not_the_live_prediction(text_encod
                    start_memory=True, place_memory=True)
     model = VLAModel(config).eval()
     images, language, _ = batch(config)
-    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    state = end_effector_state()
     with torch.no_grad():
         first = model(model.preprocess(images), language, state)
     latched = model.latched_positions(first)
@@ -422,7 +427,7 @@ def test_pixel_detector_sees_only_its_crop_and_the_instruction():
     for block in model.position_pixels.blocks:  # FiLM starts as the identity: give it a say
         torch.nn.init.normal_(block.film.proj.weight, std=0.1)
     images, language, _ = batch(config)
-    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    state = end_effector_state()
     pixels = model.preprocess(images)
     outside = pixels.clone()
     outside[..., :32, :] = 0.0  # rows above the crop

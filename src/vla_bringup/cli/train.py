@@ -349,8 +349,7 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         + (f" ({per_frame * 1e3:.1f} ms/frame)" if per_frame else "")
         + f", {vision['reused_frames']} reused; {vision['features'].nbytes / 2**20:.0f} MiB")
     phase("vision features")
-    language = cache_language(demos, cache_dir, config.language_max_tokens
-                              if config.language_input == "tokens" else 0)
+    language = cache_language(demos, cache_dir, config.language_rows)
     log(f"[train] {len(language['texts'])} distinct instructions ({language['computed']} "
         "encoded with MiniLM)")
     phase("language embeddings")

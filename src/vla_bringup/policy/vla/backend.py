@@ -94,8 +94,10 @@ class VLAPolicy(PolicyBackend):
         # setting by default; a number overrides it, None turns it off.
         decay = self.config.temporal_ensemble if ensemble_decay == "checkpoint" else ensemble_decay
         self._ensemble = None if decay is None else TemporalEnsemble(decay)
-        # start_memory models: their predictions on the skill's first frames (START_FRAMES).
+        # start_memory models: their predictions on the skill's first frames (START_FRAMES),
+        # and the median of them, updated only while they come in.
         self._starts: list[torch.Tensor] = []
+        self._latched: Optional[torch.Tensor] = None
         self._end_effector = None
         if self.config.action_space == "ee_delta":
             from vla_bringup.policy.vla.ee_space import EndEffectorSpace  # PyBullet: only here
@@ -105,7 +107,7 @@ class VLAPolicy(PolicyBackend):
     def reset(self, skill: Optional[SkillSpec]) -> None:
         if self._ensemble is not None:
             self._ensemble.reset()  # a new skill's chunks do not blend with the last one's
-        self._starts = []
+        self._starts, self._latched = [], None
         if skill is not None:
             self._embedding(skill.instruction)  # encode now, not at the first frame
 
@@ -130,6 +132,7 @@ class VLAPolicy(PolicyBackend):
             outputs = self._forward(pixels, language, state, start_positions=self.latched_start())
             if self.config.start_memory and len(self._starts) < START_FRAMES:
                 self._starts.append(self.model.latched_positions(outputs).detach().clone())
+                self._latched = torch.stack(self._starts).median(0).values
             prediction = self.model.predict(outputs)
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])
@@ -151,9 +154,7 @@ class VLAPolicy(PolicyBackend):
     def latched_start(self) -> Optional[torch.Tensor]:
         """The start a start_memory model reads: the median of the skill's first predictions
         (fixed after START_FRAMES), None before the first."""
-        if not self._starts:
-            return None
-        return torch.stack(self._starts).median(0).values
+        return self._latched
 
     def _state(self, joints: np.ndarray) -> np.ndarray:
         state = state_vector(joints)
@@ -164,9 +165,7 @@ class VLAPolicy(PolicyBackend):
     def _embedding(self, text: str) -> torch.Tensor:
         vector = self._language.get(text)
         if vector is None:
-            tokens = (self.config.language_max_tokens
-                      if self.config.language_input == "tokens" else 0)
-            vector = self.text_encoder(text, tokens).to(self.device)
+            vector = self.text_encoder(text, self.config.language_rows).to(self.device)
             if len(self._language) > 4096:
                 self._language.clear()
             self._language[text] = vector

@@ -248,10 +248,15 @@ class VLAConfig:
         return STATE_DIM + (EE_STATE_DIM if self.action_space == "ee_delta" else 0)
 
     @property
+    def language_rows(self) -> int:
+        """The `tokens` argument of encoders.TextEncoder: 0 for the sentence embedding."""
+        return self.language_max_tokens if self.language_input == "tokens" else 0
+
+    @property
     def language_shape(self) -> tuple[int, ...]:
         """One instruction's language input: (384,) or (language_max_tokens, 384)."""
-        if self.language_input == "tokens":
-            return (self.language_max_tokens, self.language_dim)
+        if self.language_rows:
+            return (self.language_rows, self.language_dim)
         return (self.language_dim,)
 
     @property
