@@ -16,6 +16,7 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 import rclpy  # noqa: E402  (after the domain id is set)
 from rclpy.action import ActionClient  # noqa: E402
+from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
@@ -33,8 +34,21 @@ class Probe:
         self.instruction_client = None
         self.executor = MultiThreadedExecutor(num_threads=2)
         self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.running = True
+        self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _spin(self) -> None:
+        # Tests create and destroy subscriptions from their own thread while this one spins.
+        # When a destroy lands while the executor is building its wait set, rclpy raises
+        # InvalidHandle out of spin(); a plain executor.spin() thread then dies and every
+        # later wait in the session times out (CI, stop 10). The executor rebuilds its wait
+        # set on the next spin_once, so carrying on is correct.
+        while self.running and rclpy.ok():
+            try:
+                self.executor.spin_once(timeout_sec=0.1)
+            except InvalidHandle:
+                continue
 
     @staticmethod
     def wait(predicate, timeout_s: float, period_s: float = 0.02) -> bool:
@@ -72,6 +86,8 @@ class Probe:
         return future.result()
 
     def close(self) -> None:
+        self.running = False
+        self.thread.join(timeout=5.0)
         self.executor.shutdown()
         self.node.destroy_node()
 

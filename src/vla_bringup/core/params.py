@@ -110,6 +110,10 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
         _spec("starvation_timeout_s", 2.0,
               "no chunk for this long: the skill fails (the arm is held meanwhile)", "s",
               0.1, 60.0),
+        _spec("policy_wait_s", 120.0,
+              "a skill whose policy node is not up yet (no /vla/action_chunk publisher, e.g. "
+              "still loading its model) waits this long for it before failing", "s",
+              0.0, 600.0),
         _spec("first_chunk_timeout_s", 10.0, "wait for the first chunk of a skill", "s",
               0.1, 120.0),
         _spec("default_skill_timeout_s", 30.0, "skill time limit when the goal names none", "s",

@@ -170,9 +170,39 @@ class SkillControllerNode(Node):
                 self.executor_core.cancel("preempted by a new skill")
         goal_handle.execute()
 
+    def wait_for_policy(self, goal_handle) -> str:
+        """Wait until a policy node publishes chunks; "" when one does, else why not.
+
+        A learned policy can take tens of seconds to load its model after the graph is up; a
+        skill started before that would fail on the first-chunk timeout for no fault of the
+        user's. The policy creates its chunk publisher only once its backend is loaded.
+        """
+        deadline = time.monotonic() + self.params["policy_wait_s"]
+        logged = False
+        while rclpy.ok() and self.count_publishers("/vla/action_chunk") == 0:
+            if goal_handle.is_cancel_requested or not goal_handle.is_active:
+                return "canceled while waiting for the policy node"
+            if time.monotonic() >= deadline:
+                return (f"no policy node publishes /vla/action_chunk after "
+                        f"{self.params['policy_wait_s']:.0f} s (policy_wait_s)")
+            if not logged:
+                self.get_logger().info("waiting for the policy node (still starting?)")
+                logged = True
+            goal_handle.publish_feedback(ExecuteSkill.Feedback(state="waiting_for_policy"))
+            time.sleep(0.1)
+        return ""
+
     def execute(self, goal_handle) -> ExecuteSkill.Result:
         goal = goal_handle.request
         p = self.params
+        missing = self.wait_for_policy(goal_handle)
+        if missing:
+            self.get_logger().error(f"skill '{goal.instruction}' not started: {missing}")
+            if goal_handle.is_cancel_requested:
+                goal_handle.canceled()
+            else:
+                goal_handle.abort()
+            return ExecuteSkill.Result(success=False, message=missing)
         skill_id = f"{goal.skill}-{next(self.skill_ids)}-{time.time_ns() % 10**9}"
         timing = SkillTiming(timeout_s=goal.timeout_s if goal.timeout_s > 0 else
                              p["default_skill_timeout_s"],
