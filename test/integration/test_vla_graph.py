@@ -42,6 +42,10 @@ def test_learned_policy_moves_the_arm_for_an_instruction(graph, probe):
     probe.node.create_subscription(JointTrajectory, "/safety/joint_command",
                                    lambda m: commands.append((time.monotonic(), m)), COMMAND_QOS)
     assert probe.wait(lambda: commands, 60.0), f"no robot commands; dead: {graph.dead()}"
+    # The policy loads its model after the rest of the graph is up (the skill would wait for
+    # it too); the chunk budget below is for inference only.
+    assert probe.wait(lambda: probe.node.count_publishers("/vla/action_chunk") > 0, 120.0), \
+        f"the vla policy node never came up; dead: {graph.dead()}"
     handle = probe.send_instruction("put the red cube in the tray")
     started = time.monotonic()
     assert probe.wait(lambda: len(chunks) >= 10, 30.0), \

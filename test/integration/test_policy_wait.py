@@ -1,0 +1,39 @@
+"""A skill sent while no policy node is up waits for one, then fails with the reason.
+
+A learned policy loads its model for tens of seconds after the rest of the graph is up (the CI
+run of stop 10 sent its instruction in that window). The skill controller runs here alone, so
+nothing publishes /vla/action_chunk: the skill must report that it waits for the policy, and
+after policy_wait_s fail saying why, never start the first-chunk timer or move anything.
+"""
+from __future__ import annotations
+
+import subprocess
+
+from rclpy.action import ActionClient
+
+from vla_bringup.cli.launch_embedded import executable_path
+from vla_msgs.action import ExecuteSkill
+
+
+def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
+    controller = subprocess.Popen(
+        [executable_path("skill_controller"), "--ros-args", "-p", "policy_wait_s:=2.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = ActionClient(probe.node, ExecuteSkill, "/vla/execute_skill")
+        assert client.wait_for_server(timeout_sec=30.0), "skill controller did not come up"
+        states = []
+        send = client.send_goal_async(
+            ExecuteSkill.Goal(skill="pick", instruction="pick up the red cube",
+                              target_object="red_cube", timeout_s=30.0),
+            feedback_callback=lambda message: states.append(message.feedback.state))
+        handle = probe.wait_future(send, 10.0)
+        assert handle.accepted
+        result = probe.wait_future(handle.get_result_async(), 20.0).result
+        assert not result.success
+        assert "no policy node publishes /vla/action_chunk after 2 s" in result.message
+        assert states and set(states) == {"waiting_for_policy"}
+    finally:
+        controller.terminate()
+        output = controller.communicate(timeout=10.0)[0]
+    assert "waiting for the policy node" in output
