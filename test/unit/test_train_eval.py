@@ -129,15 +129,23 @@ def test_position_token_reads_the_predicted_or_the_oracle_positions(demos, tmp_p
 
 
 def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
-    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2})
-    overrides = {**TINY_MODEL, "language_input": "tokens", "language_max_tokens": 12}
+    with pytest.raises(ValueError, match="language_dropout"):
+        train_cli.TrainConfig(language_dropout=1.0)
+    # The committed recipe's shape: tokens, the pixel detector, latched start and place, the
+    # relative place, and token rows dropped while training.
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2, "language_dropout": 0.3})
+    overrides = {**TINY_MODEL, "language_input": "tokens", "language_max_tokens": 12,
+                 "action_space": "ee_delta", "position_aux": True, "position_token": True,
+                 "position_from": "pixels", "keypoint_crop": [0.5, 0.25, 1.0, 1.0],
+                 "keypoint_channels": 8, "start_memory": True, "place_memory": True,
+                 "place_relative": True}
     log = train_cli.train(demos, tmp_path / "tokens", overrides, config, progress=False,
                           log=lambda *a: None)
     assert all(np.isfinite(h["loss"]) for h in log["history"])
     stored = np.load(demos / "cache" / "language-minilm-sentence+tokens12.npz")
     assert stored["embeddings"].shape[1:] == (12, 384)
     model = load_checkpoint(tmp_path / "tokens")
-    assert model.language_pool is not None
+    assert model.language_pool is not None and model.place_blend is not None
     assert np.all(np.isfinite(_infer_once(model).positions))
 
 

@@ -78,7 +78,8 @@ def test_direction_word_reaches_the_pixel_detector(text_encoder):
     model = VLAModel(config).eval()
     language = torch.stack([text_encoder(LEFT, 12), text_encoder(RIGHT, 12)])
     with torch.no_grad():
-        fusion_tokens, instruction = model._language(language, 2)
+        fusion_tokens, readers = model._language(language, 2)
+    instruction = readers["detector"]
     assert fusion_tokens.shape == (2, 2, 32) and instruction.shape == (2, 384)
     assert not torch.allclose(instruction[0], instruction[1], atol=1e-4)
     # One pool query per fusion token and one for the detector.
@@ -105,3 +106,40 @@ def test_tokens_checkpoint_round_trip_and_backend(text_encoder, tmp_path):
     chunk = policy.infer(Observation(1.0, JOINTS, HOME, skill, image=image))
     assert chunk.positions.shape == (4, 9) and np.all(np.isfinite(chunk.positions))
     assert policy._embedding(LEFT).shape == (12, 384)  # what the backend feeds the model
+
+
+def test_relative_place_follows_the_latched_start_with_a_direction_from_the_words(text_encoder):
+    from vla_bringup.policy.vla.backend import VLAPolicy
+    with pytest.raises(ValueError, match="place_relative needs place_memory"):
+        tokens_config(action_space="ee_delta", position_aux=True, position_token=True,
+                      start_memory=True, place_relative=True)
+    torch.manual_seed(0)
+    config = tokens_config(action_space="ee_delta", position_aux=True, position_token=True,
+                           position_from="pixels", keypoint_crop=[0.5, 0.0, 1.0, 1.0],
+                           start_memory=True, place_memory=True, place_relative=True)
+    model = VLAModel(config).eval()
+    # Its own pool query, besides the fusion's two and the detector's.
+    assert model.language_pool.queries.shape == (4, 384)
+    with torch.no_grad():  # weight 0 on the detector, offset (0, 1.2, 0) x 0.1 m: a push left
+        model.place_blend[-1].weight.zero_()
+        model.place_blend[-1].bias.copy_(torch.tensor([-30.0, 0.0, 1.2, 0.0]))
+    language = torch.stack([text_encoder(LEFT, 12)] * 2)
+    crops = torch.zeros(2, 3, 32, 64)
+    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    start = torch.tensor([[0.5, 0.1, 0.65, 0.0, 0.0, 0.0], [0.6, -0.1, 0.65, 0.0, 0.0, 0.0]])
+    features = torch.zeros(2, model.vision.out_channels, model.vision.grid, model.vision.grid)
+    with torch.no_grad():
+        outputs = model(None, language, state, vision_features=features, keypoint_crops=crops,
+                        start_positions=start)
+        place = model.latched_positions(outputs)[:, 3:]
+        torch.testing.assert_close(place, start[:, :3] + torch.tensor([0.0, 0.12, 0.0]))
+        # Without a start (a skill's first frame) the anchor is the frame's own target.
+        first = model(None, language, state, vision_features=features, keypoint_crops=crops)
+        metres = model.latched_positions(first)
+        torch.testing.assert_close(metres[:, 3:], metres[:, :3] + torch.tensor([0.0, 0.12, 0.0]))
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    skill = SkillSpec("s1", "push", LEFT, "red_cube", "left")
+    policy.reset(skill)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    chunk = policy.infer(Observation(1.0, JOINTS, HOME, skill, image=image))
+    assert np.all(np.isfinite(chunk.positions)) and policy.latched_start().shape == (1, 6)

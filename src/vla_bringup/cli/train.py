@@ -94,6 +94,9 @@ class TrainConfig:
     # Diagnosis only: feed the true positions to a position_token model while training, to
     # see whether the action head can learn the task when it is told where things are.
     oracle_positions: bool = False
+    # A "tokens" model: the chance that each token-state row (not the sentence row) is hidden
+    # from a training example, so that no single word decides and unseen words matter less.
+    language_dropout: float = 0.0
     # Chunk labels: "planned" (the chunk the expert planned at the frame) or "executed" (row k is
     # the first row the expert planned k frames later, in the same skill): see executed_chunks.
     chunk_labels: str = "planned"
@@ -114,6 +117,8 @@ class TrainConfig:
                self.pixel_weight) < 0:
             raise ValueError("state_noise, grasp_noise, start_noise, grad_clip, warmup_steps, "
                              "position_weight, keypoint_weight and pixel_weight must be >= 0")
+        if not 0.0 <= self.language_dropout < 1.0:
+            raise ValueError(f"language_dropout must be in [0, 1), got {self.language_dropout!r}")
         if self.chunk_labels not in ("planned", "executed"):
             raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
         if self.save_dtype not in ("float32", "float16"):
@@ -174,6 +179,10 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     rows = torch.from_numpy(idx)
     features = torch.from_numpy(tensors["features"][idx]).float()
     language = tensors["language"][tensors["text_index"][rows]]
+    if model.training and train.language_dropout > 0 and language.dim() == 3:
+        keep = torch.rand(language.shape[:2]) >= train.language_dropout
+        keep[:, 0] = True  # the sentence row: an example always has some language
+        language = language * keep.unsqueeze(-1)  # zero rows are masked by the pools
     state = tensors["state"][rows].clone()
     actions = tensors["actions"][rows].clone()
     if noise is not None:

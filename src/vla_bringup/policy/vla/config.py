@@ -123,6 +123,13 @@ class VLAConfig:
     # cube and the push stalled (docs/training.md, run 18). The arm also hides a stack's lower
     # cube at the release.
     place_memory: bool = False
+    # With place_memory: the predicted place is a learned blend of the detector's place and
+    # "the target's start plus an offset", weight and offset read from the instruction alone.
+    # A push's destination is 12 cm left or right of where the cube started: an empty patch of
+    # table that the detector found only to about 5 cm (run 19), so the push never said done.
+    # Relative to the latched start it needs only the direction word; the tray and a stack's
+    # lower cube stay with the detector (the weight learns which is which).
+    place_relative: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
     # which is right for most frames of a demonstration), "keypoints" (a spatial softmax per
@@ -185,6 +192,8 @@ class VLAConfig:
             raise ValueError("language_max_tokens must be >= 2 (the sentence row and [CLS])")
         if self.place_memory and not self.start_memory:
             raise ValueError("place_memory needs start_memory (it latches with the start)")
+        if self.place_relative and not self.place_memory:
+            raise ValueError("place_relative needs place_memory (it blends the latched place)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:
             raise ValueError("dropout must be in [0, 1) and done_threshold in (0, 1)")
         if self.temporal_ensemble is not None and not (

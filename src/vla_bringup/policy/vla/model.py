@@ -41,9 +41,8 @@ class VLAModel(nn.Module):
         # pixel detector's FiLM), each mapped by a shared linear layer.
         self.language_pool = None
         if config.language_input == "tokens":
-            detector = config.position_aux and config.position_from == "pixels"
             self.language_pool = AttentionPool(config.language_dim,
-                                               config.language_tokens + int(detector))
+                                               config.language_tokens + len(self._readers()))
             self.language_proj = nn.Linear(config.language_dim, d)
         else:
             self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
@@ -74,6 +73,9 @@ class VLAModel(nn.Module):
         token_inputs = POSITION_DIM * (2 if self.relative_positions else 1)
         token_inputs += 6 if config.start_memory else 0  # start - grasp, target - start
         self.position_proj = nn.Linear(token_inputs, d) if config.position_token else None
+        # place_relative: from the instruction, the weight of the detector's place against "the
+        # target's start + offset" (1 logit) and that offset (3, in RELATIVE_SCALE).
+        self.place_blend = mlp(config.language_dim, 4, 128, 0.0) if config.place_relative else None
         stats = config.normalisation()
         for name in ("state_mean", "state_std", "action_mean", "action_std", "position_mean",
                      "position_std"):
@@ -137,7 +139,7 @@ class VLAModel(nn.Module):
         dtype = self.vision_pos.dtype
         vision = self.vision_proj(features.flatten(2).transpose(1, 2).to(dtype)) + self.vision_pos
         batch = vision.shape[0]
-        lang, instruction = self._language(language.to(dtype), batch)
+        lang, readers = self._language(language.to(dtype), batch)
         normalised_state = ((state - self.state_mean) / self.state_std).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         context = self.fusion(vision, lang, state_token)
@@ -148,7 +150,7 @@ class VLAModel(nn.Module):
                     raise ValueError("position_from='pixels' needs images or keypoint_crops")
                 keypoint_crops = self.keypoint_crops(images)
             cue = normalised_state[:, self._held_cue_columns()]
-            found = self.position_pixels(keypoint_crops.to(dtype), instruction, cue)
+            found = self.position_pixels(keypoint_crops.to(dtype), readers["detector"], cue)
             positions, keypoint_logits = found["positions"], found["keypoint_logits"]
             keypoint_pixels = found["keypoint_pixels"]
         elif self.position_keypoints is not None:
@@ -158,6 +160,8 @@ class VLAModel(nn.Module):
             positions = self.position_head(grounded.mean(1))  # normalised units
         elif self.position_head is not None:
             positions = self.position_head(context.mean(1))
+        if self.place_blend is not None:
+            positions = self._blend_place(positions, readers["place"], start_positions)
         if self.position_proj is not None:
             source = positions.detach() if given_positions is None else given_positions
             inputs = self._position_inputs(source, state, start_positions)
@@ -172,21 +176,41 @@ class VLAModel(nn.Module):
             outputs["keypoint_pixels"] = keypoint_pixels
         return outputs
 
+    def _readers(self) -> list[str]:
+        """The parts besides the fusion that read the instruction as one vector (B, 384): the
+        pixel detector's FiLM and the place blend. A "tokens" model pools one per reader."""
+        config = self.config
+        return ((["detector"] if config.position_aux and config.position_from == "pixels" else [])
+                + (["place"] if config.place_relative else []))
+
     def _language(self, language: torch.Tensor, batch: int
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> the fusion's language tokens (B, language_tokens, d) and the instruction vector
-        the pixel detector reads (B, 384)."""
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> the fusion's language tokens (B, language_tokens, d) and each reader's
+        instruction vector (B, 384): the sentence embedding itself for a "sentence" model."""
         expected = (batch, *self.config.language_shape)
         if tuple(language.shape) != expected:
             raise ValueError(f"language must be {expected} for language_input="
                              f"{self.config.language_input!r}, got {tuple(language.shape)}")
         if self.language_pool is None:
             tokens = self.language_proj(language).view(batch, -1, self.config.d_model)
-            return tokens + self.language_pos, language
+            return tokens + self.language_pos, {name: language for name in self._readers()}
         pooled = self.language_pool(language, language.abs().amax(-1) == 0)
         count = self.config.language_tokens
         tokens = self.language_proj(pooled[:, :count]) + self.language_pos
-        return tokens, pooled[:, -1]
+        return tokens, {name: pooled[:, count + i] for i, name in enumerate(self._readers())}
+
+    def _blend_place(self, positions: torch.Tensor, instruction: torch.Tensor,
+                     start: Optional[torch.Tensor]) -> torch.Tensor:
+        """Normalised positions (B, 6) with the place replaced by the place_relative blend.
+        The anchor is the target's latched start (its own prediction on a skill's first frame,
+        detached: the place loss must not move the target's detector)."""
+        metres = positions.float() * self.position_std + self.position_mean
+        anchor = metres[:, :3].detach() if start is None else start[:, :3].float()
+        blend = self.place_blend(instruction).float()
+        weight = torch.sigmoid(blend[:, :1])
+        place = weight * metres[:, 3:6] + (1 - weight) * (anchor + blend[:, 1:] * RELATIVE_SCALE)
+        place = (place - self.position_mean[3:6]) / self.position_std[3:6]
+        return torch.cat([positions[:, :3], place.to(positions.dtype)], 1)
 
     def _held_cue_columns(self) -> list[int]:
         """State columns the pixel detector's world map reads: the finger opening and, for an
