@@ -60,26 +60,27 @@ class Probe:
         return bool(predicate())
 
     def send_instruction(self, text: str, feedback_callback=None):
-        """Send an instruction goal; returns the accepted goal handle.
-
-        One action client per probe, and one resend: a goal request sent right after the
-        server was discovered can have its response lost before DDS has matched the reply
-        path, which would otherwise leave the test waiting on a future that never completes.
-        """
+        """Send an instruction goal (one action client per probe); returns the accepted handle."""
         from vla_msgs.action import ExecuteInstruction
         if self.instruction_client is None:
             self.instruction_client = ActionClient(self.node, ExecuteInstruction,
                                                    "/vla/execute_instruction")
-        assert self.instruction_client.wait_for_server(timeout_sec=60.0), \
-            "instruction action server missing"
+        return self.send_goal(self.instruction_client, ExecuteInstruction.Goal(instruction=text),
+                              feedback_callback)
+
+    def send_goal(self, client: ActionClient, goal, feedback_callback=None):
+        """Send a goal and return its accepted handle, with one resend: a goal request sent
+        right after the server was discovered can have its response lost before DDS has
+        matched the reply path, which would otherwise leave the test waiting on a future that
+        never completes."""
+        assert client.wait_for_server(timeout_sec=60.0), "action server missing"
         for _ in range(2):
-            send = self.instruction_client.send_goal_async(
-                ExecuteInstruction.Goal(instruction=text), feedback_callback=feedback_callback)
+            send = client.send_goal_async(goal, feedback_callback=feedback_callback)
             if self.wait(send.done, 10.0):
                 handle = send.result()
-                assert handle.accepted, "instruction goal rejected"
+                assert handle.accepted, f"goal rejected: {goal}"
                 return handle
-        raise AssertionError(f"no answer to the goal {text!r} after two tries")
+        raise AssertionError(f"no answer to the goal {goal} after two tries")
 
     def wait_future(self, future, timeout_s: float):
         assert self.wait(future.done, timeout_s), f"future not done within {timeout_s} s"

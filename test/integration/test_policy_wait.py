@@ -23,12 +23,15 @@ def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
         client = ActionClient(probe.node, ExecuteSkill, "/vla/execute_skill")
         assert client.wait_for_server(timeout_sec=30.0), "skill controller did not come up"
         states = []
-        send = client.send_goal_async(
-            ExecuteSkill.Goal(skill="pick", instruction="pick up the red cube",
-                              target_object="red_cube", timeout_s=30.0),
-            feedback_callback=lambda message: states.append(message.feedback.state))
-        handle = probe.wait_future(send, 10.0)
-        assert handle.accepted
+        first = probe.send_goal(client, ExecuteSkill.Goal(
+            skill="pick", instruction="pick up the red cube", target_object="red_cube"))
+        handle = probe.send_goal(
+            client, ExecuteSkill.Goal(skill="pick", instruction="pick up the red cube",
+                                      target_object="red_cube", timeout_s=30.0),
+            lambda message: states.append(message.feedback.state))
+        # A newer skill replaces a waiting one, as it replaces a running one.
+        replaced = probe.wait_future(first.get_result_async(), 10.0).result
+        assert not replaced.success and "preempted" in replaced.message
         result = probe.wait_future(handle.get_result_async(), 20.0).result
         assert not result.success
         assert "no policy node publishes /vla/action_chunk after 2 s" in result.message

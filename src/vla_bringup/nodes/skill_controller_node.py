@@ -182,6 +182,9 @@ class SkillControllerNode(Node):
         while rclpy.ok() and self.count_publishers("/vla/action_chunk") == 0:
             if goal_handle.is_cancel_requested or not goal_handle.is_active:
                 return "canceled while waiting for the policy node"
+            with self.goal_lock:
+                if self.active_goal is not goal_handle:
+                    return "preempted by a new skill while waiting for the policy node"
             if time.monotonic() >= deadline:
                 return (f"no policy node publishes /vla/action_chunk after "
                         f"{self.params['policy_wait_s']:.0f} s (policy_wait_s)")
