@@ -37,8 +37,8 @@ class VLAModel(nn.Module):
         self.vision_proj = nn.Linear(self.vision.out_channels, d)
         self.vision_pos = nn.Parameter(torch.randn(grid * grid, d) * 0.02)
         # "sentence": one linear map of the sentence embedding to all language tokens. "tokens":
-        # attention pools over MiniLM's token states, one per language token (+ one for the
-        # pixel detector's FiLM), each mapped by a shared linear layer.
+        # attention pools over MiniLM's token states, one per language token, each mapped by a
+        # shared linear layer, and one per other instruction reader (`_readers`).
         self.language_pool = None
         if config.language_input == "tokens":
             self.language_pool = AttentionPool(config.language_dim,
