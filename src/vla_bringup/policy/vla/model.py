@@ -40,9 +40,10 @@ class VLAModel(nn.Module):
         # attention pools over MiniLM's token states, one per language token, each mapped by a
         # shared linear layer, and one per other instruction reader (`_readers`).
         self.language_pool = None
+        self.readers = self._readers()  # fixed by the config: not rebuilt on every forward
         if config.language_input == "tokens":
             self.language_pool = AttentionPool(config.language_dim,
-                                               config.language_tokens + len(self._readers()))
+                                               config.language_tokens + len(self.readers))
             self.language_proj = nn.Linear(config.language_dim, d)
         else:
             self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
@@ -193,24 +194,28 @@ class VLAModel(nn.Module):
                              f"{self.config.language_input!r}, got {tuple(language.shape)}")
         if self.language_pool is None:
             tokens = self.language_proj(language).view(batch, -1, self.config.d_model)
-            return tokens + self.language_pos, {name: language for name in self._readers()}
+            return tokens + self.language_pos, {name: language for name in self.readers}
         pooled = self.language_pool(language, language.abs().amax(-1) == 0)
         count = self.config.language_tokens
         tokens = self.language_proj(pooled[:, :count]) + self.language_pos
-        return tokens, {name: pooled[:, count + i] for i, name in enumerate(self._readers())}
+        return tokens, {name: pooled[:, count + i] for i, name in enumerate(self.readers)}
 
     def _blend_place(self, positions: torch.Tensor, instruction: torch.Tensor,
                      start: Optional[torch.Tensor]) -> torch.Tensor:
         """Normalised positions (B, 6) with the place replaced by the place_relative blend.
         The anchor is the target's latched start (its own prediction on a skill's first frame,
         detached: the place loss must not move the target's detector)."""
-        metres = positions.float() * self.position_std + self.position_mean
+        metres = self._metres(positions)
         anchor = metres[:, :3].detach() if start is None else start[:, :3].float()
         blend = self.place_blend(instruction).float()
         weight = torch.sigmoid(blend[:, :1])
         place = weight * metres[:, 3:6] + (1 - weight) * (anchor + blend[:, 1:] * RELATIVE_SCALE)
         place = (place - self.position_mean[3:6]) / self.position_std[3:6]
         return torch.cat([positions[:, :3], place.to(positions.dtype)], 1)
+
+    def _metres(self, positions: torch.Tensor) -> torch.Tensor:
+        """Normalised positions (B, 6) -> metres, in float32."""
+        return positions.float() * self.position_std + self.position_mean
 
     def _held_cue_columns(self) -> list[int]:
         """State columns the pixel detector's world map reads: the finger opening and, for an
@@ -224,7 +229,7 @@ class VLAModel(nn.Module):
         place_memory model reads the latched place instead of the predicted one."""
         if not self.relative_positions:
             return positions
-        metres = positions.float() * self.position_std + self.position_mean
+        metres = self._metres(positions)
         if self.config.place_memory and start is not None:
             place = start[:, 3:6].float()  # the place as latched on the skill's first frame
             metres = torch.cat([metres[:, :3], place], 1)
@@ -240,7 +245,7 @@ class VLAModel(nn.Module):
     def latched_positions(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """What a start_memory backend latches on a skill's first frame, m: the predicted target
         position (B, 3), and the place (B, 6) for a place_memory model."""
-        metres = outputs["positions"].float() * self.position_std + self.position_mean
+        metres = self._metres(outputs["positions"])
         return metres[:, :6] if self.config.place_memory else metres[:, :3]
 
     def predict(self, outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
