@@ -48,6 +48,17 @@ fi
 REQ_STAMP="$VENV/.vla-requirements.stamp"
 req_hash="$(hash_of requirements.txt)"
 if [ "$(cat "$REQ_STAMP" 2>/dev/null)" != "$req_hash" ]; then
+  # The packages take about 2.3 GB in .venv, plus pip's unpacking space: say so up front
+  # rather than let pip die half-way with "No space left on device".
+  need_kb=$(( 3 * 1024 * 1024 ))
+  for where in "$ROOT" "${TMPDIR:-/tmp}"; do
+    free_kb="$(df -Pk "$where" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+    if [ -n "$free_kb" ] && [ "$free_kb" -lt "$need_kb" ]; then
+      echo "[setup] ERROR: only $(( free_kb / 1024 )) MiB free on the disk of $where; installing" \
+        "the packages needs about 3 GiB (free some space, or point TMPDIR elsewhere)" >&2
+      exit 1
+    fi
+  done
   say "installing requirements.txt into .venv (first time: a few minutes)"
   start=$(date +%s)
   # pip's config on some machines names local indexes that may be absent: drop those warnings.

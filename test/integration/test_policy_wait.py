@@ -7,6 +7,7 @@ after policy_wait_s fail saying why, never start the first-chunk timer or move a
 """
 from __future__ import annotations
 
+import signal
 import subprocess
 
 from rclpy.action import ActionClient
@@ -40,3 +41,26 @@ def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
         controller.terminate()
         output = controller.communicate(timeout=10.0)[0]
     assert "waiting for the policy node" in output
+
+
+def test_ctrl_c_while_a_skill_waits_ends_the_controller_without_a_traceback(probe):
+    # The skill's thread ends its goal after Ctrl-C has begun tearing the node down; rclpy
+    # then refuses the goal's final state, which must not print a traceback into the log.
+    controller = subprocess.Popen(
+        [executable_path("skill_controller"), "--ros-args", "-p", "policy_wait_s:=60.0"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        client = ActionClient(probe.node, ExecuteSkill, "/vla/execute_skill")
+        assert client.wait_for_server(timeout_sec=30.0), "skill controller did not come up"
+        states = []
+        probe.send_goal(client, ExecuteSkill.Goal(
+            skill="pick", instruction="pick up the red cube", target_object="red_cube"),
+            lambda message: states.append(message.feedback.state))
+        assert probe.wait(lambda: states, 10.0), "no feedback from the waiting skill"
+        controller.send_signal(signal.SIGINT)
+        output = controller.communicate(timeout=20.0)[0]
+    finally:
+        if controller.poll() is None:
+            controller.kill()
+    assert controller.returncode in (0, -signal.SIGINT), output
+    assert "Traceback" not in output, output

@@ -116,6 +116,11 @@ def make_executor(threads: int):
             else MultiThreadedExecutor(num_threads=threads))
 
 
+def node_stopping(node: Node) -> bool:
+    """True once Ctrl-C or a shutdown has begun tearing the node down (see `run`)."""
+    return getattr(node, "shutting_down", False) or not rclpy.ok(context=node.context)
+
+
 def run(make_node: Callable[[], Node], threads: int = 2) -> None:
     """Start rclpy, spin the node on a multi-threaded executor, shut down cleanly on Ctrl-C."""
     rclpy.init(args=sys.argv)
@@ -136,6 +141,7 @@ def run(make_node: Callable[[], Node], threads: int = 2) -> None:
         pass
     finally:
         if node is not None:
+            node.shutting_down = True  # action goals still running end quietly
             close = getattr(node, "close", None)
             if close:
                 close()
