@@ -315,3 +315,21 @@ def test_export_halves_the_weights_and_keeps_what_evaluate_reads(trained, tmp_pa
     assert export_checkpoint.main(["--checkpoint", str(tmp_path / "none"),
                                    "--out", str(tmp_path / "x")]) == 2
     assert "needs config.json" in capsys.readouterr().err
+
+
+def test_family_repeat_lists_a_familys_frames_more_often(demos):
+    for bad in ({"juggle": 2}, {"push": 0}, {"push": 1.5}, {"push": 11}):
+        with pytest.raises(ValueError, match="family_repeat"):
+            train_cli.TrainConfig(family_repeat=bad)
+    data = train_cli.load_dataset(demos)
+    episodes = list(range(len(data.episodes)))
+    frames = np.arange(int(data.offsets[-1]))
+    lines = []
+    tripled = train_cli._repeat_families(frames, data, episodes, {"push": 3}, lines.append)
+    assert len(tripled) == 3 * len(frames)
+    assert np.array_equal(np.bincount(tripled), np.full(len(frames), 3))
+    assert "x 3" in lines[0]
+    # The fixture holds push only: repeating another family adds nothing.
+    assert np.array_equal(train_cli._repeat_families(frames, data, episodes, {"stack": 2},
+                                                     lines.append), frames)
+    assert np.array_equal(train_cli._repeat_families(frames, data, episodes, {}, None), frames)

@@ -57,6 +57,7 @@ from vla_bringup.cli.train_data import (  # noqa: F401
     POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks, keypoint_targets,
     skill_start_targets,
     load_dataset, pixel_keypoint_targets, split_episodes, progress_bar)
+from vla_bringup.sim.tasks import FAMILIES
 
 STATS_FIELDS = ("state_mean", "state_std", "action_mean", "action_std", "action_low",
                 "action_high")
@@ -97,6 +98,9 @@ class TrainConfig:
     # A "tokens" model: the chance that each token-state row (not the sentence row) is hidden
     # from a training example, so that no single word decides and unseen words matter less.
     language_dropout: float = 0.0
+    # Task family -> how many times its training frames appear per epoch (1 when absent), to
+    # give a family that is learnt more slowly (push) more steps without more data.
+    family_repeat: dict = dataclasses.field(default_factory=dict)
     # Chunk labels: "planned" (the chunk the expert planned at the frame) or "executed" (row k is
     # the first row the expert planned k frames later, in the same skill): see executed_chunks.
     chunk_labels: str = "planned"
@@ -119,6 +123,10 @@ class TrainConfig:
                              "position_weight, keypoint_weight and pixel_weight must be >= 0")
         if not 0.0 <= self.language_dropout < 1.0:
             raise ValueError(f"language_dropout must be in [0, 1), got {self.language_dropout!r}")
+        for family, times in self.family_repeat.items():
+            if family not in FAMILIES or not isinstance(times, int) or not 1 <= times <= 10:
+                raise ValueError(f"family_repeat maps a family of {FAMILIES} to an integer 1-10, "
+                                 f"got {family!r}: {times!r}")
         if self.chunk_labels not in ("planned", "executed"):
             raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
         if self.save_dtype not in ("float32", "float16"):
@@ -151,6 +159,24 @@ def _optimizer(model, train: TrainConfig):
         (plain if no_decay else decay).append(parameter)
     return torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
                               {"params": plain, "weight_decay": 0.0}], lr=train.lr)
+
+
+def _repeat_families(train_idx: np.ndarray, demos, train_eps: list, repeat: dict,
+                     log) -> np.ndarray:
+    """`train_idx` with the frames of each family in `repeat` listed that many times."""
+    if not repeat:
+        return train_idx
+    families = [demos.episodes[e].get("family") for e in train_eps]
+    if None in families:
+        raise DatasetError("family_repeat needs each episode's family in meta/episodes.jsonl")
+    parts = [train_idx]
+    for family, times in sorted(repeat.items()):
+        frames = np.concatenate([np.arange(demos.offsets[e], demos.offsets[e + 1])
+                                 for e, f in zip(train_eps, families) if f == family] or
+                                [np.zeros(0, dtype=np.int64)])
+        parts += [frames] * (times - 1)
+        log(f"[train] family_repeat: {len(frames)} {family} frames x {times}")
+    return np.concatenate(parts)
 
 
 class _Batches:
@@ -328,6 +354,7 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         [np.arange(demos.offsets[e], demos.offsets[e + 1]) for e in eps]) if eps else \
         np.zeros(0, dtype=np.int64)
     train_idx, val_idx = frames_of(train_eps), frames_of(val_eps)
+    train_idx = _repeat_families(train_idx, demos, train_eps, train_config.family_repeat, log)
     chunks = demos.chunks[:, :horizon] if train_config.chunk_labels == "planned" else \
         executed_chunks(demos, horizon)
     if config.action_space == "ee_delta":
