@@ -131,9 +131,13 @@ def test_position_token_reads_the_predicted_or_the_oracle_positions(demos, tmp_p
 def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
     with pytest.raises(ValueError, match="language_dropout"):
         train_cli.TrainConfig(language_dropout=1.0)
+    with pytest.raises(ValueError, match="instruction_variants"):
+        train_cli.TrainConfig(instruction_variants=-1)
     # The committed recipe's shape: tokens, the pixel detector, latched start and place, the
-    # relative place, and token rows dropped while training.
-    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2, "language_dropout": 0.3})
+    # relative place, token rows dropped and instructions reworded while training, and a
+    # family repeated.
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2, "language_dropout": 0.3,
+                                      "instruction_variants": 3, "family_repeat": {"push": 2}})
     overrides = {**TINY_MODEL, "language_input": "tokens", "language_max_tokens": 12,
                  "action_space": "ee_delta", "position_aux": True, "position_token": True,
                  "position_from": "pixels", "keypoint_crop": [0.5, 0.25, 1.0, 1.0],
@@ -144,6 +148,10 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
     assert all(np.isfinite(h["loss"]) for h in log["history"])
     stored = np.load(demos / "cache" / "language-minilm-sentence+tokens12.npz")
     assert stored["embeddings"].shape[1:] == (12, 384)
+    # The rewordings were encoded too, but the log counts the dataset's own instructions.
+    originals = set(train_cli.load_dataset(demos).instructions)
+    assert len(stored["texts"]) > len(originals) == log["dataset"]["distinct_instructions"]
+    assert log["dataset"]["train_frames"] + log["dataset"]["val_frames_used"] <= log["dataset"]["frames"]
     model = load_checkpoint(tmp_path / "tokens")
     assert model.language_pool is not None and model.place_blend is not None
     assert np.all(np.isfinite(_infer_once(model).positions))

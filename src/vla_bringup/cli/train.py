@@ -57,6 +57,7 @@ from vla_bringup.cli.train_data import (  # noqa: F401
     POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks, keypoint_targets,
     skill_start_targets,
     load_dataset, pixel_keypoint_targets, split_episodes, progress_bar)
+from vla_bringup.policy.vla.paraphrase import MAX_VARIANTS
 from vla_bringup.sim.tasks import FAMILIES
 
 STATS_FIELDS = ("state_mean", "state_std", "action_mean", "action_std", "action_low",
@@ -98,6 +99,9 @@ class TrainConfig:
     # A "tokens" model: the chance that each token-state row (not the sentence row) is hidden
     # from a training example, so that no single word decides and unseen words matter less.
     language_dropout: float = 0.0
+    # Each training example reads its instruction or one of up to this many rewordings
+    # (policy.vla.paraphrase: other object and tray nouns, verbs, in/into), chosen at random.
+    instruction_variants: int = 0
     # Task family -> how many times its training frames appear per epoch (1 when absent), to
     # give a family that is learnt more slowly (push) more steps without more data.
     family_repeat: dict = dataclasses.field(default_factory=dict)
@@ -123,6 +127,10 @@ class TrainConfig:
                              "position_weight, keypoint_weight and pixel_weight must be >= 0")
         if not 0.0 <= self.language_dropout < 1.0:
             raise ValueError(f"language_dropout must be in [0, 1), got {self.language_dropout!r}")
+        if not isinstance(self.instruction_variants, int) or \
+                not 0 <= self.instruction_variants <= MAX_VARIANTS:
+            raise ValueError(f"instruction_variants must be an integer in [0, {MAX_VARIANTS}], "
+                             f"got {self.instruction_variants!r}")
         for family, times in self.family_repeat.items():
             if family not in FAMILIES or not isinstance(times, int) or not 1 <= times <= 10:
                 raise ValueError(f"family_repeat maps a family of {FAMILIES} to an integer 1-10, "
@@ -204,7 +212,11 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     from vla_bringup.policy.vla.keypoints import keypoint_losses
     rows = torch.from_numpy(idx)
     features = torch.from_numpy(tensors["features"][idx]).float()
-    language = tensors["language"][tensors["text_index"][rows]]
+    text_rows = tensors["text_index"][rows]
+    if model.training and "text_variants" in tensors:
+        variants = tensors["text_variants"]
+        text_rows = variants[text_rows, torch.randint(0, variants.shape[1], (len(idx),))]
+    language = tensors["language"][text_rows]
     if model.training and train.language_dropout > 0 and language.dim() == 3:
         keep = torch.rand(language.shape[:2]) >= train.language_dropout
         keep[:, 0] = True  # the sentence row: an example always has some language
@@ -385,15 +397,18 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         + (f" ({per_frame * 1e3:.1f} ms/frame)" if per_frame else "")
         + f", {vision['reused_frames']} reused; {vision['features'].nbytes / 2**20:.0f} MiB")
     phase("vision features")
-    language = cache_language(demos, cache_dir, config.language_rows)
-    log(f"[train] {len(language['texts'])} distinct instructions ({language['computed']} "
-        "encoded with MiniLM)")
+    language = cache_language(demos, cache_dir, config.language_rows,
+                              train_config.instruction_variants)
+    log(f"[train] {len(set(demos.instructions))} distinct instructions ({language['computed']} "
+        "encoded with MiniLM)" + (", rewordings included" if "variants" in language else ""))
     phase("language embeddings")
 
     tensors = {
         "features": vision["features"],
         "language": torch.from_numpy(language["embeddings"]),
         "text_index": torch.from_numpy(language["index"]),
+        **({"text_variants": torch.from_numpy(language["variants"])}
+           if "variants" in language else {}),
         "state": torch.from_numpy(model_states.astype(np.float32)),
         "actions": torch.from_numpy(model_actions.astype(np.float32)),
         "done": torch.from_numpy(demos.done.astype(np.float32)),
@@ -493,8 +508,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         "dataset": {
             "root": str(demos.root.resolve()), "episodes": len(demos.episodes),
             "frames": n_frames, "train_episodes": train_eps, "val_episodes": val_eps,
-            "train_frames": int(len(train_idx)), "val_frames_used": int(len(val_idx)),
-            "distinct_instructions": len(language["texts"]),
+            "train_frames": int(len(np.unique(train_idx))), "val_frames_used": int(len(val_idx)),
+            "distinct_instructions": len(set(demos.instructions)),
             "families": sorted({str(e.get("family")) for e in demos.episodes}),
             "generator_config": demos.info.get("vla_bringup", {}).get("generator_config"),
         },

@@ -185,10 +185,18 @@ def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
     return crops
 
 
-def cache_language(demos: Demos, cache_dir: Optional[Path] = None, tokens: int = 0) -> dict:
+def cache_language(demos: Demos, cache_dir: Optional[Path] = None, tokens: int = 0,
+                   variants: int = 0) -> dict:
     """MiniLM input of each distinct instruction: sentence embeddings, or with `tokens` the
-    sentence and token rows (cached in <cache>/language-minilm[-sentence+tokensL].npz)."""
-    texts = sorted(set(demos.instructions))
+    sentence and token rows (cached in <cache>/language-minilm[-sentence+tokensL].npz).
+
+    With `variants`, also of up to that many rewordings of each (policy.vla.paraphrase):
+    "variants" then holds, per distinct instruction, the table rows of itself and its
+    rewordings (a short list is filled up by repeating from its start)."""
+    from vla_bringup.policy.vla.paraphrase import paraphrases
+    originals = sorted(set(demos.instructions))
+    reworded = {t: paraphrases(t, variants) for t in originals} if variants else {}
+    texts = sorted(set(originals).union(*reworded.values()))
     base = cache_dir if cache_dir is not None else demos.root / CACHE_DIR
     base.mkdir(parents=True, exist_ok=True)
     name = "language-minilm" + (f"-sentence+tokens{tokens}" if tokens else "")
@@ -214,6 +222,13 @@ def cache_language(demos: Demos, cache_dir: Optional[Path] = None, tokens: int =
         os.replace(temporary, path)
     table = np.stack([known[t] for t in texts]).astype(np.float32)
     lookup = {t: i for i, t in enumerate(texts)}
-    return {"texts": texts, "embeddings": table,
-            "index": np.array([lookup[t] for t in demos.instructions], dtype=np.int64),
-            "computed": len(new), "reused": len(texts) - len(new), "path": str(path)}
+    result = {"texts": texts, "embeddings": table,
+              "index": np.array([lookup[t] for t in demos.instructions], dtype=np.int64),
+              "computed": len(new), "reused": len(texts) - len(new), "path": str(path)}
+    if variants:
+        rows = np.arange(len(texts))[:, None].repeat(variants + 1, axis=1)
+        for text in originals:
+            own = [lookup[text]] + [lookup[t] for t in reworded[text]]
+            rows[lookup[text]] = np.resize(own, variants + 1)
+        result["variants"] = rows
+    return result
