@@ -151,7 +151,8 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
     # The rewordings were encoded too, but the log counts the dataset's own instructions.
     originals = set(train_cli.load_dataset(demos).instructions)
     assert len(stored["texts"]) > len(originals) == log["dataset"]["distinct_instructions"]
-    assert log["dataset"]["train_frames"] + log["dataset"]["val_frames_used"] <= log["dataset"]["frames"]
+    counts = log["dataset"]
+    assert counts["train_frames"] + counts["val_frames_used"] <= counts["frames"]
     model = load_checkpoint(tmp_path / "tokens")
     assert model.language_pool is not None and model.place_blend is not None
     assert np.all(np.isfinite(_infer_once(model).positions))

@@ -1,6 +1,7 @@
 """What every node shares: parameter declaration from the specs, QoS choices, time, start-up."""
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from typing import Callable
@@ -119,6 +120,23 @@ def make_executor(threads: int):
 def node_stopping(node: Node) -> bool:
     """True once Ctrl-C or a shutdown has begun tearing the node down (see `run`)."""
     return getattr(node, "shutting_down", False) or not rclpy.ok(context=node.context)
+
+
+def quiet_on_shutdown(result_type):
+    """Decorate an action server's execute callback: a goal still running when Ctrl-C tears
+    the node down finds its publishers and action server destroyed. No client can hear its
+    result any more, so it ends with a failed result instead of a traceback in the log."""
+    def decorate(execute):
+        @functools.wraps(execute)
+        def execute_goal(node, goal_handle):
+            try:
+                return execute(node, goal_handle)
+            except Exception:
+                if not node_stopping(node):
+                    raise
+                return result_type(success=False, message="the node shut down")
+        return execute_goal
+    return decorate
 
 
 def run(make_node: Callable[[], Node], threads: int = 2) -> None:

@@ -17,7 +17,7 @@ from std_msgs.msg import Header, String
 
 from vla_bringup.core.instruction import InstructionError, plan, validate
 from vla_bringup.nodes.common import (COMMAND_QOS, LATCHED_QOS, declare_parameters,
-                                      node_stopping, run)
+                                      quiet_on_shutdown, run)
 from vla_msgs.action import ExecuteInstruction, ExecuteSkill
 from vla_msgs.msg import TaskPlan
 
@@ -70,17 +70,8 @@ class InstructionNode(Node):
             self.active_goal = goal_handle
         goal_handle.execute()
 
-    def execute(self, goal_handle) -> ExecuteInstruction.Result:
-        try:
-            return self.run_instruction_goal(goal_handle)
-        except Exception:
-            # A goal still running when Ctrl-C tears the node down finds its publishers and
-            # action server destroyed; no client can hear its result, so end without a trace.
-            if not node_stopping(self):
-                raise
-            return ExecuteInstruction.Result(success=False, message="the node shut down")
-
-    def run_instruction_goal(self, goal_handle):
+    @quiet_on_shutdown(ExecuteInstruction.Result)
+    def execute(self, goal_handle):
         text = goal_handle.request.instruction
         try:
             validate(text, max_length=self.params["max_instruction_length"])

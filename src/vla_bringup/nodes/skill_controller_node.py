@@ -26,9 +26,9 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 from vla_bringup.core.chunk_schedule import TimedChunk
 from vla_bringup.core.skill_executor import SkillExecutor, SkillState, SkillTiming
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
-                                      declare_parameters, node_stopping, now_sec, run,
-                                      sec_to_stamp, serve_lifeline, stamp_to_sec,
-                                      watch_lifeline)
+                                      declare_parameters, node_stopping, now_sec,
+                                      quiet_on_shutdown, run, sec_to_stamp, serve_lifeline,
+                                      stamp_to_sec, watch_lifeline)
 from vla_bringup.core.robot import PANDA_JOINT_NAMES
 from vla_msgs.action import ExecuteSkill
 from vla_msgs.msg import ActionChunk, SkillCommand
@@ -196,17 +196,8 @@ class SkillControllerNode(Node):
             time.sleep(0.1)
         return "the node shut down" if node_stopping(self) else ""
 
+    @quiet_on_shutdown(ExecuteSkill.Result)
     def execute(self, goal_handle) -> ExecuteSkill.Result:
-        try:
-            return self.run_skill_goal(goal_handle)
-        except Exception:
-            # A goal still running when Ctrl-C tears the node down finds its publishers and
-            # action server destroyed; no client can hear its result, so end without a trace.
-            if not node_stopping(self):
-                raise
-            return ExecuteSkill.Result(success=False, message="the node shut down")
-
-    def run_skill_goal(self, goal_handle) -> ExecuteSkill.Result:
         goal = goal_handle.request
         p = self.params
         missing = self.wait_for_policy(goal_handle)
