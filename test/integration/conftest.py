@@ -35,6 +35,8 @@ class Probe:
         self.executor = MultiThreadedExecutor(num_threads=2)
         self.executor.add_node(self.node)
         self.running = True
+        # Held by the spin loop around each wait-set build; see action_client.
+        self.spin_lock = threading.Lock()
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
 
@@ -46,9 +48,18 @@ class Probe:
         # set on the next spin_once, so carrying on is correct.
         while self.running and rclpy.ok():
             try:
-                self.executor.spin_once(timeout_sec=0.1)
+                with self.spin_lock:
+                    self.executor.spin_once(timeout_sec=0.1)
             except InvalidHandle:
                 continue
+
+    def action_client(self, action_type, name: str) -> ActionClient:
+        """An action client on the probe node. rclpy's ActionClient joins the node's waitables
+        before its constructor has finished; an executor building its wait set in between
+        fails with AttributeError ('_lock') and the spin thread dies (CI run of session 9).
+        So the client is made while the spin loop is between two spin_once calls."""
+        with self.spin_lock:
+            return ActionClient(self.node, action_type, name)
 
     @staticmethod
     def wait(predicate, timeout_s: float, period_s: float = 0.02) -> bool:
@@ -63,8 +74,8 @@ class Probe:
         """Send an instruction goal (one action client per probe); returns the accepted handle."""
         from vla_msgs.action import ExecuteInstruction
         if self.instruction_client is None:
-            self.instruction_client = ActionClient(self.node, ExecuteInstruction,
-                                                   "/vla/execute_instruction")
+            self.instruction_client = self.action_client(ExecuteInstruction,
+                                                         "/vla/execute_instruction")
         return self.send_goal(self.instruction_client, ExecuteInstruction.Goal(instruction=text),
                               feedback_callback)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import signal
 import subprocess
 
-from rclpy.action import ActionClient
-
 from vla_bringup.cli.launch_embedded import executable_path
 from vla_msgs.action import ExecuteSkill
 
@@ -21,7 +19,7 @@ def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
         [executable_path("skill_controller"), "--ros-args", "-p", "policy_wait_s:=2.0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        client = ActionClient(probe.node, ExecuteSkill, "/vla/execute_skill")
+        client = probe.action_client(ExecuteSkill, "/vla/execute_skill")
         assert client.wait_for_server(timeout_sec=30.0), "skill controller did not come up"
         states = []
         first = probe.send_goal(client, ExecuteSkill.Goal(
@@ -50,7 +48,7 @@ def test_ctrl_c_while_a_skill_waits_ends_the_controller_without_a_traceback(prob
         [executable_path("skill_controller"), "--ros-args", "-p", "policy_wait_s:=60.0"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        client = ActionClient(probe.node, ExecuteSkill, "/vla/execute_skill")
+        client = probe.action_client(ExecuteSkill, "/vla/execute_skill")
         assert client.wait_for_server(timeout_sec=30.0), "skill controller did not come up"
         states = []
         probe.send_goal(client, ExecuteSkill.Goal(
