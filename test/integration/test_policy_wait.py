@@ -14,13 +14,22 @@ from vla_bringup.cli.launch_embedded import executable_path
 from vla_msgs.action import ExecuteSkill
 
 
-def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
+def _lone_controller(probe, policy_wait_s: float):
+    """A skill controller process with no policy node beside it, and a client of its skills."""
     controller = subprocess.Popen(
-        [executable_path("skill_controller"), "--ros-args", "-p", "policy_wait_s:=2.0"],
+        [executable_path("skill_controller"), "--ros-args", "-p",
+         f"policy_wait_s:={policy_wait_s}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = probe.action_client(ExecuteSkill, "/vla/execute_skill")
+    if not client.wait_for_server(timeout_sec=30.0):
+        controller.kill()
+        raise AssertionError("skill controller did not come up")
+    return controller, client
+
+
+def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
+    controller, client = _lone_controller(probe, 2.0)
     try:
-        client = probe.action_client(ExecuteSkill, "/vla/execute_skill")
-        assert client.wait_for_server(timeout_sec=30.0), "skill controller did not come up"
         states = []
         first = probe.send_goal(client, ExecuteSkill.Goal(
             skill="pick", instruction="pick up the red cube", target_object="red_cube"))
@@ -44,12 +53,8 @@ def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
 def test_ctrl_c_while_a_skill_waits_ends_the_controller_without_a_traceback(probe):
     # The skill's thread ends its goal after Ctrl-C has begun tearing the node down; rclpy
     # then refuses the goal's final state, which must not print a traceback into the log.
-    controller = subprocess.Popen(
-        [executable_path("skill_controller"), "--ros-args", "-p", "policy_wait_s:=60.0"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    controller, client = _lone_controller(probe, 60.0)
     try:
-        client = probe.action_client(ExecuteSkill, "/vla/execute_skill")
-        assert client.wait_for_server(timeout_sec=30.0), "skill controller did not come up"
         states = []
         probe.send_goal(client, ExecuteSkill.Goal(
             skill="pick", instruction="pick up the red cube", target_object="red_cube"),
