@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from vla_bringup.cli import evaluate as evaluate_cli
 from vla_bringup.cli import train as train_cli
@@ -133,6 +134,8 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
         train_cli.TrainConfig(language_dropout=1.0)
     with pytest.raises(ValueError, match="instruction_variants"):
         train_cli.TrainConfig(instruction_variants=-1)
+    with pytest.raises(ValueError, match="language_dropout needs"):  # a sentence model
+        _train(demos, tmp_path / "sentence", language_dropout=0.3)
     # The committed recipe's shape: tokens, the pixel detector, latched start and place, the
     # relative place, token rows dropped and instructions reworded while training, and a
     # family repeated.
@@ -342,3 +345,20 @@ def test_family_repeat_lists_a_familys_frames_more_often(demos):
     assert np.array_equal(train_cli._repeat_families(frames, data, episodes, {"stack": 2},
                                                      lines.append), frames)
     assert np.array_equal(train_cli._repeat_families(frames, data, episodes, {}, None), frames)
+
+
+def test_weight_average_saves_the_averaged_weights(demos, tmp_path):
+    with pytest.raises(ValueError, match="weight_average"):
+        train_cli.TrainConfig(weight_average=1.0)
+    plain = _train(demos, tmp_path / "plain", val_every=100)  # saved once, at the last step
+    averaged = _train(demos, tmp_path / "averaged", val_every=100, weight_average=0.9)
+    assert averaged["train_config"]["weight_average"] == 0.9
+    # Same seed, same batches and the same last weights; the averaged checkpoint differs from
+    # them (it lags behind), and validation scored what was saved.
+    assert [h["loss"] for h in plain["history"]] == [h["loss"] for h in averaged["history"]]
+    first = load_checkpoint(tmp_path / "plain").state_dict()
+    second = load_checkpoint(tmp_path / "averaged").state_dict()
+    moved = [k for k in first if first[k].is_floating_point() and not torch.equal(first[k],
+                                                                                   second[k])]
+    assert moved, "the averaged checkpoint holds the last weights"
+    assert plain["val_history"][-1]["loss"] != averaged["val_history"][-1]["loss"]

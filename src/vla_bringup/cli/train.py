@@ -38,6 +38,7 @@ Command-line flags win over the file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -108,6 +109,9 @@ class TrainConfig:
     # Chunk labels: "planned" (the chunk the expert planned at the frame) or "executed" (row k is
     # the first row the expert planned k frames later, in the same skill): see executed_chunks.
     chunk_labels: str = "planned"
+    # > 0: validate and save an exponential moving average of the trainable weights with this
+    # decay (policy.vla.weight_average; 0.998 averages over about the last 500 steps).
+    weight_average: float = 0.0
     threads: int = 1  # torch threads; on 2 shared cores 1 is usually the fastest
     encode_batch: int = 16  # frames per forward pass of the frozen encoder while caching
     save_dtype: str = "float32"  # or float16 (halves model.safetensors)
@@ -137,6 +141,8 @@ class TrainConfig:
                                  f"got {family!r}: {times!r}")
         if self.chunk_labels not in ("planned", "executed"):
             raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
+        if not 0.0 <= self.weight_average < 1.0:
+            raise ValueError(f"weight_average must be in [0, 1), got {self.weight_average!r}")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError("save_dtype must be float32 or float16")
 
@@ -319,6 +325,7 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
     import torch
     from vla_bringup.policy.vla.config import VLAConfig, encode_actions, state_vector
     from vla_bringup.policy.vla.model import VLAModel, checkpoint_size
+    from vla_bringup.policy.vla.weight_average import WeightAverage
 
     train_config = train_config or TrainConfig()
     overrides = dict(model_overrides or {})
@@ -376,6 +383,10 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         model_actions = encode_actions(chunks, demos.states, config.action_space)
     if train_config.oracle_positions and not config.position_token:
         raise ValueError("oracle_positions needs a model with position_token")
+    if train_config.language_dropout > 0 and config.language_input != "tokens":
+        # It hides token-state rows; a sentence model has only the one row that always stays.
+        raise ValueError("language_dropout needs a model with language_input 'tokens' (a "
+                         f"'{config.language_input}' model would silently ignore it)")
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
                            f"{demos.root} lacks (regenerate it with generate_data)")
@@ -449,6 +460,10 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
     best = {"loss": math.inf, "step": None}
     out.mkdir(parents=True, exist_ok=True)
     bar = progress_bar(steps, "training", progress, "step")
+    average = WeightAverage(model, train_config.weight_average) \
+        if train_config.weight_average > 0 else None
+    # What is validated and saved: the averaged weights when there are, else the model's own.
+    evaluated = average.applied if average is not None else contextlib.nullcontext
     ema_sum = 0.0
     train_clock = time.perf_counter()
     try:
@@ -468,6 +483,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
             if train_config.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(trainable, train_config.grad_clip)
             optimizer.step()
+            if average is not None:
+                average.update(model)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             record = {"step": step, "lr": lr,
@@ -478,11 +495,13 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
             ema_sum = 0.95 * ema_sum + 0.05 * record["loss"]
             ema = ema_sum / (1.0 - 0.95 ** step)
             if val_idx.size and (step % train_config.val_every == 0 or step == steps):
-                result = _validate(model, tensors, val_idx, train_config)
+                with evaluated(model):
+                    result = _validate(model, tensors, val_idx, train_config)
+                    if result["loss"] < best["loss"]:
+                        model.save_checkpoint(out, getattr(torch, train_config.save_dtype))
                 val_history.append({"step": step, **{k: round(v, 6) for k, v in result.items()}})
                 if result["loss"] < best["loss"]:
                     best = {"loss": result["loss"], "step": step}
-                    model.save_checkpoint(out, getattr(torch, train_config.save_dtype))
             if bar is not None:
                 postfix = {"loss": f"{ema:.4f}", "lr": f"{lr:.1e}"}
                 if val_history:
@@ -495,7 +514,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
     train_seconds = time.perf_counter() - train_clock
     if not val_idx.size:
         best = {"loss": None, "step": steps}
-        model.save_checkpoint(out, getattr(torch, train_config.save_dtype))
+        with evaluated(model):
+            model.save_checkpoint(out, getattr(torch, train_config.save_dtype))
     phase("training")
 
     # --- artifacts
