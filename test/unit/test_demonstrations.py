@@ -8,6 +8,7 @@ from PIL import Image
 
 from vla_bringup.core.instruction import plan
 from vla_bringup.policy.base import ActionChunk, PolicyBackend
+from vla_bringup.policy.scripted_expert import ScriptedExpert
 from vla_bringup.sim.demonstrations import (
     COLORS, SKILL_TEMPLATES, TASK_TEMPLATES, GeneratorConfig, generate, run_episode,
     sample_episode)
@@ -134,3 +135,33 @@ def test_run_episode_evaluates_any_backend_without_ground_truth():
     data = run_episode(sample_episode(1, phrasing="held_out"), config, policy, record=False)
     assert not data.success and "timed out" in data.error
     assert policy.seen == data.length >= 10
+
+
+class _CountingExpert(ScriptedExpert):
+    """The scripted expert, counting the frames it is asked about."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames = 0
+
+    def infer(self, observation):
+        self.frames += 1
+        return super().infer(observation)
+
+
+def test_inference_latency_delays_chunks_and_skips_frames_while_busy():
+    with pytest.raises(ValueError, match="inference_latency_s"):
+        GeneratorConfig(inference_latency_s=-0.1)
+    spec = sample_episode(0)
+    runs = {}
+    for latency in (0.0, 0.25):
+        expert = _CountingExpert()
+        config = GeneratorConfig(image_size=64, inference_latency_s=latency)
+        data = run_episode(spec, config, expert, record=False)
+        runs[latency] = (data, expert.frames)
+    (fast, fast_frames), (slow, slow_frames) = runs[0.0], runs[0.25]
+    # The expert copes with a quarter second of delay; while a chunk is in flight (0.25 s: the
+    # next two frames), the policy reads no frame, so it sees about a third as many.
+    assert fast.success and slow.success, (fast.error, slow.error)
+    assert fast_frames == fast.length
+    assert slow_frames == slow.length < 0.5 * fast_frames

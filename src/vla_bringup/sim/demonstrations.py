@@ -171,9 +171,17 @@ class GeneratorConfig:
     canonical_fraction: float = 0.5
     families: tuple[str, ...] = FAMILIES
     png_compress_level: int = 1
+    # s of simulated time between the frame a chunk is computed from and its arrival at the
+    # executor; the policy reads no new frame meanwhile. 0 (data generation, the default
+    # evaluation): the simulator waits for the policy. The live graph has no such pause: its
+    # camera-to-command latency is about 0.1-0.3 s (README), which this reproduces.
+    inference_latency_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.families = tuple(self.families)
+        if not 0.0 <= self.inference_latency_s <= 2.0:
+            raise ValueError(f"inference_latency_s must be in [0, 2] s, got "
+                             f"{self.inference_latency_s!r}")
         if not self.families or any(f not in FAMILIES for f in self.families):
             raise ValueError(f"families must be among {FAMILIES}")
         if self.image_size < 32 or self.fps <= 0 or self.chunk_horizon < 1 or self.chunk_dt <= 0:
@@ -220,6 +228,23 @@ def _place_position(world: TabletopWorld, skill: SkillSpec, start: dict) -> np.n
     return np.array(poses[skill.target_object].position)  # pick: where the cube is
 
 
+def _deliver(executor: SkillExecutor, in_flight: Optional[tuple[float, TimedChunk]],
+             now: float) -> Optional[tuple[float, TimedChunk]]:
+    """Hand a delayed chunk to the executor once its arrival time has come; what is left."""
+    if in_flight is None or now < in_flight[0]:
+        return in_flight
+    if executor.state.active:
+        executor.on_chunk(in_flight[1], now)
+    return None
+
+
+def _step_world(world: TabletopWorld, executor: SkillExecutor) -> None:
+    command = executor.command(world.sim_time + world.time_step)
+    if command is not None:
+        world.set_joint_targets(JOINT_NAMES, command)
+    world.step()
+
+
 def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                 expert: Optional[PolicyBackend] = None, record: bool = True) -> EpisodeData:
     """Run one attempt closed loop and record it (frames as PNG bytes).
@@ -249,8 +274,16 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
             expert.reset(skill)
             executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1])
             held, chunk_id, start = 0, 0, world.object_poses()
+            in_flight: Optional[tuple[float, TimedChunk]] = None  # (arrival time, chunk)
             while True:
                 now = world.sim_time
+                if in_flight is not None:  # the policy is still busy with an earlier frame
+                    for _ in range(steps):
+                        in_flight = _deliver(executor, in_flight, world.sim_time)
+                        _step_world(world, executor)
+                    if executor.state is SkillState.FAILED:
+                        raise RuntimeError(f"skill {skill.skill} failed: {executor.message}")
+                    continue
                 names, q, _, _ = world.joint_state()
                 image = world.render()
                 chunk = expert.infer(Observation(
@@ -271,19 +304,21 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                     executed = chunk.positions.copy()
                     if config.perturb_std > 0:
                         executed[:, :7] += rng.normal(0.0, config.perturb_std, 7)
-                    executor.on_chunk(TimedChunk(now, chunk.dt, executed, chunk.joint_names,
-                                                 skill.skill_id, chunk_id, chunk.skill_done,
-                                                 chunk.progress), now)
+                    timed = TimedChunk(now, chunk.dt, executed, chunk.joint_names,
+                                       skill.skill_id, chunk_id, chunk.skill_done,
+                                       chunk.progress)
+                    if config.inference_latency_s > 0:
+                        in_flight = (now + config.inference_latency_s, timed)
+                    else:
+                        executor.on_chunk(timed, now)
                     chunk_id += 1
                 if executor.state is SkillState.SUCCEEDED:
                     if held >= config.done_hold_frames:
                         break
                     held += 1
                 for _ in range(steps):
-                    command = executor.command(world.sim_time + world.time_step)
-                    if command is not None:
-                        world.set_joint_targets(JOINT_NAMES, command)
-                    world.step()
+                    in_flight = _deliver(executor, in_flight, world.sim_time)
+                    _step_world(world, executor)
                 if executor.state is SkillState.FAILED:
                     raise RuntimeError(f"skill {skill.skill} failed: {executor.message}")
         world.step(config.settle_steps)
