@@ -362,3 +362,18 @@ def test_weight_average_saves_the_averaged_weights(demos, tmp_path):
                                                                                    second[k])]
     assert moved, "the averaged checkpoint holds the last weights"
     assert plain["val_history"][-1]["loss"] != averaged["val_history"][-1]["loss"]
+
+
+def test_evaluate_with_inference_latency_records_it(trained, tmp_path, capsys):
+    folder, _, _ = trained
+    assert evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--out",
+                              str(tmp_path / "bad"), "--sim-config", "[0.25]"]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err
+    out = tmp_path / "late"
+    code = evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--families", "push",
+                              "--phrasings", "train", "--out", str(out), "--skill-timeout", "10",
+                              "--inference-latency", "0.25", "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["sim_config"]["inference_latency_s"] == 0.25
+    assert report["results"]["push"]["train"]["expert"]["success_rate"] == 1.0

@@ -171,6 +171,11 @@ def table_rows(results: dict, families: list[str], phrasings: list[str]) -> tupl
     return ["task", *columns], rows
 
 
+def _latency_note(report: dict) -> str:
+    latency = float(report.get("sim_config", {}).get("inference_latency_s", 0.0))
+    return f"; chunks arrive {latency:.2f} s after their frame" if latency > 0 else ""
+
+
 def plot_table(report: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -192,7 +197,8 @@ def plot_table(report: dict, path: Path) -> None:
     axis.set_title(
         f"Closed-loop success, {report['checkpoint']['name']} "
         f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} held-out seeds per family "
-        f"from {seeds['base']}; expert = scripted upper bound, same seeds", fontsize=8)
+        f"from {seeds['base']}; expert = scripted upper bound, same seeds"
+        + _latency_note(report), fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -332,6 +338,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="policy device: cpu, cuda, auto")
     parser.add_argument("--sim-config", help="JSON object of GeneratorConfig overrides")
     parser.add_argument("--skill-timeout", type=float, help="s per skill before it fails")
+    parser.add_argument("--inference-latency", type=float,
+                        help="s of simulated time from a frame to its chunk's arrival, as in "
+                             "the live graph (default 0: the simulator waits for the policy)")
     parser.add_argument("--expert-per-phrasing", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -340,7 +349,11 @@ def main(argv=None) -> int:
         from vla_bringup.policy.vla.backend import DEFAULT_CHECKPOINT
         checkpoint = DEFAULT_CHECKPOINT
     try:
-        overrides = json.loads(args.sim_config) if args.sim_config else None
+        overrides = json.loads(args.sim_config) if args.sim_config else {}
+        if not isinstance(overrides, dict):
+            raise ValueError(f"--sim-config must be a JSON object, got {args.sim_config!r}")
+        if args.inference_latency is not None:
+            overrides["inference_latency_s"] = args.inference_latency
         evaluate(checkpoint, args.seeds, list(dict.fromkeys(args.families)),
                  list(dict.fromkeys(args.phrasings)), args.out, args.workers, args.device,
                  overrides, args.skill_timeout, args.expert_per_phrasing,

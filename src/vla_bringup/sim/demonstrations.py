@@ -325,7 +325,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
         data.success = task_succeeded(TaskSpec(spec.family, spec.target, spec.destination),
                                       initial, world.object_poses())
         if not data.success:
-            data.error = "task check failed after the expert finished"
+            data.error = "task check failed after every skill reported done"
     except (RuntimeError, ValueError) as error:
         data.error = f"{type(error).__name__}: {error}"
     finally:
