@@ -498,10 +498,9 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
                 with evaluated(model):
                     result = _validate(model, tensors, val_idx, train_config)
                     if result["loss"] < best["loss"]:
+                        best = {"loss": result["loss"], "step": step}
                         model.save_checkpoint(out, getattr(torch, train_config.save_dtype))
                 val_history.append({"step": step, **{k: round(v, 6) for k, v in result.items()}})
-                if result["loss"] < best["loss"]:
-                    best = {"loss": result["loss"], "step": step}
             if bar is not None:
                 postfix = {"loss": f"{ema:.4f}", "lr": f"{lr:.1e}"}
                 if val_history:
