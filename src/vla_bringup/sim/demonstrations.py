@@ -276,46 +276,43 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
             held, chunk_id, start = 0, 0, world.object_poses()
             in_flight: Optional[tuple[float, TimedChunk]] = None  # (arrival time, chunk)
             while True:
-                now = world.sim_time
-                if in_flight is not None:  # the policy is still busy with an earlier frame
-                    for _ in range(steps):
-                        in_flight = _deliver(executor, in_flight, world.sim_time)
-                        _step_world(world, executor)
-                    if executor.state is SkillState.FAILED:
-                        raise RuntimeError(f"skill {skill.skill} failed: {executor.message}")
-                    continue
-                names, q, _, _ = world.joint_state()
-                image = world.render()
-                chunk = expert.infer(Observation(
-                    now, names, q, skill, image=image,
-                    scene=world.object_poses() if privileged else None))
-                data.pngs.append(_png(image, config.png_compress_level) if record else b"")
-                data.instructions.append(skill.instruction)
-                for key, value in (("observation.state", q), ("action.chunk", chunk.positions),
-                                   ("skill_done", chunk.skill_done), ("progress", chunk.progress),
-                                   ("skill_index", index), ("skill", skill.skill),
-                                   ("observation.ee_position", world.gripper_position()),
-                                   ("privileged.target_position", np.array(
-                                       world.object_poses()[skill.target_object].position)),
-                                   ("privileged.place_position",
-                                    _place_position(world, skill, start))):
-                    rows[key].append(value)
-                if executor.state.active:
-                    executed = chunk.positions.copy()
-                    if config.perturb_std > 0:
-                        executed[:, :7] += rng.normal(0.0, config.perturb_std, 7)
-                    timed = TimedChunk(now, chunk.dt, executed, chunk.joint_names,
-                                       skill.skill_id, chunk_id, chunk.skill_done,
-                                       chunk.progress)
-                    if config.inference_latency_s > 0:
-                        in_flight = (now + config.inference_latency_s, timed)
-                    else:
-                        executor.on_chunk(timed, now)
-                    chunk_id += 1
-                if executor.state is SkillState.SUCCEEDED:
-                    if held >= config.done_hold_frames:
-                        break
-                    held += 1
+                # While a chunk is in flight the policy is busy: no frame is read, time goes on.
+                if in_flight is None:
+                    now = world.sim_time
+                    names, q, _, _ = world.joint_state()
+                    image = world.render()
+                    chunk = expert.infer(Observation(
+                        now, names, q, skill, image=image,
+                        scene=world.object_poses() if privileged else None))
+                    data.pngs.append(_png(image, config.png_compress_level) if record else b"")
+                    data.instructions.append(skill.instruction)
+                    for key, value in (("observation.state", q),
+                                       ("action.chunk", chunk.positions),
+                                       ("skill_done", chunk.skill_done),
+                                       ("progress", chunk.progress),
+                                       ("skill_index", index), ("skill", skill.skill),
+                                       ("observation.ee_position", world.gripper_position()),
+                                       ("privileged.target_position", np.array(
+                                           world.object_poses()[skill.target_object].position)),
+                                       ("privileged.place_position",
+                                        _place_position(world, skill, start))):
+                        rows[key].append(value)
+                    if executor.state.active:
+                        executed = chunk.positions.copy()
+                        if config.perturb_std > 0:
+                            executed[:, :7] += rng.normal(0.0, config.perturb_std, 7)
+                        timed = TimedChunk(now, chunk.dt, executed, chunk.joint_names,
+                                           skill.skill_id, chunk_id, chunk.skill_done,
+                                           chunk.progress)
+                        if config.inference_latency_s > 0:
+                            in_flight = (now + config.inference_latency_s, timed)
+                        else:
+                            executor.on_chunk(timed, now)
+                        chunk_id += 1
+                    if executor.state is SkillState.SUCCEEDED:
+                        if held >= config.done_hold_frames:
+                            break
+                        held += 1
                 for _ in range(steps):
                     in_flight = _deliver(executor, in_flight, world.sim_time)
                     _step_world(world, executor)
