@@ -135,6 +135,25 @@ def test_run_episode_evaluates_any_backend_without_ground_truth():
     data = run_episode(sample_episode(1, phrasing="held_out"), config, policy, record=False)
     assert not data.success and "timed out" in data.error
     assert policy.seen == data.length >= 10
+    assert data.task_met_at_failure is False  # the arm held still: nothing was done
+
+
+class _NeverDone(ScriptedExpert):
+    """The scripted expert, which never says its skill is done."""
+
+    def infer(self, observation):
+        chunk = super().infer(observation)
+        return ActionChunk(chunk.joint_names, chunk.positions, chunk.dt, False, chunk.progress)
+
+
+def test_a_skill_that_times_out_with_its_task_done_is_told_apart():
+    config = GeneratorConfig(image_size=64, skill_timeout_s=12.0)
+    spec = sample_episode(0, families=("push",))
+    data = run_episode(spec, config, _NeverDone(), record=False)
+    assert not data.success and "timed out" in data.error
+    assert data.task_met_at_failure is True  # the cube went far enough; "done" never came
+    finished = run_episode(spec, config, ScriptedExpert(), record=False)
+    assert finished.success and finished.task_met_at_failure is None
 
 
 class _CountingExpert(ScriptedExpert):

@@ -208,6 +208,22 @@ def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_
     seen = next(e for e in policy if e["phrasing"] == "train")
     assert held_out["skills"] != seen["skills"]  # the paraphrase reached the policy
     assert report["crashed_episodes"] == 0
+    for phrasing in ("train", "held_out"):
+        failures = report["results"]["push"][phrasing]["policy"]["failures"]
+        cell = report["results"]["push"][phrasing]["policy"]
+        assert sum(failures.values()) == cell["episodes"] - cell["successes"]
+    assert all("task_met_at_failure" in e for e in report["episodes"])
+
+
+def test_failures_are_told_apart_by_kind():
+    episodes = [{"success": True, "crashed": False, "task_met_at_failure": None},
+                {"success": False, "crashed": False, "task_met_at_failure": True},
+                {"success": False, "crashed": False, "task_met_at_failure": True},
+                {"success": False, "crashed": False, "task_met_at_failure": False},
+                {"success": False, "crashed": False, "task_met_at_failure": None},
+                {"success": False, "crashed": True, "task_met_at_failure": None}]
+    assert evaluate_cli.failure_kinds(episodes) == {
+        "task_met_not_done": 2, "skill_failed": 1, "task_check": 1, "crashed": 1}
 
 
 def test_end_effector_model_trains_and_drives_the_policy(demos, tmp_path):

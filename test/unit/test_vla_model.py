@@ -375,6 +375,53 @@ def test_place_memory_reads_the_latched_place_not_the_live_prediction(text_encod
     assert policy.latched_start().shape == (1, 6)
 
 
+def test_anchored_actions_put_a_via_point_on_the_latched_place():
+    from vla_bringup.policy.vla.model import ANCHORS
+    with pytest.raises(ValueError, match="action_anchors needs start_memory"):
+        small(action_space="ee_delta", position_aux=True, position_token=True,
+              action_anchors=True)
+    with pytest.raises(ValueError, match="continuous head"):
+        small(action_space="ee_delta", position_aux=True, position_token=True,
+              start_memory=True, head="discrete", action_anchors=True)
+    config = small(action_space="ee_delta", position_aux=True, position_token=True,
+                   start_memory=True, place_memory=True, action_anchors=True)
+    model = VLAModel(config).eval()
+    images, language, _ = batch(config)
+    state = end_effector_state()
+    latched = torch.tensor([[0.5, 0.1, 0.65, 0.3, -0.2, 0.62]] * 2)
+    with torch.no_grad():
+        out = model(model.preprocess(images), language, state, start_positions=latched)
+    weights = out["anchor_weights"]
+    assert weights.shape == (2, 4, len(ANCHORS)) and out["actions"].shape == (2, 4, 5)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2, 4))
+    # The anchors are the vectors from the grasp point (0.4, 0, 0.8): itself, the target, the
+    # target's start and the place (latched).
+    anchors = model._anchor_vectors(out["positions"], state, latched)
+    torch.testing.assert_close(anchors[0, 0], torch.zeros(3))
+    torch.testing.assert_close(anchors[0, 2], torch.tensor([0.1, 0.1, -0.15]))
+    torch.testing.assert_close(anchors[0, 3], torch.tensor([-0.1, -0.2, -0.18]))
+    # For the same head outputs, moving the place by 5 cm in y moves each row's offset by the
+    # place's weight times 5 cm, in y only.
+    head_rows, logits = torch.randn(2, 4, 5), torch.randn(2, 4, len(ANCHORS))
+    moved = anchors.clone()
+    moved[:, 3, 1] += 0.05
+    offsets = []
+    for vectors in (anchors, moved):
+        outputs = {"actions": head_rows.clone(), "extra": logits.clone()}
+        model._anchor_actions(outputs, vectors)
+        offsets.append(model.denormalise_actions(outputs["actions"]))
+    place_weight = torch.softmax(logits, -1)[..., ANCHORS.index("place")]
+    torch.testing.assert_close(offsets[1][..., 1] - offsets[0][..., 1], place_weight * 0.05)
+    torch.testing.assert_close(offsets[1][..., [0, 2, 3, 4]], offsets[0][..., [0, 2, 3, 4]])
+    # All weight on the place and a zero residual: the row's offset is the vector to the place.
+    logits = torch.full((2, 4, len(ANCHORS)), -30.0)
+    logits[..., ANCHORS.index("place")] = 30.0
+    outputs = {"actions": torch.zeros(2, 4, 5), "extra": logits}
+    model._anchor_actions(outputs, anchors)
+    offsets = model.denormalise_actions(outputs["actions"])[..., :3]
+    torch.testing.assert_close(offsets, anchors[:, 3:4].expand(2, 4, 3))
+
+
 def test_grounded_position_head_does_not_read_the_robot_state():
     model = VLAModel(small(position_aux=True)).eval()
     assert model.config.position_from == "vision_language"
@@ -463,6 +510,46 @@ def test_pixel_detector_sees_only_its_crop_and_the_instruction():
         small(position_aux=True, position_from="pixels", keypoint_crop=[0.5, 0.0, 0.9, 1.0])
     with pytest.raises(ValueError, match="keypoint_crop"):
         small(keypoint_crop=[0.5, 0.0, 0.4, 1.0])
+
+
+def test_per_point_detector_reads_its_own_instruction_vector_per_map():
+    from vla_bringup.policy.vla.keypoints import PixelKeypoints
+    with pytest.raises(ValueError, match="per_point needs language_input tokens"):
+        small(position_aux=True, position_from="pixels", keypoint_crop=[0.5, 0.25, 1.0, 1.0],
+              detector_language="per_point")
+    detector = PixelKeypoints((32, 48), 384, 2, 8, cue_dim=2).eval()
+    for block in detector.blocks:  # FiLM starts as the identity: give it a say
+        torch.nn.init.normal_(block.film.proj.weight, std=0.1)
+    generator = torch.Generator().manual_seed(0)
+    crop = torch.randn(3, 3, 32, 48, generator=generator)
+    target_text, place_text = torch.randn(2, 3, 384, generator=generator)
+    cue = torch.randn(3, 2, generator=generator)
+    with torch.no_grad():
+        both = detector(crop, torch.stack([target_text, place_text], 1), cue)
+        other_place = detector(crop, torch.stack([target_text, place_text.flip(0)], 1), cue)
+        # Each map of a per-point pass is the shared detector's map for that map's own text.
+        as_target = detector(crop, target_text, cue)
+        as_place = detector(crop, place_text, cue)
+    assert both["keypoint_logits"].shape == (3, 2, 8 * 12) and both["positions"].shape == (3, 6)
+    torch.testing.assert_close(both["keypoint_logits"][:, 0], as_target["keypoint_logits"][:, 0])
+    torch.testing.assert_close(both["keypoint_logits"][:, 1], as_place["keypoint_logits"][:, 1])
+    torch.testing.assert_close(both["positions"][:, :3], as_target["positions"][:, :3])
+    torch.testing.assert_close(both["positions"][:, 3:], as_place["positions"][:, 3:])
+    # Another place text moves the place map only.
+    torch.testing.assert_close(both["keypoint_pixels"][:, 0], other_place["keypoint_pixels"][:, 0])
+    assert not torch.allclose(both["keypoint_pixels"][:, 1], other_place["keypoint_pixels"][:, 1])
+    # In the model, the two maps are read by two attention pools of the instruction.
+    config = small(position_aux=True, position_token=True, position_from="pixels",
+                   keypoint_crop=[0.5, 0.25, 1.0, 1.0], keypoint_channels=8,
+                   action_space="ee_delta", language_input="tokens", language_max_tokens=4,
+                   detector_language="per_point")
+    model = VLAModel(config).eval()
+    assert model.readers == ["detector_target", "detector_place"]
+    images, _, _ = batch(config)
+    language = torch.randn(2, 4, 384, generator=generator)
+    with torch.no_grad():
+        out = model(model.preprocess(images), language, end_effector_state())
+    assert out["keypoint_pixels"].shape == (2, 2, 2) and out["positions"].shape == (2, 6)
 
 
 def test_keypoint_losses_reward_the_right_point_and_skip_points_outside():

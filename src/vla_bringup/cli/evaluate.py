@@ -118,20 +118,40 @@ def _run_job(job: tuple[str, str, str, int]) -> dict:
     try:
         data = run_episode(spec, config, backend, record=False)
         success, error, frames = bool(data.success), data.error, data.length
+        task_met = data.task_met_at_failure
     except Exception as exc:  # noqa: BLE001 - an episode that crashes counts as a failure
         success, error, frames = False, f"crash {type(exc).__name__}: {exc}", 0
+        task_met = None
     return {"backend": backend_name, "family": family, "phrasing": phrasing,
             "index": index, "seed": spec.seed, "success": success, "frames": frames,
             "seconds": round(time.perf_counter() - started, 3), "error": error[:300],
             "instruction": spec.instruction, "skills": [s.instruction for s in spec.skills],
-            "crashed": error.startswith("crash ")}
+            "crashed": error.startswith("crash "), "task_met_at_failure": task_met}
 
 
 def _rate(episodes: list[dict]) -> dict:
     successes = sum(e["success"] for e in episodes)
     count = len(episodes)
     return {"success_rate": successes / count if count else None, "successes": successes,
-            "episodes": count}
+            "episodes": count, "failures": failure_kinds(episodes)}
+
+
+def failure_kinds(episodes: list[dict]) -> dict:
+    """Failed episodes by kind: a skill timed out or was stopped with the task's check already
+    holding ("task_met_not_done": the policy did the task and never said "done"), or without
+    it ("skill_failed"); every skill said done and the check failed ("task_check"); the episode
+    raised ("crashed")."""
+    kinds = {"task_met_not_done": 0, "skill_failed": 0, "task_check": 0, "crashed": 0}
+    for episode in episodes:
+        if episode["success"]:
+            continue
+        if episode.get("crashed"):
+            kinds["crashed"] += 1
+        elif episode.get("task_met_at_failure") is not None:
+            kinds["task_met_not_done" if episode["task_met_at_failure"] else "skill_failed"] += 1
+        else:
+            kinds["task_check"] += 1
+    return kinds
 
 
 def summarise(episodes: list[dict], families: list[str], phrasings: list[str]) -> dict:
@@ -318,6 +338,12 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
         log("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     log(f"[evaluate] {len(episodes)} episodes in {wall:.1f} s with {workers} worker(s); "
         f"{out / 'eval.json'}, {out / 'eval_table.png'}")
+    for family in families:
+        kinds = failure_kinds([e for e in episodes if e["backend"] == "policy"
+                               and e["family"] == family])
+        if any(kinds.values()):
+            log(f"[evaluate] {family} policy failures: " + ", ".join(
+                f"{count} {kind.replace('_', ' ')}" for kind, count in kinds.items() if count))
     if report["crashed_episodes"]:
         log(f"[evaluate] WARNING: {report['crashed_episodes']} episodes crashed (see "
             "eval.json episodes[].error); they count as failures")

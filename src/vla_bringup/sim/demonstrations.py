@@ -203,6 +203,10 @@ class EpisodeData:
     success: bool
     error: str = ""
     pngs: list[bytes] = dataclasses.field(default_factory=list)
+    # When a skill failed (timed out, or the executor stopped it): whether the task's check
+    # already held on the poses of that moment. True means the policy did the task but never
+    # said "done", a different failure from not doing it. None when no skill failed.
+    task_met_at_failure: Optional[bool] = None
     columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     instructions: list[str] = dataclasses.field(default_factory=list)  # per frame
 
@@ -267,6 +271,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
         arm = np.asarray(HOME_ARM) + rng.normal(0.0, config.start_joint_noise, 7)
         world.reset(spec.seed, joint_positions=list(arm) + [FINGER_OPEN, FINGER_OPEN])
         initial = world.object_poses()
+        task = TaskSpec(spec.family, spec.target, spec.destination)
         executor = SkillExecutor(JOINT_NAMES, blend_time_s=0.1, max_chunk_age_s=1.0)
         steps = int(round(1.0 / (config.fps * world.time_step)))
         timing = SkillTiming(timeout_s=config.skill_timeout_s)
@@ -317,10 +322,11 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                     in_flight = _deliver(executor, in_flight, world.sim_time)
                     _step_world(world, executor)
                 if executor.state is SkillState.FAILED:
+                    data.task_met_at_failure = task_succeeded(task, initial,
+                                                              world.object_poses())
                     raise RuntimeError(f"skill {skill.skill} failed: {executor.message}")
         world.step(config.settle_steps)
-        data.success = task_succeeded(TaskSpec(spec.family, spec.target, spec.destination),
-                                      initial, world.object_poses())
+        data.success = task_succeeded(task, initial, world.object_poses())
         if not data.success:
             data.error = "task check failed after every skill reported done"
     except (RuntimeError, ValueError) as error:

@@ -32,6 +32,7 @@ HEADS = ("continuous", "discrete")
 HEAD_ARCHS = ("transformer", "mlp")
 POSITION_SOURCES = ("vision_language", "keypoints", "fused", "pixels")
 LANGUAGE_INPUTS = ("sentence", "tokens")
+DETECTOR_LANGUAGE = ("shared", "per_point")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
@@ -130,6 +131,14 @@ class VLAConfig:
     # Relative to the latched start it needs only the direction word; the tray and a stack's
     # lower cube stay with the detector (the weight learns which is which).
     place_relative: bool = False
+    # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
+    # vectors (from the grasp point to: itself, the target as seen now, the target's latched
+    # start, the place) plus a residual, instead of a number the head must produce on its own.
+    # Why: the expert's via points are "12 cm above the cube", "6.5 cm behind the cube's start",
+    # "on the lower cube"; the head read where the cube was from the position token only to a
+    # few centimetres, and stacks were released off the lower cube (docs/training.md, eleventh
+    # session). With anchors, the precision of a via point is the detector's.
+    action_anchors: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
     # which is right for most frames of a demonstration), "keypoints" (a spatial softmax per
@@ -145,6 +154,13 @@ class VLAConfig:
     keypoint_crop: list[float] = dataclasses.field(
         default_factory=lambda: [120 / 224, 16 / 224, 216 / 224, 208 / 224])
     keypoint_channels: int = 32  # width of the "pixels" detector
+    # How the "pixels" detector reads a "tokens" instruction: "shared", one pooled vector
+    # conditions the trunk that outputs both maps; "per_point", the target map and the place map
+    # each get their own attention pool and their own pass through the conditioned blocks.
+    # Why: a stack instruction names two colours, and with one vector for both maps the place
+    # map latched onto a cube of neither colour in traces ("place the blue cube on the yellow
+    # cube" found the red one; docs/training.md, eleventh session).
+    detector_language: str = "shared"
     # --- dataset statistics (None: identity / defaults until `with_stats`)
     state_mean: Optional[list[float]] = None
     state_std: Optional[list[float]] = None
@@ -160,7 +176,7 @@ class VLAConfig:
         choices = {"vision_encoder": VISION_ENCODERS, "fusion": FUSIONS, "head": HEADS,
                    "head_arch": HEAD_ARCHS, "action_space": ACTION_SPACES,
                    "position_from": POSITION_SOURCES, "vision_stage": VISION_STAGES,
-                   "language_input": LANGUAGE_INPUTS}
+                   "language_input": LANGUAGE_INPUTS, "detector_language": DETECTOR_LANGUAGE}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r} is not one of {list(allowed)}")
@@ -192,6 +208,14 @@ class VLAConfig:
             raise ValueError("language_max_tokens must be >= 2 (the sentence row and [CLS])")
         if self.place_memory and not self.start_memory:
             raise ValueError("place_memory needs start_memory (it latches with the start)")
+        if self.detector_language == "per_point" and not (
+                self.language_input == "tokens" and self.position_aux
+                and self.position_from == "pixels"):
+            raise ValueError("detector_language per_point needs language_input tokens (one pool "
+                             "per map) and position_aux with position_from pixels")
+        if self.action_anchors and not (self.start_memory and self.head == "continuous"):
+            raise ValueError("action_anchors needs start_memory (the anchors are the token's "
+                             "positions) and the continuous head (it offsets regressed rows)")
         if self.place_relative and not self.place_memory:
             raise ValueError("place_relative needs place_memory (it blends the latched place)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:

@@ -42,13 +42,15 @@ class ActionTokenizer(nn.Module):
 
 
 class ActionHead(nn.Module):
-    def __init__(self, config) -> None:
+    def __init__(self, config, extra_per_step: int = 0) -> None:
+        """`extra_per_step` more outputs per chunk row, returned apart as "extra" (B, H, n):
+        the anchor logits of an `action_anchors` model."""
         super().__init__()
         d, h = config.d_model, config.action_horizon
         self.horizon, self.kind, self.arch = h, config.head, config.head_arch
         self.bins, self.action_dim = config.action_bins, config.action_dim
         per_step = self.action_dim * (self.bins if self.kind == "discrete" else 1)
-        self.per_step = per_step
+        self.per_step, self.extra = per_step, int(extra_per_step)
         if self.arch == "transformer":
             self.queries = nn.Parameter(torch.randn(h + 1, d) * 0.02)
             layer = nn.TransformerDecoderLayer(d, config.n_heads, config.ffn_ratio * d,
@@ -56,11 +58,11 @@ class ActionHead(nn.Module):
                                                activation="gelu", batch_first=True,
                                                norm_first=True)
             self.decoder = nn.TransformerDecoder(layer, config.head_layers, norm=nn.LayerNorm(d))
-            self.actions = nn.Linear(d, per_step)
+            self.actions = nn.Linear(d, per_step + self.extra)
             self.summary = nn.Linear(d, 2)
         else:
-            self.net = nn.Sequential(nn.LayerNorm(d), mlp(d, h * per_step + 2, 4 * d,
-                                                          config.dropout))
+            outputs = h * (per_step + self.extra) + 2
+            self.net = nn.Sequential(nn.LayerNorm(d), mlp(d, outputs, 4 * d, config.dropout))
 
     def forward(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
         batch = context.shape[0]
@@ -70,9 +72,11 @@ class ActionHead(nn.Module):
             rows, summary = self.actions(out[:, :self.horizon]), self.summary(out[:, -1])
         else:
             flat = self.net(context.mean(1))
-            rows = flat[:, :-2].reshape(batch, self.horizon, self.per_step)
+            rows = flat[:, :-2].reshape(batch, self.horizon, self.per_step + self.extra)
             summary = flat[:, -2:]
         result = {"done_logit": summary[:, 0], "progress_logit": summary[:, 1]}
+        if self.extra:
+            result["extra"], rows = rows[..., self.per_step:], rows[..., :self.per_step]
         if self.kind == "discrete":
             result["action_logits"] = rows.reshape(batch, self.horizon, self.action_dim,
                                                     self.bins)

@@ -95,24 +95,37 @@ class PixelKeypoints(nn.Module):
 
     def forward(self, crop: torch.Tensor, language: torch.Tensor,
                 cue: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-        """`cue` (B, cue_dim), normalised: only the pixel-to-world map reads it."""
+        """`language` (B, L): one instruction vector for every map; or (B, P, L): one per map,
+        and the conditioned blocks then run once per map (the stem, which reads no language,
+        runs once). `cue` (B, cue_dim), normalised: only the pixel-to-world map reads it."""
+        batch = crop.shape[0]
+        per_point = language.dim() == 3
         language = language.to(crop.dtype)
         x = self.stem(crop)
+        conditioning = language.flatten(0, 1) if per_point else language
+        if per_point:  # (B * P, C, h, w): row b * P + k is map k of example b
+            x = x.repeat_interleave(self.points, 0)
         for block in self.blocks:
-            x = block(x, language)
-        logits = self.out(x).flatten(2) * torch.exp(self.log_temperature)  # (B, P, cells)
+            x = block(x, conditioning)
+        logits = self.out(x).flatten(2)  # (B [* P], P, cells)
+        if per_point:  # pass k keeps only its own map
+            logits = logits.view(batch, self.points, self.points, -1).diagonal(0, 1, 2)
+            logits = logits.permute(0, 2, 1)
+        logits = logits * torch.exp(self.log_temperature)
         weights = logits.float().softmax(-1)
         pixels = weights @ self.cell_pixels.float()  # (B, P, 2): expected point, sub-pixel
         scale = torch.tensor(self.crop_size[::-1], dtype=pixels.dtype, device=pixels.device)
         unit = (pixels / scale * 2.0 - 1.0).to(crop.dtype)  # [-1, 1] over the crop
         words = self.point_language(language)
+        if not per_point:
+            words = words.unsqueeze(1).expand(-1, self.points, -1)
         if cue is not None:
-            words = torch.cat([words, cue.to(words.dtype)], -1)
-        positions = [head(torch.cat([unit[:, k], words], -1))
+            cue = cue.to(words.dtype).unsqueeze(1).expand(-1, self.points, -1)
+            words = torch.cat([words, cue], -1)
+        positions = [head(torch.cat([unit[:, k], words[:, k]], -1))
                      for k, head in enumerate(self.to_world)]
         return {"keypoint_logits": logits, "keypoint_pixels": pixels,
                 "positions": torch.cat(positions, -1)}
-
 
 
 def keypoint_losses(outputs: dict[str, torch.Tensor], cell_pixels: torch.Tensor,

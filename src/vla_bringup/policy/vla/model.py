@@ -24,6 +24,8 @@ from vla_bringup.policy.vla.heads import ActionHead, ActionTokenizer
 from vla_bringup.policy.vla.keypoints import PixelKeypoints
 
 RELATIVE_SCALE = 0.1  # m; gripper-to-object vectors enter the position token in these units
+# action_anchors: a chunk row's grasp-point offset weights these vectors from the grasp point.
+ANCHORS = ("grasp", "target", "target_start", "place")
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -51,7 +53,7 @@ class VLAModel(nn.Module):
         self.state_proj = mlp(config.state_dim, d, d, 0.0)
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
         self.fusion = build_fusion(config, grid)
-        self.head = ActionHead(config)
+        self.head = ActionHead(config, len(ANCHORS) if config.action_anchors else 0)
         # The auxiliary position head (see VLAConfig.position_from for the four sources).
         self.position_head = self.position_grounding = self.position_keypoints = None
         self.position_pixels = None
@@ -151,7 +153,9 @@ class VLAModel(nn.Module):
                     raise ValueError("position_from='pixels' needs images or keypoint_crops")
                 keypoint_crops = self.keypoint_crops(images)
             cue = normalised_state[:, self._held_cue_columns()]
-            found = self.position_pixels(keypoint_crops.to(dtype), readers["detector"], cue)
+            detector_language = (readers["detector"] if "detector" in readers else torch.stack(
+                [readers["detector_target"], readers["detector_place"]], 1))
+            found = self.position_pixels(keypoint_crops.to(dtype), detector_language, cue)
             positions, keypoint_logits = found["positions"], found["keypoint_logits"]
             keypoint_pixels = found["keypoint_pixels"]
         elif self.position_keypoints is not None:
@@ -163,12 +167,17 @@ class VLAModel(nn.Module):
             positions = self.position_head(context.mean(1))
         if self.place_blend is not None:
             positions = self._blend_place(positions, readers["place"], start_positions)
+        anchors = None
         if self.position_proj is not None:
             source = positions.detach() if given_positions is None else given_positions
             inputs = self._position_inputs(source, state, start_positions)
             token = self.position_proj(inputs.to(dtype))
             context = torch.cat([context, token.unsqueeze(1)], 1)
+            if self.config.action_anchors:
+                anchors = self._anchor_vectors(source, state, start_positions)
         outputs = self.head(context)
+        if anchors is not None:
+            self._anchor_actions(outputs, anchors)
         if positions is not None:
             outputs["positions"] = positions
         if keypoint_logits is not None:
@@ -179,10 +188,14 @@ class VLAModel(nn.Module):
 
     def _readers(self) -> list[str]:
         """The parts besides the fusion that read the instruction as one vector (B, 384): the
-        pixel detector's FiLM and the place blend. A "tokens" model pools one per reader."""
+        pixel detector's FiLM (one, or one per map) and the place blend. A "tokens" model pools
+        one per reader."""
         config = self.config
-        return ((["detector"] if config.position_aux and config.position_from == "pixels" else [])
-                + (["place"] if config.place_relative else []))
+        detector = []
+        if config.position_aux and config.position_from == "pixels":
+            detector = (["detector_target", "detector_place"]
+                        if config.detector_language == "per_point" else ["detector"])
+        return detector + (["place"] if config.place_relative else [])
 
     def _language(self, language: torch.Tensor, batch: int
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -222,6 +235,15 @@ class VLAModel(nn.Module):
         end-effector model, the grasp point's height (keypoints.py says why no more)."""
         return [STATE_DIM - 1] + ([STATE_DIM + 2] if self.config.action_space == "ee_delta" else [])
 
+    def _token_metres(self, positions: torch.Tensor, start: Optional[torch.Tensor]
+                      ) -> torch.Tensor:
+        """Normalised positions (B, 6) -> (B, 6) m: the target as predicted, and the place as
+        predicted or, for a place_memory model, as latched on the skill's first frames."""
+        metres = self._metres(positions)
+        if self.config.place_memory and start is not None:
+            metres = torch.cat([metres[:, :3], start[:, 3:6].float()], 1)
+        return metres
+
     def _position_inputs(self, positions: torch.Tensor, state: torch.Tensor,
                          start: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Normalised positions (B, 6) [+ grasp point to each position (B, 6)] [+ grasp point to
@@ -229,10 +251,8 @@ class VLAModel(nn.Module):
         place_memory model reads the latched place instead of the predicted one."""
         if not self.relative_positions:
             return positions
-        metres = self._metres(positions)
+        metres = self._token_metres(positions, start)
         if self.config.place_memory and start is not None:
-            place = start[:, 3:6].float()  # the place as latched on the skill's first frame
-            metres = torch.cat([metres[:, :3], place], 1)
             positions = (metres - self.position_mean) / self.position_std
         grasp = state[:, STATE_DIM:STATE_DIM + 3].float()
         relative = (metres.view(-1, 2, 3) - grasp.unsqueeze(1)).flatten(1) / RELATIVE_SCALE
@@ -241,6 +261,27 @@ class VLAModel(nn.Module):
             start = metres[:, :3] if start is None else start[:, :3].float()
             parts += [(start - grasp) / RELATIVE_SCALE, (metres[:, :3] - start) / RELATIVE_SCALE]
         return torch.cat(parts, 1)
+
+    def _anchor_vectors(self, positions: torch.Tensor, state: torch.Tensor,
+                        start: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, len(ANCHORS), 3) m: from the grasp point to each anchor (the first is zero)."""
+        metres = self._token_metres(positions, start)
+        target_start = metres[:, :3] if start is None else start[:, :3].float()
+        grasp = state[:, STATE_DIM:STATE_DIM + 3].float()
+        points = torch.stack([grasp, metres[:, :3], target_start, metres[:, 3:6]], 1)
+        return points - grasp.unsqueeze(1)
+
+    def _anchor_actions(self, outputs: dict[str, torch.Tensor], anchors: torch.Tensor) -> None:
+        """Replace the xyz of the head's rows by the anchor weighting + residual (in place).
+        The head's xyz outputs become the residual in RELATIVE_SCALE; the result is put back
+        into normalised action units, so losses and `predict` are those of any model."""
+        rows = outputs["actions"]
+        weights = torch.softmax(outputs.pop("extra").float(), -1)  # (B, H, anchors)
+        offsets = torch.einsum("bhk,bkc->bhc", weights, anchors)
+        offsets = offsets + rows[..., :3].float() * RELATIVE_SCALE
+        normalised = (offsets - self.action_mean[:, :3]) / self.action_std[:, :3]
+        outputs["actions"] = torch.cat([normalised.to(rows.dtype), rows[..., 3:]], -1)
+        outputs["anchor_weights"] = weights
 
     def latched_positions(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """What a start_memory backend latches on a skill's first frame, m: the predicted target
