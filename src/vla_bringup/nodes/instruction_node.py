@@ -21,6 +21,8 @@ from vla_bringup.nodes.common import (COMMAND_QOS, LATCHED_QOS, declare_paramete
 from vla_msgs.action import ExecuteInstruction, ExecuteSkill
 from vla_msgs.msg import TaskPlan
 
+GOAL_ANSWER_S = 15.0  # s to wait for the skill controller to accept or reject a skill goal
+
 
 def wait_for(future, timeout_s: float) -> bool:
     """Block this (worker) thread until `future` is done; the executor keeps spinning elsewhere."""
@@ -113,7 +115,11 @@ class InstructionNode(Node):
                                  timeout_s=float(self.params["skill_timeout_s"]))
         send = self.skill_client.send_goal_async(
             goal, feedback_callback=lambda msg: publish(float(msg.feedback.progress)))
-        if not wait_for(send, 5.0) or not send.result().accepted:
+        # The first goal after start-up can wait several seconds for discovery on a busy
+        # machine (a 5 s wait failed once on the 2-core CI VM): wait longer, and say which.
+        if not wait_for(send, GOAL_ANSWER_S):
+            return False, f"got no answer from the skill controller within {GOAL_ANSWER_S:.0f} s"
+        if not send.result().accepted:
             return False, "was refused by the skill controller"
         skill_handle = send.result()
         result_future = skill_handle.get_result_async()
