@@ -338,9 +338,9 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
         log("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
     log(f"[evaluate] {len(episodes)} episodes in {wall:.1f} s with {workers} worker(s); "
         f"{out / 'eval.json'}, {out / 'eval_table.png'}")
-    for family in families:
-        kinds = failure_kinds([e for e in episodes if e["backend"] == "policy"
-                               and e["family"] == family])
+    for family in families:  # the cells' counts, summed over phrasings
+        cells = [results[family][phrasing]["policy"]["failures"] for phrasing in phrasings]
+        kinds = {kind: sum(cell[kind] for cell in cells) for kind in cells[0]}
         if any(kinds.values()):
             log(f"[evaluate] {family} policy failures: " + ", ".join(
                 f"{count} {kind.replace('_', ' ')}" for kind, count in kinds.items() if count))
