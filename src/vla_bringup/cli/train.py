@@ -56,7 +56,7 @@ from vla_bringup.cli.train_cache import (  # noqa: F401
     cache_keypoint_crops, cache_language, cache_vision_features, vision_cache_key)
 from vla_bringup.cli.train_data import (  # noqa: F401
     POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks, keypoint_targets,
-    skill_start_targets,
+    skill_first_frames, skill_start_targets,
     load_dataset, pixel_keypoint_targets, split_episodes, progress_bar)
 from vla_bringup.policy.vla.paraphrase import MAX_VARIANTS
 from vla_bringup.sim.tasks import FAMILIES
@@ -109,6 +109,13 @@ class TrainConfig:
     # Chunk labels: "planned" (the chunk the expert planned at the frame) or "executed" (row k is
     # the first row the expert planned k frames later, in the same skill): see executed_chunks.
     chunk_labels: str = "planned"
+    # start_memory models with the "pixels" detector: what a frame reads as the positions latched
+    # at its skill's start. "truth": the true ones, jittered by start_noise. "model": the
+    # detector's own output on the skill's first frame (no gradient), plus that jitter, as the
+    # backend latches in closed loop. Why: with the truth the head learnt to trust a latched
+    # place within 1 cm, but a push's place (an empty patch of table) was latched 3-10 cm off,
+    # and the skill said done with the cube a few centimetres from its start.
+    latch_source: str = "truth"
     # > 0: validate and save an exponential moving average of the trainable weights with this
     # decay (policy.vla.weight_average; 0.998 averages over about the last 500 steps).
     weight_average: float = 0.0
@@ -139,6 +146,8 @@ class TrainConfig:
             if family not in FAMILIES or not isinstance(times, int) or not 1 <= times <= 10:
                 raise ValueError(f"family_repeat maps a family of {FAMILIES} to an integer 1-10, "
                                  f"got {family!r}: {times!r}")
+        if self.latch_source not in ("truth", "model"):
+            raise ValueError(f"latch_source must be truth or model, got {self.latch_source!r}")
         if self.chunk_labels not in ("planned", "executed"):
             raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
         if not 0.0 <= self.weight_average < 1.0:
@@ -243,7 +252,15 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
         crops = torch.from_numpy(tensors["crops"][idx]).permute(0, 3, 1, 2).float().div_(255.0)
         crops = (crops - model.image_mean) / model.image_std
     start = None
-    if "start_positions" in tensors:
+    if "skill_first" in tensors:  # latch_source "model"
+        first = tensors["skill_first"][rows]
+        first_crops = torch.from_numpy(tensors["crops"][first.numpy()]).permute(0, 3, 1, 2)
+        first_crops = (first_crops.float().div_(255.0) - model.image_mean) / model.image_std
+        with torch.no_grad():
+            start = model.detect_latch(language, tensors["state"][first], first_crops).float()
+        if noise is not None:
+            start = start + noise[:, 10:10 + start.shape[1]]
+    elif "start_positions" in tensors:
         start = tensors["start_positions"][rows]
         if noise is not None:
             start = start + noise[:, 10:10 + start.shape[1]]
@@ -387,6 +404,10 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         # It hides token-state rows; a sentence model has only the one row that always stays.
         raise ValueError("language_dropout needs a model with language_input 'tokens' (a "
                          f"'{config.language_input}' model would silently ignore it)")
+    if train_config.latch_source == "model" and not (
+            config.start_memory and config.position_aux and config.position_from == "pixels"):
+        raise ValueError("latch_source 'model' needs start_memory, position_aux and "
+                         "position_from 'pixels' (the detector is what the backend latches)")
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
                            f"{demos.root} lacks (regenerate it with generate_data)")
@@ -441,6 +462,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
                                                 cache_dir, progress)
         tensors["keypoint_points"], tensors["keypoint_inside"] = pixel_keypoint_targets(
             demos.positions, config, demos.info)
+        if train_config.latch_source == "model":
+            tensors["skill_first"] = torch.from_numpy(skill_first_frames(demos))
         phase("keypoint crops")
     if len(val_idx) > train_config.val_max_frames:
         val_idx = val_idx[np.linspace(0, len(val_idx) - 1, train_config.val_max_frames)

@@ -173,9 +173,13 @@ def skill_start_targets(demos: Demos, with_place: bool = False) -> np.ndarray:
     (a place_memory model's latched place)."""
     if demos.positions is None:
         raise DatasetError("start_memory needs the privileged position columns")
+    return demos.positions[skill_first_frames(demos), :6 if with_place else 3]
+
+
+def skill_first_frames(demos: Demos) -> np.ndarray:
+    """(N,) int64: for each frame, the index of the first frame of its skill."""
     starts = _skill_starts(demos)
-    first = np.flatnonzero(starts)
-    return demos.positions[first[np.cumsum(starts) - 1], :6 if with_place else 3]
+    return np.flatnonzero(starts)[np.cumsum(starts) - 1]
 
 
 def executed_chunks(demos: Demos, horizon: int) -> np.ndarray:

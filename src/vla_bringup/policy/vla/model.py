@@ -152,10 +152,7 @@ class VLAModel(nn.Module):
                 if images is None:
                     raise ValueError("position_from='pixels' needs images or keypoint_crops")
                 keypoint_crops = self.keypoint_crops(images)
-            cue = normalised_state[:, self._held_cue_columns()]
-            detector_language = (readers["detector"] if "detector" in readers else torch.stack(
-                [readers["detector_target"], readers["detector_place"]], 1))
-            found = self.position_pixels(keypoint_crops.to(dtype), detector_language, cue)
+            found = self._pixel_detector(keypoint_crops.to(dtype), readers, normalised_state)
             positions, keypoint_logits = found["positions"], found["keypoint_logits"]
             keypoint_pixels = found["keypoint_pixels"]
         elif self.position_keypoints is not None:
@@ -185,6 +182,30 @@ class VLAModel(nn.Module):
         if keypoint_pixels is not None:
             outputs["keypoint_pixels"] = keypoint_pixels
         return outputs
+
+    def _pixel_detector(self, crops: torch.Tensor, readers: dict[str, torch.Tensor],
+                        normalised_state: torch.Tensor) -> dict[str, torch.Tensor]:
+        cue = normalised_state[:, self._held_cue_columns()]
+        detector_language = (readers["detector"] if "detector" in readers else torch.stack(
+            [readers["detector_target"], readers["detector_place"]], 1))
+        return self.position_pixels(crops, detector_language, cue)
+
+    def detect_latch(self, language: torch.Tensor, state: torch.Tensor,
+                     keypoint_crops: torch.Tensor) -> torch.Tensor:
+        """What a start_memory backend would latch on these frames (`latched_positions`, m),
+        from the "pixels" detector alone: no fusion, no head. A trainer with latch_source
+        "model" feeds it to the skill's later frames, so that they learn on the detector's real
+        errors instead of the truth (the push's place was latched 3-10 cm off in closed loop)."""
+        if self.position_pixels is None:
+            raise ValueError("detect_latch needs a model with position_from='pixels'")
+        dtype = self.vision_pos.dtype
+        _, readers = self._language(language.to(dtype), language.shape[0])
+        normalised_state = ((state - self.state_mean) / self.state_std).to(dtype)
+        positions = self._pixel_detector(keypoint_crops.to(dtype), readers,
+                                         normalised_state)["positions"]
+        if self.place_blend is not None:
+            positions = self._blend_place(positions, readers["place"], None)
+        return self.latched_positions({"positions": positions})
 
     def _readers(self) -> list[str]:
         """The parts besides the fusion that read the instruction as one vector (B, 384): the
