@@ -143,3 +143,30 @@ def test_relative_place_follows_the_latched_start_with_a_direction_from_the_word
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     chunk = policy.infer(Observation(1.0, JOINTS, HOME, skill, image=image))
     assert np.all(np.isfinite(chunk.positions)) and policy.latched_start().shape == (1, 6)
+
+
+def test_place_blend_noise_reaches_only_the_detectors_share_while_training():
+    with pytest.raises(ValueError, match="place_blend_noise"):
+        tokens_config(place_blend_noise=0.05)  # no place_relative
+    torch.manual_seed(0)
+    config = tokens_config(action_space="ee_delta", position_aux=True, position_token=True,
+                           position_from="pixels", keypoint_crop=[0.5, 0.0, 1.0, 1.0],
+                           start_memory=True, place_memory=True, place_relative=True,
+                           place_blend_noise=0.05)
+    model = VLAModel(config)
+    positions = torch.randn(256, 6)
+    instruction = torch.randn(256, 384)
+    start = torch.rand(256, 6)
+
+    def blended(weight_logit):
+        with torch.no_grad():
+            model.place_blend[-1].weight.zero_()
+            model.place_blend[-1].bias.copy_(torch.tensor([weight_logit, 0.0, 1.2, 0.0]))
+            return model._metres(model._blend_place(positions, instruction, start))[:, 3:]
+    model.eval()
+    exact = blended(30.0)  # all weight on the detector
+    model.train()
+    spread = (blended(30.0) - exact).std().item()
+    assert 0.04 < spread < 0.06  # the noise, in metres
+    relative = blended(-30.0)  # all weight on "start + offset": no noise reaches it
+    torch.testing.assert_close(relative, start[:, :3] + torch.tensor([0.0, 0.12, 0.0]))

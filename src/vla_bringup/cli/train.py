@@ -114,7 +114,9 @@ class TrainConfig:
     # detector's own output on the skill's first frame (no gradient), plus that jitter, as the
     # backend latches in closed loop. Why: with the truth the head learnt to trust a latched
     # place within 1 cm, but a push's place (an empty patch of table) was latched 3-10 cm off,
-    # and the skill said done with the cube a few centimetres from its start.
+    # and the skill said done with the cube a few centimetres from its start. It did not help:
+    # on its training scenes the detector finds even a push's place to about 1 cm, so its own
+    # latch there is nearly the truth (docs/training.md, twelfth session).
     latch_source: str = "truth"
     # > 0: validate and save an exponential moving average of the trainable weights with this
     # decay (policy.vla.weight_average; 0.998 averages over about the last 500 steps).

@@ -194,8 +194,8 @@ class VLAModel(nn.Module):
                      keypoint_crops: torch.Tensor) -> torch.Tensor:
         """What a start_memory backend would latch on these frames (`latched_positions`, m),
         from the "pixels" detector alone: no fusion, no head. A trainer with latch_source
-        "model" feeds it to the skill's later frames, so that they learn on the detector's real
-        errors instead of the truth (the push's place was latched 3-10 cm off in closed loop)."""
+        "model" feeds it to the skill's later frames, so that they learn on the detector's own
+        errors instead of the truth (on its training scenes, smaller than on new ones)."""
         if self.position_pixels is None:
             raise ValueError("detect_latch needs a model with position_from='pixels'")
         dtype = self.vision_pos.dtype
@@ -243,7 +243,10 @@ class VLAModel(nn.Module):
         anchor = metres[:, :3].detach() if start is None else start[:, :3].float()
         blend = self.place_blend(instruction).float()
         weight = torch.sigmoid(blend[:, :1])
-        place = weight * metres[:, 3:6] + (1 - weight) * (anchor + blend[:, 1:] * RELATIVE_SCALE)
+        detector = metres[:, 3:6]
+        if self.training and self.config.place_blend_noise > 0:
+            detector = detector + torch.randn_like(detector) * self.config.place_blend_noise
+        place = weight * detector + (1 - weight) * (anchor + blend[:, 1:] * RELATIVE_SCALE)
         place = (place - self.position_mean[3:6]) / self.position_std[3:6]
         return torch.cat([positions[:, :3], place.to(positions.dtype)], 1)
 
