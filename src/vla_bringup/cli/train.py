@@ -223,6 +223,13 @@ class _Batches:
         return np.asarray(out, dtype=np.int64)
 
 
+def _model_crops(model, crops: np.ndarray):
+    """Cached uint8 detector crops (B, h, w, 3) -> the model's normalised input (B, 3, h, w)."""
+    import torch
+    pixels = torch.from_numpy(crops).permute(0, 3, 1, 2).float().div_(255.0)
+    return (pixels - model.image_mean) / model.image_std
+
+
 def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=None) -> dict:
     import torch
     from vla_bringup.policy.vla.heads import head_loss
@@ -251,15 +258,13 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     given = tensors["positions"][rows] if train.oracle_positions else None
     crops = None
     if "crops" in tensors:
-        crops = torch.from_numpy(tensors["crops"][idx]).permute(0, 3, 1, 2).float().div_(255.0)
-        crops = (crops - model.image_mean) / model.image_std
+        crops = _model_crops(model, tensors["crops"][idx])
     start = None
     if "skill_first" in tensors:  # latch_source "model"
         first = tensors["skill_first"][rows]
-        first_crops = torch.from_numpy(tensors["crops"][first.numpy()]).permute(0, 3, 1, 2)
-        first_crops = (first_crops.float().div_(255.0) - model.image_mean) / model.image_std
         with torch.no_grad():
-            start = model.detect_latch(language, tensors["state"][first], first_crops).float()
+            start = model.detect_latch(language, tensors["state"][first],
+                                       _model_crops(model, tensors["crops"][first.numpy()])).float()
         if noise is not None:
             start = start + noise[:, 10:10 + start.shape[1]]
     elif "start_positions" in tensors:

@@ -143,7 +143,7 @@ class VLAModel(nn.Module):
         vision = self.vision_proj(features.flatten(2).transpose(1, 2).to(dtype)) + self.vision_pos
         batch = vision.shape[0]
         lang, readers = self._language(language.to(dtype), batch)
-        normalised_state = ((state - self.state_mean) / self.state_std).to(dtype)
+        normalised_state = self._normalised_state(state).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         context = self.fusion(vision, lang, state_token)
         positions = keypoint_logits = keypoint_pixels = None
@@ -183,6 +183,9 @@ class VLAModel(nn.Module):
             outputs["keypoint_pixels"] = keypoint_pixels
         return outputs
 
+    def _normalised_state(self, state: torch.Tensor) -> torch.Tensor:
+        return (state - self.state_mean) / self.state_std
+
     def _pixel_detector(self, crops: torch.Tensor, readers: dict[str, torch.Tensor],
                         normalised_state: torch.Tensor) -> dict[str, torch.Tensor]:
         cue = normalised_state[:, self._held_cue_columns()]
@@ -200,7 +203,7 @@ class VLAModel(nn.Module):
             raise ValueError("detect_latch needs a model with position_from='pixels'")
         dtype = self.vision_pos.dtype
         _, readers = self._language(language.to(dtype), language.shape[0])
-        normalised_state = ((state - self.state_mean) / self.state_std).to(dtype)
+        normalised_state = self._normalised_state(state).to(dtype)
         positions = self._pixel_detector(keypoint_crops.to(dtype), readers,
                                          normalised_state)["positions"]
         if self.place_blend is not None:
