@@ -192,6 +192,18 @@ def test_latch_source_model_feeds_the_detectors_own_latch(demos, tmp_path):
     torch.testing.assert_close(alone, full)
 
 
+def test_skill_input_trains_on_the_datasets_skill_column(demos, tmp_path):
+    loaded = train_cli.load_dataset(demos)
+    assert len(loaded.skills) == len(loaded.instructions) and set(loaded.skills) == {"push"}
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 3})
+    log = train_cli.train(demos, tmp_path / "skill", {**TINY_MODEL, "skill_input": True},
+                          config, progress=False, log=lambda *a: None)
+    assert all(np.isfinite(h["loss"]) for h in log["history"])
+    model = load_checkpoint(tmp_path / "skill")
+    assert model.config.skill_input
+    assert np.all(np.isfinite(_infer_once(model).positions))
+
+
 def test_bad_datasets_fail_clearly(tmp_path, capsys):
     out = tmp_path / "out"
     assert train_cli.main(["--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2

@@ -162,7 +162,7 @@ def test_place_blend_noise_reaches_only_the_detectors_share_while_training():
         with torch.no_grad():
             model.place_blend[-1].weight.zero_()
             model.place_blend[-1].bias.copy_(torch.tensor([weight_logit, 0.0, 1.2, 0.0]))
-            return model._metres(model._blend_place(positions, instruction, start))[:, 3:]
+            return model._metres(model._blend_place(positions, instruction, start, None))[:, 3:]
     model.eval()
     exact = blended(30.0)  # all weight on the detector
     model.train()
@@ -170,3 +170,45 @@ def test_place_blend_noise_reaches_only_the_detectors_share_while_training():
     assert 0.04 < spread < 0.06  # the noise, in metres
     relative = blended(-30.0)  # all weight on "start + offset": no noise reaches it
     torch.testing.assert_close(relative, start[:, :3] + torch.tensor([0.0, 0.12, 0.0]))
+
+
+def test_skill_input_tells_the_head_and_the_place_blend_which_primitive(text_encoder, tmp_path):
+    from vla_bringup.policy.vla.backend import VLAPolicy
+    from vla_bringup.policy.vla.model import skill_indices
+    torch.manual_seed(0)
+    config = tokens_config(action_space="ee_delta", position_aux=True, position_token=True,
+                           position_from="pixels", keypoint_crop=[0.5, 0.0, 1.0, 1.0],
+                           start_memory=True, place_memory=True, place_relative=True,
+                           skill_input=True)
+    model = VLAModel(config).eval()
+    language = torch.stack([text_encoder(LEFT, 12)] * 2)
+    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    images = torch.rand(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="skill primitive"):
+        model(images, language, state)
+    with pytest.raises(ValueError, match="unknown skill primitive"):
+        skill_indices(["pick", "wave"])
+    with torch.no_grad():
+        push = model(images, language, state, skill=skill_indices(["push", "push"]))
+        place = model(images, language, state, skill=skill_indices(["place", "place"]))
+    # Same image, words and state: only the primitive differs, and both the chunk and the
+    # blended place (the blend reads it beside the words) change with it.
+    assert not torch.allclose(push["actions"], place["actions"])
+    assert not torch.allclose(push["positions"][:, 3:], place["positions"][:, 3:])
+    torch.testing.assert_close(push["positions"][:, :3], place["positions"][:, :3])
+    model.save_checkpoint(tmp_path / "skill")
+    loaded = load_checkpoint(tmp_path / "skill")
+    assert loaded.config.skill_input
+    torch.testing.assert_close(loaded.skill_embedding.weight, model.skill_embedding.weight)
+    policy = VLAPolicy(model=loaded, text_encoder=text_encoder, device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    chunks = {}
+    for primitive in ("push", "place"):
+        skill = SkillSpec("s1", primitive, LEFT, "red_cube", "left")
+        policy.reset(skill)
+        chunks[primitive] = policy.infer(Observation(1.0, JOINTS, HOME, skill, image=image))
+    assert not np.allclose(chunks["push"].positions, chunks["place"].positions)
+    skill = SkillSpec("s2", "wave", LEFT, "red_cube", "left")
+    policy.reset(skill)
+    with pytest.raises(ValueError, match="unknown skill primitive"):
+        policy.infer(Observation(1.0, JOINTS, HOME, skill, image=image))

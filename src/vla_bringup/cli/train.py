@@ -259,12 +259,14 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     crops = None
     if "crops" in tensors:
         crops = _model_crops(model, tensors["crops"][idx])
+    skill = tensors["skill"][rows] if "skill" in tensors else None
     start = None
     if "skill_first" in tensors:  # latch_source "model"
         first = tensors["skill_first"][rows]
         with torch.no_grad():
             start = model.detect_latch(language, tensors["state"][first],
-                                       _model_crops(model, tensors["crops"][first.numpy()])).float()
+                                       _model_crops(model, tensors["crops"][first.numpy()]),
+                                       skill).float()
         if noise is not None:
             start = start + noise[:, 10:10 + start.shape[1]]
     elif "start_positions" in tensors:
@@ -272,7 +274,7 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
         if noise is not None:
             start = start + noise[:, 10:10 + start.shape[1]]
     outputs = model(None, language, state, vision_features=features, given_positions=given,
-                    keypoint_crops=crops, start_positions=start)
+                    keypoint_crops=crops, start_positions=start, skill=skill)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
     losses = head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
                        tensors["progress"][rows], train.done_weight, train.progress_weight,
@@ -348,7 +350,7 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
     """Run the whole recipe; returns the train_log dictionary (also written to out)."""
     import torch
     from vla_bringup.policy.vla.config import VLAConfig, encode_actions, state_vector
-    from vla_bringup.policy.vla.model import VLAModel, checkpoint_size
+    from vla_bringup.policy.vla.model import VLAModel, checkpoint_size, skill_indices
     from vla_bringup.policy.vla.weight_average import WeightAverage
 
     train_config = train_config or TrainConfig()
@@ -415,6 +417,9 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
             config.start_memory and config.position_aux and config.position_from == "pixels"):
         raise ValueError("latch_source 'model' needs start_memory, position_aux and "
                          "position_from 'pixels' (the detector is what the backend latches)")
+    if config.skill_input and demos.skills is None:
+        raise DatasetError(f"skill_input needs the column 'skill', which {demos.root} lacks "
+                           "(regenerate it with generate_data)")
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
                            f"{demos.root} lacks (regenerate it with generate_data)")
@@ -453,6 +458,8 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         "done": torch.from_numpy(demos.done.astype(np.float32)),
         "progress": torch.from_numpy(demos.progress.astype(np.float32)),
     }
+    if config.skill_input:
+        tensors["skill"] = skill_indices(demos.skills)
     if config.position_aux:
         mean, std = np.array(config.position_mean), np.array(config.position_std)
         tensors["positions"] = torch.from_numpy(((demos.positions - mean) / std)

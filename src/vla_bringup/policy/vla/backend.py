@@ -27,7 +27,7 @@ from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, Sk
 from vla_bringup.policy.temporal_ensemble import TemporalEnsemble
 from vla_bringup.policy.vla.config import STATE_DIM, decode_actions, state_vector
 from vla_bringup.policy.vla.encoders import TextEncoder
-from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
+from vla_bringup.policy.vla.model import VLAModel, load_checkpoint, skill_indices
 
 # Where the committed checkpoint lives (checkpoint:="" selects it).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
@@ -129,7 +129,10 @@ class VLAPolicy(PolicyBackend):
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
             # None for models without start_memory (they ignore it) and on a skill's first frame.
-            outputs = self._forward(pixels, language, state, start_positions=self.latched_start())
+            skill = (skill_indices([observation.skill.skill], self.device)
+                     if self.config.skill_input else None)
+            outputs = self._forward(pixels, language, state, start_positions=self.latched_start(),
+                                    skill=skill)
             if self.config.start_memory and len(self._starts) < START_FRAMES:
                 self._starts.append(self.model.latched_positions(outputs).detach().clone())
                 self._latched = torch.stack(self._starts).median(0).values

@@ -16,7 +16,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vla_bringup.policy.vla.config import ACTION_DIM, POSITION_DIM, STATE_DIM, VLAConfig
+from vla_bringup.policy.vla.config import (ACTION_DIM, POSITION_DIM, SKILLS, STATE_DIM,
+                                           VLAConfig)
 from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
 from vla_bringup.policy.vla.fusion import (AttentionPool, CrossBlock, GroundedKeypoints,
                                            build_fusion, mlp)
@@ -51,6 +52,7 @@ class VLAModel(nn.Module):
             self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
         self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
         self.state_proj = mlp(config.state_dim, d, d, 0.0)
+        self.skill_embedding = nn.Embedding(len(SKILLS), d) if config.skill_input else None
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config, len(ANCHORS) if config.action_anchors else 0)
@@ -78,7 +80,9 @@ class VLAModel(nn.Module):
         self.position_proj = nn.Linear(token_inputs, d) if config.position_token else None
         # place_relative: from the instruction, the weight of the detector's place against "the
         # target's start + offset" (1 logit) and that offset (3, in RELATIVE_SCALE).
-        self.place_blend = mlp(config.language_dim, 4, 128, 0.0) if config.place_relative else None
+        # A skill_input model also gives it the primitive (one-hot).
+        blend_inputs = config.language_dim + (len(SKILLS) if config.skill_input else 0)
+        self.place_blend = mlp(blend_inputs, 4, 128, 0.0) if config.place_relative else None
         stats = config.normalisation()
         for name in ("state_mean", "state_std", "action_mean", "action_std", "position_mean",
                      "position_std"):
@@ -124,7 +128,8 @@ class VLAModel(nn.Module):
                 vision_features: Optional[torch.Tensor] = None,
                 given_positions: Optional[torch.Tensor] = None,
                 keypoint_crops: Optional[torch.Tensor] = None,
-                start_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                start_positions: Optional[torch.Tensor] = None,
+                skill: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
         for a "tokens" model (B, L, 384) rows: the sentence, then token states, then zero rows
@@ -135,7 +140,8 @@ class VLAModel(nn.Module):
         features instead of images. `start_positions` (B, 3), m: the target object's position
         when the skill started, for a `start_memory` model (B, 6 with the place, for a
         `place_memory` one); None means this is the skill's first frame (the frame's own
-        prediction is used). Returns the head's outputs."""
+        prediction is used). `skill` (B,) int64: index in config.SKILLS of the skill primitive,
+        for a `skill_input` model (`skill_indices`). Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -145,6 +151,9 @@ class VLAModel(nn.Module):
         lang, readers = self._language(language.to(dtype), batch)
         normalised_state = self._normalised_state(state).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
+        skill_onehot = self._skill_onehot(skill, batch, dtype)
+        if skill_onehot is not None:
+            state_token = state_token + self.skill_embedding(skill).unsqueeze(1)
         context = self.fusion(vision, lang, state_token)
         positions = keypoint_logits = keypoint_pixels = None
         if self.position_pixels is not None:
@@ -163,7 +172,8 @@ class VLAModel(nn.Module):
         elif self.position_head is not None:
             positions = self.position_head(context.mean(1))
         if self.place_blend is not None:
-            positions = self._blend_place(positions, readers["place"], start_positions)
+            positions = self._blend_place(positions, readers["place"], start_positions,
+                                          skill_onehot)
         anchors = None
         if self.position_proj is not None:
             source = positions.detach() if given_positions is None else given_positions
@@ -186,6 +196,19 @@ class VLAModel(nn.Module):
     def _normalised_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
 
+    def _skill_onehot(self, skill: Optional[torch.Tensor], batch: int,
+                      dtype: torch.dtype) -> Optional[torch.Tensor]:
+        """(B, len(SKILLS)) for a skill_input model, else None (a given `skill` is ignored)."""
+        if self.skill_embedding is None:
+            return None
+        if skill is None or tuple(skill.shape) != (batch,):
+            raise ValueError(f"this model reads the skill primitive: pass skill ({batch},) int64 "
+                             f"indices in {SKILLS}, got "
+                             f"{None if skill is None else tuple(skill.shape)}")
+        if skill.dtype != torch.int64:  # the range is checked by skill_indices and one_hot
+            raise ValueError(f"skill must hold int64 indices, got {skill.dtype}")
+        return nn.functional.one_hot(skill, len(SKILLS)).to(dtype)
+
     def _pixel_detector(self, crops: torch.Tensor, readers: dict[str, torch.Tensor],
                         normalised_state: torch.Tensor) -> dict[str, torch.Tensor]:
         cue = normalised_state[:, self._held_cue_columns()]
@@ -194,7 +217,8 @@ class VLAModel(nn.Module):
         return self.position_pixels(crops, detector_language, cue)
 
     def detect_latch(self, language: torch.Tensor, state: torch.Tensor,
-                     keypoint_crops: torch.Tensor) -> torch.Tensor:
+                     keypoint_crops: torch.Tensor,
+                     skill: Optional[torch.Tensor] = None) -> torch.Tensor:
         """What a start_memory backend would latch on these frames (`latched_positions`, m),
         from the "pixels" detector alone: no fusion, no head. A trainer with latch_source
         "model" feeds it to the skill's later frames, so that they learn on the detector's own
@@ -207,7 +231,8 @@ class VLAModel(nn.Module):
         positions = self._pixel_detector(keypoint_crops.to(dtype), readers,
                                          normalised_state)["positions"]
         if self.place_blend is not None:
-            positions = self._blend_place(positions, readers["place"], None)
+            skill_onehot = self._skill_onehot(skill, language.shape[0], dtype)
+            positions = self._blend_place(positions, readers["place"], None, skill_onehot)
         return self.latched_positions({"positions": positions})
 
     def _readers(self) -> list[str]:
@@ -238,12 +263,15 @@ class VLAModel(nn.Module):
         return tokens, {name: pooled[:, count + i] for i, name in enumerate(self.readers)}
 
     def _blend_place(self, positions: torch.Tensor, instruction: torch.Tensor,
-                     start: Optional[torch.Tensor]) -> torch.Tensor:
+                     start: Optional[torch.Tensor],
+                     skill_onehot: Optional[torch.Tensor]) -> torch.Tensor:
         """Normalised positions (B, 6) with the place replaced by the place_relative blend.
         The anchor is the target's latched start (its own prediction on a skill's first frame,
         detached: the place loss must not move the target's detector)."""
         metres = self._metres(positions)
         anchor = metres[:, :3].detach() if start is None else start[:, :3].float()
+        if skill_onehot is not None:
+            instruction = torch.cat([instruction, skill_onehot.to(instruction.dtype)], 1)
         blend = self.place_blend(instruction).float()
         weight = torch.sigmoid(blend[:, :1])
         detector = metres[:, 3:6]
@@ -393,8 +421,17 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
+def skill_indices(skills: list[str], device: str | torch.device = "cpu") -> torch.Tensor:
+    """Skill primitive names -> (B,) int64 indices in SKILLS, for a skill_input model."""
+    unknown = sorted(set(skills) - set(SKILLS))
+    if unknown:
+        raise ValueError(f"unknown skill primitive(s) {unknown}: this model knows {SKILLS}")
+    return torch.tensor([SKILLS.index(name) for name in skills], dtype=torch.int64,
+                        device=device)
+
+
 def checkpoint_size(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
 
 
-__all__ = ["VLAModel", "load_checkpoint", "checkpoint_size", "ACTION_DIM"]
+__all__ = ["VLAModel", "load_checkpoint", "checkpoint_size", "skill_indices", "ACTION_DIM"]
