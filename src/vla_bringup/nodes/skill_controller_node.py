@@ -30,10 +30,10 @@ from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSO
                                       quiet_on_shutdown, run, sec_to_stamp, serve_lifeline,
                                       stamp_to_sec, watch_lifeline)
 from vla_bringup.core.robot import PANDA_JOINT_NAMES
+from vla_bringup.policy.base import SKILLS
 from vla_msgs.action import ExecuteSkill
 from vla_msgs.msg import ActionChunk, SkillCommand
 
-SKILLS = ("pick", "place", "push")
 # After a skill ends, keep streaming the held target briefly so the hand-over to the next skill
 # does not look like a dead controller to the safety watchdog.
 HOLD_AFTER_FINISH_S = 0.5

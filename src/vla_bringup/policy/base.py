@@ -13,13 +13,17 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+# The skill primitives a plan is made of: what the skill controller accepts and what a backend
+# may be asked to run.
+SKILLS = ("pick", "place", "push")
+
 
 @dataclasses.dataclass(frozen=True)
 class SkillSpec:
     """One step of a task plan, as the skill controller hands it to the policy."""
 
     skill_id: str  # unique per execution, so stale chunks of an earlier skill can be dropped
-    skill: str  # "pick" | "place" | "push"
+    skill: str  # one of SKILLS
     instruction: str  # language the policy is conditioned on, e.g. "pick up the red cube"
     target_object: str  # e.g. "red_cube"
     destination: str = ""  # "tray" | "left" | "right" | "<color>_cube" | ""

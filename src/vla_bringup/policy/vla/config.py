@@ -35,7 +35,6 @@ LANGUAGE_INPUTS = ("sentence", "tokens")
 DETECTOR_LANGUAGE = ("shared", "per_point")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
-SKILLS = ("pick", "place", "push")  # the skill controller's primitives (policy.base.SkillSpec)
 ARM_DOF = 7
 ACTION_DIM = 8  # joint spaces: 7 arm joints + gripper opening
 STATE_DIM = 8  # 7 arm joint positions + gripper opening (mean of the fingers)
@@ -138,13 +137,13 @@ class VLAConfig:
     # With noise near its real error, "start + offset" wins where it is exact (pushes) and the
     # detector where the relative branch is far off (tray, lower cube).
     place_blend_noise: float = 0.0
-    # The skill primitive the skill controller hands over with the text (SKILLS: pick, place,
-    # push) as an input: a learned vector added to the state token and, with place_relative,
-    # beside the instruction in the place blend. Colour, direction and destination still come
-    # from the words and the image only. The idea was that an unseen verb ("rest it atop the
-    # green brick") left the policy guessing which motion was meant; it did not help (held-out
-    # texts 6 of 24 against 11): what fails on unseen texts is the reading of their nouns
-    # (docs/training.md, thirteenth session).
+    # The skill primitive the skill controller hands over with the text (policy.base.SKILLS:
+    # pick, place, push) as an input: a learned vector added to the state token and, with
+    # place_relative, beside the instruction in the place blend. Colour, direction and
+    # destination still come from the words and the image only. The idea was that an unseen
+    # verb ("rest it atop the green brick") left the policy guessing which motion was meant; it
+    # did not help (held-out texts 6 of 24 against 11): what fails on unseen texts is the
+    # reading of their nouns (docs/training.md, thirteenth session).
     skill_input: bool = False
     # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
     # vectors (from the grasp point to: itself, the target as seen now, the target's latched

@@ -16,8 +16,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vla_bringup.policy.vla.config import (ACTION_DIM, POSITION_DIM, SKILLS, STATE_DIM,
-                                           VLAConfig)
+from vla_bringup.policy.base import SKILLS
+from vla_bringup.policy.vla.config import ACTION_DIM, POSITION_DIM, STATE_DIM, VLAConfig
 from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
 from vla_bringup.policy.vla.fusion import (AttentionPool, CrossBlock, GroundedKeypoints,
                                            build_fusion, mlp)
@@ -140,7 +140,7 @@ class VLAModel(nn.Module):
         features instead of images. `start_positions` (B, 3), m: the target object's position
         when the skill started, for a `start_memory` model (B, 6 with the place, for a
         `place_memory` one); None means this is the skill's first frame (the frame's own
-        prediction is used). `skill` (B,) int64: index in config.SKILLS of the skill primitive,
+        prediction is used). `skill` (B,) int64: index in policy.base.SKILLS of the skill primitive,
         for a `skill_input` model (`skill_indices`). Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
@@ -222,7 +222,8 @@ class VLAModel(nn.Module):
         """What a start_memory backend would latch on these frames (`latched_positions`, m),
         from the "pixels" detector alone: no fusion, no head. A trainer with latch_source
         "model" feeds it to the skill's later frames, so that they learn on the detector's own
-        errors instead of the truth (on its training scenes, smaller than on new ones)."""
+        errors instead of the truth (on its training scenes, smaller than on new ones).
+        `skill` as in `forward` (a skill_input model's place blend reads it)."""
         if self.position_pixels is None:
             raise ValueError("detect_latch needs a model with position_from='pixels'")
         dtype = self.vision_pos.dtype
