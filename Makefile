@@ -29,7 +29,7 @@ bench: setup
 	@$(ENV) && python -m vla_bringup.cli.bench_policy --out artifacts/policy_latency.json --no-text
 
 # Closed-loop success of the committed VLA checkpoint vs the scripted expert on held-out seeds
-# -> artifacts/eval.json + artifacts/eval_table.png (about 31 minutes on 2 cores at 100 seeds;
+# -> artifacts/eval.json + artifacts/eval_table.png (about 30 minutes on 2 cores at 100 seeds;
 # EVAL_SEEDS=8: about 3 minutes). Each chunk reaches the robot EVAL_LATENCY s (simulated) after
 # its frame, as in the live graph on this 2-core CPU (camera-to-command about 0.25 s p50 with
 # the learned policy). EVAL_LATENCY=0 makes the simulator wait for every forward pass (the
