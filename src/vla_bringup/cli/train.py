@@ -267,12 +267,10 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
             start = model.detect_latch(language, tensors["state"][first],
                                        _model_crops(model, tensors["crops"][first.numpy()]),
                                        skill).float()
-        if noise is not None:
-            start = start + noise[:, 10:10 + start.shape[1]]
     elif "start_positions" in tensors:
         start = tensors["start_positions"][rows]
-        if noise is not None:
-            start = start + noise[:, 10:10 + start.shape[1]]
+    if start is not None and noise is not None:
+        start = start + noise[:, 10:10 + start.shape[1]]
     outputs = model(None, language, state, vision_features=features, given_positions=given,
                     keypoint_crops=crops, start_positions=start, skill=skill)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
