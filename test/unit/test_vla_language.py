@@ -212,3 +212,43 @@ def test_skill_input_tells_the_head_and_the_place_blend_which_primitive(text_enc
     policy.reset(skill)
     with pytest.raises(ValueError, match="unknown skill primitive"):
         policy.infer(Observation(1.0, JOINTS, HOME, skill, image=image))
+
+
+def test_head_language_off_leaves_the_words_to_the_detector(text_encoder, tmp_path):
+    torch.manual_seed(0)
+    common = dict(action_space="ee_delta", position_aux=True, position_token=True,
+                  position_from="pixels", keypoint_crop=[0.5, 0.0, 1.0, 1.0],
+                  start_memory=True, place_memory=True, skill_input=True)
+    with pytest.raises(ValueError, match="head_language False needs skill_input"):
+        tokens_config(**{**common, "skill_input": False}, head_language=False)
+    blind, reading = (VLAModel(tokens_config(**common, head_language=flag)).eval()
+                      for flag in (False, True))
+    assert blind.language_proj is None and blind.language_pool.queries.shape == (1, 384)
+    assert not any(key.startswith("language_proj") for key in blind.trainable_state_dict())
+    language = torch.stack([text_encoder(LEFT, 12), text_encoder(RIGHT, 12)])
+    other = torch.stack([text_encoder("put the blue cube in the tray", 12)] * 2)
+    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
+    images = torch.rand(2, 3, 64, 64)
+    skill = torch.zeros(2, dtype=torch.int64)
+    # Positions given (as an oracle trainer would) and latched starts fixed: the only way
+    # words could reach the chunk is the fusion, which a blind head does not have.
+    given = torch.randn(2, 6)
+    start = torch.rand(2, 6)
+    outputs = {}
+    with torch.no_grad():
+        for name, model in (("blind", blind), ("reading", reading)):
+            outputs[name] = [model(images, words, state, given_positions=given,
+                                   start_positions=start, skill=skill)
+                             for words in (language, other)]
+    first, second = outputs["blind"]
+    torch.testing.assert_close(first["actions"], second["actions"])
+    assert not torch.allclose(first["positions"], second["positions"])  # the detector reads
+    first, second = outputs["reading"]
+    assert not torch.allclose(first["actions"], second["actions"])
+    blind.save_checkpoint(tmp_path / "blind")
+    loaded = load_checkpoint(tmp_path / "blind")
+    assert not loaded.config.head_language and loaded.language_proj is None
+    with torch.no_grad():
+        again = loaded(images, language, state, given_positions=given, start_positions=start,
+                       skill=skill)
+    torch.testing.assert_close(again["actions"], outputs["blind"][0]["actions"])

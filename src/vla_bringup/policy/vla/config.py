@@ -145,6 +145,13 @@ class VLAConfig:
     # did not help (held-out texts 6 of 24 against 11): what fails on unseen texts is the
     # reading of their nouns (docs/training.md, thirteenth session).
     skill_input: bool = False
+    # False: the fusion's language tokens are learned constants, not the instruction, so the
+    # action head reads no words of its own. It still learns which cube and where from the
+    # position token (the "pixels" detector reads the words), and which motion from the skill
+    # primitive (needs skill_input). Why: with an unseen wording ("lower the C box into the
+    # basket") the detector found the tray within 1.4 cm, yet the place skill timed out: the
+    # head misread the words too (docs/training.md, fourteenth session).
+    head_language: bool = True
     # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
     # vectors (from the grasp point to: itself, the target as seen now, the target's latched
     # start, the place) plus a residual, instead of a number the head must produce on its own.
@@ -233,6 +240,11 @@ class VLAConfig:
         if not 0.0 <= self.place_blend_noise <= 0.2 or (self.place_blend_noise and
                                                         not self.place_relative):
             raise ValueError("place_blend_noise must be in [0, 0.2] m, and needs place_relative")
+        if not self.head_language and not (self.skill_input and self.position_token
+                                           and self.position_from == "pixels"):
+            raise ValueError("head_language False needs skill_input (which motion) and "
+                             "position_token with position_from pixels (which cube, where): "
+                             "without them the head would not know the task")
         if self.place_relative and not self.place_memory:
             raise ValueError("place_relative needs place_memory (it blends the latched place)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:

@@ -44,12 +44,16 @@ class VLAModel(nn.Module):
         # shared linear layer, and one per other instruction reader (`_readers`).
         self.language_pool = None
         self.readers = self._readers()  # fixed by the config: not rebuilt on every forward
+        # A head_language=False model pools for the readers only; its fusion tokens are
+        # language_pos alone (learned queries that carry no words).
+        words = config.language_tokens if config.head_language else 0
+        self.language_proj = None
         if config.language_input == "tokens":
-            self.language_pool = AttentionPool(config.language_dim,
-                                               config.language_tokens + len(self.readers))
-            self.language_proj = nn.Linear(config.language_dim, d)
-        else:
-            self.language_proj = nn.Linear(config.language_dim, config.language_tokens * d)
+            self.language_pool = AttentionPool(config.language_dim, words + len(self.readers))
+            if words:
+                self.language_proj = nn.Linear(config.language_dim, d)
+        elif words:
+            self.language_proj = nn.Linear(config.language_dim, words * d)
         self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
         self.state_proj = mlp(config.state_dim, d, d, 0.0)
         self.skill_embedding = nn.Embedding(len(SKILLS), d) if config.skill_input else None
@@ -249,19 +253,26 @@ class VLAModel(nn.Module):
 
     def _language(self, language: torch.Tensor, batch: int
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """-> the fusion's language tokens (B, language_tokens, d) and each reader's
-        instruction vector (B, 384): the sentence embedding itself for a "sentence" model."""
+        """-> the fusion's language tokens (B, language_tokens, d), word-free learned queries
+        for a head_language=False model, and each reader's instruction vector (B, 384): the
+        sentence embedding itself for a "sentence" model."""
         expected = (batch, *self.config.language_shape)
         if tuple(language.shape) != expected:
             raise ValueError(f"language must be {expected} for language_input="
                              f"{self.config.language_input!r}, got {tuple(language.shape)}")
-        if self.language_pool is None:
+        words = self.config.language_tokens if self.language_proj is not None else 0
+        if self.language_pool is None:  # "sentence": each reader gets the sentence embedding
+            pooled, readers = None, {name: language for name in self.readers}
+        else:
+            pooled = self.language_pool(language, language.abs().amax(-1) == 0)
+            readers = {name: pooled[:, words + i] for i, name in enumerate(self.readers)}
+        if not words:  # head_language False: learned queries, no words reach the fusion
+            return self.language_pos.expand(batch, -1, -1), readers
+        if pooled is None:
             tokens = self.language_proj(language).view(batch, -1, self.config.d_model)
-            return tokens + self.language_pos, {name: language for name in self.readers}
-        pooled = self.language_pool(language, language.abs().amax(-1) == 0)
-        count = self.config.language_tokens
-        tokens = self.language_proj(pooled[:, :count]) + self.language_pos
-        return tokens, {name: pooled[:, count + i] for i, name in enumerate(self.readers)}
+        else:
+            tokens = self.language_proj(pooled[:, :words])
+        return tokens + self.language_pos, readers
 
     def _blend_place(self, positions: torch.Tensor, instruction: torch.Tensor,
                      start: Optional[torch.Tensor],
