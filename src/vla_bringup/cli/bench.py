@@ -204,8 +204,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="artifacts")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    launch = EmbeddedLaunch({"respawn": "true"}, echo=False,
-                            log_path=os.path.join(args.out, "bench_graph.log")).start()
+    # The launcher appends (a respawned node keeps its predecessor's lines); each bench run
+    # starts its own log, as the demo does, so the file does not grow across runs.
+    graph_log = os.path.join(args.out, "bench_graph.log")
+    open(graph_log, "w").close()
+    launch = EmbeddedLaunch({"respawn": "true"}, echo=False, log_path=graph_log).start()
     obs, stop_observer = start_in_background(BenchObserver, threads=1)
     # The bench is the operator's tool: at normal priority its own receive thread waits for a
     # core behind the simulator and the policy, and that wait would be counted as the graph's
