@@ -149,8 +149,10 @@ class VLAConfig:
     # action head reads no words of its own. It still learns which cube and where from the
     # position token (the "pixels" detector reads the words), and which motion from the skill
     # primitive (needs skill_input). Why: with an unseen wording ("lower the C box into the
-    # basket") the detector found the tray within 1.4 cm, yet the place skill timed out: the
-    # head misread the words too (docs/training.md, fourteenth session).
+    # basket") the detector found the tray within 1.4 cm, yet the place skill timed out, and
+    # the head's own reading of the words was suspected. Off, it did not help: pushes and
+    # stacks were lost (38 and 35 of 96 on two seeds; run 24's recipe 50 and 31), and that
+    # place text still failed with rewordings (docs/training.md, fourteenth session).
     head_language: bool = True
     # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
     # vectors (from the grasp point to: itself, the target as seen now, the target's latched
