@@ -161,49 +161,6 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
     assert np.all(np.isfinite(_infer_once(model).positions))
 
 
-def test_latch_source_model_feeds_the_detectors_own_latch(demos, tmp_path):
-    with pytest.raises(ValueError, match="latch_source"):
-        train_cli.TrainConfig(latch_source="oracle")
-    with pytest.raises(ValueError, match="latch_source 'model' needs"):  # no pixel detector
-        _train(demos, tmp_path / "plain", latch_source="model")
-    overrides = {**TINY_MODEL, "language_input": "tokens", "language_max_tokens": 12,
-                 "action_space": "ee_delta", "position_aux": True, "position_token": True,
-                 "position_from": "pixels", "keypoint_crop": [0.5, 0.25, 1.0, 1.0],
-                 "keypoint_channels": 8, "start_memory": True, "place_memory": True}
-    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 3, "latch_source": "model"})
-    log = train_cli.train(demos, tmp_path / "own", overrides, config, progress=False,
-                          log=lambda *a: None)
-    assert all(np.isfinite(h["loss"]) for h in log["history"])
-    assert log["train_config"]["latch_source"] == "model"
-    # The detector-only pass latches exactly what the full forward pass would on the frame.
-    model = load_checkpoint(tmp_path / "own")
-    loaded = train_cli.load_dataset(demos)
-    first = train_cli.skill_first_frames(loaded)
-    assert first[0] == 0 and np.all(first <= np.arange(len(first)))
-    assert np.array_equal(first[first], first)  # a first frame is its own skill's first
-    frames = torch.rand(2, 3, 64, 64)
-    images = (frames - model.image_mean) / model.image_std
-    language = torch.randn(2, 12, 384)
-    state = torch.randn(2, model.config.state_dim)
-    with torch.no_grad():
-        full = model.latched_positions(model(images, language, state))
-        alone = model.detect_latch(language, state, model.keypoint_crops(images))
-    assert full.shape == (2, 6)
-    torch.testing.assert_close(alone, full)
-
-
-def test_skill_input_trains_on_the_datasets_skill_column(demos, tmp_path):
-    loaded = train_cli.load_dataset(demos)
-    assert len(loaded.skills) == len(loaded.instructions) and set(loaded.skills) == {"push"}
-    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 3})
-    log = train_cli.train(demos, tmp_path / "skill", {**TINY_MODEL, "skill_input": True},
-                          config, progress=False, log=lambda *a: None)
-    assert all(np.isfinite(h["loss"]) for h in log["history"])
-    model = load_checkpoint(tmp_path / "skill")
-    assert model.config.skill_input
-    assert np.all(np.isfinite(_infer_once(model).positions))
-
-
 def test_bad_datasets_fail_clearly(tmp_path, capsys):
     out = tmp_path / "out"
     assert train_cli.main(["--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2

@@ -145,15 +145,12 @@ def test_relative_place_follows_the_latched_start_with_a_direction_from_the_word
     assert np.all(np.isfinite(chunk.positions)) and policy.latched_start().shape == (1, 6)
 
 
-def test_place_blend_noise_reaches_only_the_detectors_share_while_training():
-    with pytest.raises(ValueError, match="place_blend_noise"):
-        tokens_config(place_blend_noise=0.05)  # no place_relative
+def test_place_blend_weighs_the_detector_against_start_plus_offset():
     torch.manual_seed(0)
     config = tokens_config(action_space="ee_delta", position_aux=True, position_token=True,
                            position_from="pixels", keypoint_crop=[0.5, 0.0, 1.0, 1.0],
-                           start_memory=True, place_memory=True, place_relative=True,
-                           place_blend_noise=0.05)
-    model = VLAModel(config)
+                           start_memory=True, place_memory=True, place_relative=True)
+    model = VLAModel(config).eval()
     positions = torch.randn(256, 6)
     instruction = torch.randn(256, 384)
     start = torch.rand(256, 6)
@@ -162,93 +159,22 @@ def test_place_blend_noise_reaches_only_the_detectors_share_while_training():
         with torch.no_grad():
             model.place_blend[-1].weight.zero_()
             model.place_blend[-1].bias.copy_(torch.tensor([weight_logit, 0.0, 1.2, 0.0]))
-            return model._metres(model._blend_place(positions, instruction, start, None))[:, 3:]
-    model.eval()
-    exact = blended(30.0)  # all weight on the detector
-    model.train()
-    spread = (blended(30.0) - exact).std().item()
-    assert 0.04 < spread < 0.06  # the noise, in metres
-    relative = blended(-30.0)  # all weight on "start + offset": no noise reaches it
-    torch.testing.assert_close(relative, start[:, :3] + torch.tensor([0.0, 0.12, 0.0]))
+            return model._metres(model._blend_place(positions, instruction, start))
+    detector = blended(30.0)  # all weight on the detector's place
+    torch.testing.assert_close(detector, model._metres(positions))
+    relative = blended(-30.0)  # all weight on "start + offset"; the target is left alone
+    torch.testing.assert_close(relative[:, 3:], start[:, :3] + torch.tensor([0.0, 0.12, 0.0]))
+    torch.testing.assert_close(relative[:, :3], detector[:, :3])
 
 
-def test_skill_input_tells_the_head_and_the_place_blend_which_primitive(text_encoder, tmp_path):
-    from vla_bringup.policy.vla.backend import VLAPolicy
-    from vla_bringup.policy.vla.model import skill_indices
-    torch.manual_seed(0)
-    config = tokens_config(action_space="ee_delta", position_aux=True, position_token=True,
-                           position_from="pixels", keypoint_crop=[0.5, 0.0, 1.0, 1.0],
-                           start_memory=True, place_memory=True, place_relative=True,
-                           skill_input=True)
-    model = VLAModel(config).eval()
-    language = torch.stack([text_encoder(LEFT, 12)] * 2)
-    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
-    images = torch.rand(2, 3, 64, 64)
-    with pytest.raises(ValueError, match="skill primitive"):
-        model(images, language, state)
-    with pytest.raises(ValueError, match="unknown skill primitive"):
-        skill_indices(["pick", "wave"])
-    with torch.no_grad():
-        push = model(images, language, state, skill=skill_indices(["push", "push"]))
-        place = model(images, language, state, skill=skill_indices(["place", "place"]))
-    # Same image, words and state: only the primitive differs, and both the chunk and the
-    # blended place (the blend reads it beside the words) change with it.
-    assert not torch.allclose(push["actions"], place["actions"])
-    assert not torch.allclose(push["positions"][:, 3:], place["positions"][:, 3:])
-    torch.testing.assert_close(push["positions"][:, :3], place["positions"][:, :3])
-    model.save_checkpoint(tmp_path / "skill")
-    loaded = load_checkpoint(tmp_path / "skill")
-    assert loaded.config.skill_input
-    torch.testing.assert_close(loaded.skill_embedding.weight, model.skill_embedding.weight)
-    policy = VLAPolicy(model=loaded, text_encoder=text_encoder, device="cpu")
-    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    chunks = {}
-    for primitive in ("push", "place"):
-        skill = SkillSpec("s1", primitive, LEFT, "red_cube", "left")
-        policy.reset(skill)
-        chunks[primitive] = policy.infer(Observation(1.0, JOINTS, HOME, skill, image=image))
-    assert not np.allclose(chunks["push"].positions, chunks["place"].positions)
-    skill = SkillSpec("s2", "wave", LEFT, "red_cube", "left")
-    policy.reset(skill)
-    with pytest.raises(ValueError, match="unknown skill primitive"):
-        policy.infer(Observation(1.0, JOINTS, HOME, skill, image=image))
-
-
-def test_head_language_off_leaves_the_words_to_the_detector(text_encoder, tmp_path):
-    torch.manual_seed(0)
-    common = dict(action_space="ee_delta", position_aux=True, position_token=True,
-                  position_from="pixels", keypoint_crop=[0.5, 0.0, 1.0, 1.0],
-                  start_memory=True, place_memory=True, skill_input=True)
-    with pytest.raises(ValueError, match="head_language False needs skill_input"):
-        tokens_config(**{**common, "skill_input": False}, head_language=False)
-    blind, reading = (VLAModel(tokens_config(**common, head_language=flag)).eval()
-                      for flag in (False, True))
-    assert blind.language_proj is None and blind.language_pool.queries.shape == (1, 384)
-    assert not any(key.startswith("language_proj") for key in blind.trainable_state_dict())
-    language = torch.stack([text_encoder(LEFT, 12), text_encoder(RIGHT, 12)])
-    other = torch.stack([text_encoder("put the blue cube in the tray", 12)] * 2)
-    state = torch.cat([torch.zeros(2, 8), torch.tensor([[0.4, 0.0, 0.8, 3.1]] * 2)], 1)
-    images = torch.rand(2, 3, 64, 64)
-    skill = torch.zeros(2, dtype=torch.int64)
-    # Positions given (as an oracle trainer would) and latched starts fixed: the only way
-    # words could reach the chunk is the fusion, which a blind head does not have.
-    given = torch.randn(2, 6)
-    start = torch.rand(2, 6)
-    outputs = {}
-    with torch.no_grad():
-        for name, model in (("blind", blind), ("reading", reading)):
-            outputs[name] = [model(images, words, state, given_positions=given,
-                                   start_positions=start, skill=skill)
-                             for words in (language, other)]
-    first, second = outputs["blind"]
-    torch.testing.assert_close(first["actions"], second["actions"])
-    assert not torch.allclose(first["positions"], second["positions"])  # the detector reads
-    first, second = outputs["reading"]
-    assert not torch.allclose(first["actions"], second["actions"])
-    blind.save_checkpoint(tmp_path / "blind")
-    loaded = load_checkpoint(tmp_path / "blind")
-    assert not loaded.config.head_language and loaded.language_proj is None
-    with torch.no_grad():
-        again = loaded(images, language, state, given_positions=given, start_positions=start,
-                       skill=skill)
-    torch.testing.assert_close(again["actions"], outputs["blind"][0]["actions"])
+def test_removed_options_load_when_off_and_fail_clearly_when_on():
+    stored = tokens_config().to_dict()
+    # A config.json written while these options existed carries them at their "off" value.
+    old = {**stored, "skill_input": False, "head_language": True, "place_blend_noise": 0.0}
+    assert VLAConfig.from_dict(old) == VLAConfig.from_dict(stored)
+    for name, value in (("skill_input", True), ("head_language", False),
+                        ("place_blend_noise", 0.02)):
+        with pytest.raises(ValueError, match=f"{name} was removed.*commit 1522412"):
+            VLAConfig.from_dict({**stored, name: value})
+    with pytest.raises(ValueError, match="unknown VLAConfig fields"):
+        VLAConfig.from_dict({**stored, "no_such_option": 1})

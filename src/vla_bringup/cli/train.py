@@ -56,7 +56,7 @@ from vla_bringup.cli.train_cache import (  # noqa: F401
     cache_keypoint_crops, cache_language, cache_vision_features, vision_cache_key)
 from vla_bringup.cli.train_data import (  # noqa: F401
     POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks, keypoint_targets,
-    skill_first_frames, skill_start_targets,
+    skill_start_targets,
     load_dataset, pixel_keypoint_targets, split_episodes, progress_bar)
 from vla_bringup.policy.vla.paraphrase import MAX_VARIANTS
 from vla_bringup.sim.tasks import FAMILIES
@@ -109,15 +109,6 @@ class TrainConfig:
     # Chunk labels: "planned" (the chunk the expert planned at the frame) or "executed" (row k is
     # the first row the expert planned k frames later, in the same skill): see executed_chunks.
     chunk_labels: str = "planned"
-    # start_memory models with the "pixels" detector: what a frame reads as the positions latched
-    # at its skill's start. "truth": the true ones, jittered by start_noise. "model": the
-    # detector's own output on the skill's first frame (no gradient), plus that jitter, as the
-    # backend latches in closed loop. Why: with the truth the head learnt to trust a latched
-    # place within 1 cm, but a push's place (an empty patch of table) was latched 3-10 cm off,
-    # and the skill said done with the cube a few centimetres from its start. It did not help:
-    # on its training scenes the detector finds even a push's place to about 1 cm, so its own
-    # latch there is nearly the truth (docs/training.md, twelfth session).
-    latch_source: str = "truth"
     # > 0: validate and save an exponential moving average of the trainable weights with this
     # decay (policy.vla.weight_average; 0.998 averages over about the last 500 steps).
     weight_average: float = 0.0
@@ -148,8 +139,6 @@ class TrainConfig:
             if family not in FAMILIES or not isinstance(times, int) or not 1 <= times <= 10:
                 raise ValueError(f"family_repeat maps a family of {FAMILIES} to an integer 1-10, "
                                  f"got {family!r}: {times!r}")
-        if self.latch_source not in ("truth", "model"):
-            raise ValueError(f"latch_source must be truth or model, got {self.latch_source!r}")
         if self.chunk_labels not in ("planned", "executed"):
             raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
         if not 0.0 <= self.weight_average < 1.0:
@@ -259,20 +248,11 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     crops = None
     if "crops" in tensors:
         crops = _model_crops(model, tensors["crops"][idx])
-    skill = tensors["skill"][rows] if "skill" in tensors else None
-    start = None
-    if "skill_first" in tensors:  # latch_source "model"
-        first = tensors["skill_first"][rows]
-        with torch.no_grad():
-            start = model.detect_latch(language, tensors["state"][first],
-                                       _model_crops(model, tensors["crops"][first.numpy()]),
-                                       skill).float()
-    elif "start_positions" in tensors:
-        start = tensors["start_positions"][rows]
+    start = tensors["start_positions"][rows] if "start_positions" in tensors else None
     if start is not None and noise is not None:
         start = start + noise[:, 10:10 + start.shape[1]]
     outputs = model(None, language, state, vision_features=features, given_positions=given,
-                    keypoint_crops=crops, start_positions=start, skill=skill)
+                    keypoint_crops=crops, start_positions=start)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
     losses = head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
                        tensors["progress"][rows], train.done_weight, train.progress_weight,
@@ -348,7 +328,7 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
     """Run the whole recipe; returns the train_log dictionary (also written to out)."""
     import torch
     from vla_bringup.policy.vla.config import VLAConfig, encode_actions, state_vector
-    from vla_bringup.policy.vla.model import VLAModel, checkpoint_size, skill_indices
+    from vla_bringup.policy.vla.model import VLAModel, checkpoint_size
     from vla_bringup.policy.vla.weight_average import WeightAverage
 
     train_config = train_config or TrainConfig()
@@ -411,13 +391,6 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         # It hides token-state rows; a sentence model has only the one row that always stays.
         raise ValueError("language_dropout needs a model with language_input 'tokens' (a "
                          f"'{config.language_input}' model would silently ignore it)")
-    if train_config.latch_source == "model" and not (
-            config.start_memory and config.position_aux and config.position_from == "pixels"):
-        raise ValueError("latch_source 'model' needs start_memory, position_aux and "
-                         "position_from 'pixels' (the detector is what the backend latches)")
-    if config.skill_input and demos.skills is None:
-        raise DatasetError(f"skill_input needs the column 'skill', which {demos.root} lacks "
-                           "(regenerate it with generate_data)")
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
                            f"{demos.root} lacks (regenerate it with generate_data)")
@@ -456,8 +429,6 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         "done": torch.from_numpy(demos.done.astype(np.float32)),
         "progress": torch.from_numpy(demos.progress.astype(np.float32)),
     }
-    if config.skill_input:
-        tensors["skill"] = skill_indices(demos.skills)
     if config.position_aux:
         mean, std = np.array(config.position_mean), np.array(config.position_std)
         tensors["positions"] = torch.from_numpy(((demos.positions - mean) / std)
@@ -474,8 +445,6 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
                                                 cache_dir, progress)
         tensors["keypoint_points"], tensors["keypoint_inside"] = pixel_keypoint_targets(
             demos.positions, config, demos.info)
-        if train_config.latch_source == "model":
-            tensors["skill_first"] = torch.from_numpy(skill_first_frames(demos))
         phase("keypoint crops")
     if len(val_idx) > train_config.val_max_frames:
         val_idx = val_idx[np.linspace(0, len(val_idx) - 1, train_config.val_max_frames)

@@ -39,9 +39,6 @@ class Demos:
     # (N, 6) target object and place positions (m), the generator's privileged columns; None
     # for a dataset without them (the auxiliary position loss then cannot be used)
     positions: Optional[np.ndarray] = None
-    # (N,) the skill primitive of each frame ("pick" | "place" | "push"); None for a dataset
-    # without the column
-    skills: Optional[list[str]] = None
 
     @property
     def chunk_dt(self) -> float:
@@ -147,8 +144,6 @@ def load_dataset(root: str | Path) -> Demos:
         if any(not isinstance(t, str) or not t.strip() for t in texts):
             raise DatasetError(f"episode {index}: {path} has an empty instruction")
         instructions += texts
-        if "skill" in table.column_names:
-            parts.setdefault("skills", []).append(_column(table, "skill", path).to_pylist())
         folder = (root / info["image_path"].format(episode_index=index, frame_index=0)).parent
         count = sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
         if count != rows:
@@ -161,9 +156,7 @@ def load_dataset(root: str | Path) -> Demos:
                  np.concatenate(parts["progress"]).astype(np.float64), instructions,
                  np.repeat(np.arange(len(lengths)), lengths), offsets,
                  np.concatenate(parts["positions"])
-                 if len(parts.get("positions", [])) == len(lengths) else None,
-                 [name for part in parts["skills"] for name in part]
-                 if len(parts.get("skills", [])) == len(lengths) else None)
+                 if len(parts.get("positions", [])) == len(lengths) else None)
 
 
 def _skill_starts(demos: Demos) -> np.ndarray:

@@ -36,6 +36,12 @@ DETECTOR_LANGUAGE = ("shared", "per_point")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
+# Options tried and removed (their results stay in docs/training.md), with the value that meant
+# "off": a saved config.json that carries one at that value still loads.
+# place_blend_noise: noise on the detector's place in the place_relative blend (14th session);
+# skill_input: the skill primitive as an input (13th); head_language False: a head that reads
+# no words (14th).
+REMOVED_FIELDS = {"place_blend_noise": 0.0, "skill_input": False, "head_language": True}
 ACTION_DIM = 8  # joint spaces: 7 arm joints + gripper opening
 STATE_DIM = 8  # 7 arm joint positions + gripper opening (mean of the fingers)
 EE_ACTION_DIM = 5  # ee_delta: grasp point offset xyz, yaw offset, gripper opening
@@ -131,29 +137,6 @@ class VLAConfig:
     # Relative to the latched start it needs only the direction word; the tray and a stack's
     # lower cube stay with the detector (the weight learns which is which).
     place_relative: bool = False
-    # With place_relative, training only: std (m) of Gaussian noise on the detector's place as the
-    # blend reads it. Why: the detector memorises a push's place on its training scenes (0.6 cm
-    # there, 10.5 cm on validation scenes), so without noise the blend learnt to trust it.
-    # With noise near its real error, "start + offset" wins where it is exact (pushes) and the
-    # detector where the relative branch is far off (tray, lower cube).
-    place_blend_noise: float = 0.0
-    # The skill primitive the skill controller hands over with the text (policy.base.SKILLS:
-    # pick, place, push) as an input: a learned vector added to the state token and, with
-    # place_relative, beside the instruction in the place blend. Colour, direction and
-    # destination still come from the words and the image only. The idea was that an unseen
-    # verb ("rest it atop the green brick") left the policy guessing which motion was meant; it
-    # did not help (held-out texts 6 of 24 against 11): what fails on unseen texts is the
-    # reading of their nouns (docs/training.md, thirteenth session).
-    skill_input: bool = False
-    # False: the fusion's language tokens are learned constants, not the instruction, so the
-    # action head reads no words of its own. It still learns which cube and where from the
-    # position token (the "pixels" detector reads the words), and which motion from the skill
-    # primitive (needs skill_input). Why: with an unseen wording ("lower the C box into the
-    # basket") the detector found the tray within 1.4 cm, yet the place skill timed out, and
-    # the head's own reading of the words was suspected. Off, it did not help: pushes and
-    # stacks were lost (38 and 35 of 96 on two seeds; run 24's recipe 50 and 31), and that
-    # place text still failed with rewordings (docs/training.md, fourteenth session).
-    head_language: bool = True
     # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
     # vectors (from the grasp point to: itself, the target as seen now, the target's latched
     # start, the place) plus a residual, instead of a number the head must produce on its own.
@@ -239,14 +222,6 @@ class VLAConfig:
         if self.action_anchors and not (self.start_memory and self.head == "continuous"):
             raise ValueError("action_anchors needs start_memory (the anchors are the token's "
                              "positions) and the continuous head (it offsets regressed rows)")
-        if not 0.0 <= self.place_blend_noise <= 0.2 or (self.place_blend_noise and
-                                                        not self.place_relative):
-            raise ValueError("place_blend_noise must be in [0, 0.2] m, and needs place_relative")
-        if not self.head_language and not (self.skill_input and self.position_token
-                                           and self.position_from == "pixels"):
-            raise ValueError("head_language False needs skill_input (which motion) and "
-                             "position_token with position_from pixels (which cube, where): "
-                             "without them the head would not know the task")
         if self.place_relative and not self.place_memory:
             raise ValueError("place_relative needs place_memory (it blends the latched place)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:
@@ -392,6 +367,12 @@ class VLAConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "VLAConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        data = dict(data)
+        for name, default in REMOVED_FIELDS.items():
+            if name in data and data.pop(name) != default:
+                raise ValueError(f"{name} was removed after it did not help (docs/training.md, "
+                                 f"fifteenth session): this checkpoint sets it, so it needs "
+                                 f"the code of commit 1522412 or earlier")
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown VLAConfig fields {unknown}")

@@ -16,7 +16,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from vla_bringup.policy.base import SKILLS
 from vla_bringup.policy.vla.config import ACTION_DIM, POSITION_DIM, STATE_DIM, VLAConfig
 from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
 from vla_bringup.policy.vla.fusion import (AttentionPool, CrossBlock, GroundedKeypoints,
@@ -44,19 +43,14 @@ class VLAModel(nn.Module):
         # shared linear layer, and one per other instruction reader (`_readers`).
         self.language_pool = None
         self.readers = self._readers()  # fixed by the config: not rebuilt on every forward
-        # A head_language=False model pools for the readers only; its fusion tokens are
-        # language_pos alone (learned queries that carry no words).
-        words = self.head_words = config.language_tokens if config.head_language else 0
-        self.language_proj = None
+        words = config.language_tokens
         if config.language_input == "tokens":
             self.language_pool = AttentionPool(config.language_dim, words + len(self.readers))
-            if words:
-                self.language_proj = nn.Linear(config.language_dim, d)
-        elif words:
+            self.language_proj = nn.Linear(config.language_dim, d)
+        else:
             self.language_proj = nn.Linear(config.language_dim, words * d)
         self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
         self.state_proj = mlp(config.state_dim, d, d, 0.0)
-        self.skill_embedding = nn.Embedding(len(SKILLS), d) if config.skill_input else None
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config, len(ANCHORS) if config.action_anchors else 0)
@@ -84,9 +78,7 @@ class VLAModel(nn.Module):
         self.position_proj = nn.Linear(token_inputs, d) if config.position_token else None
         # place_relative: from the instruction, the weight of the detector's place against "the
         # target's start + offset" (1 logit) and that offset (3, in RELATIVE_SCALE).
-        # A skill_input model also gives it the primitive (one-hot).
-        blend_inputs = config.language_dim + (len(SKILLS) if config.skill_input else 0)
-        self.place_blend = mlp(blend_inputs, 4, 128, 0.0) if config.place_relative else None
+        self.place_blend = mlp(config.language_dim, 4, 128, 0.0) if config.place_relative else None
         stats = config.normalisation()
         for name in ("state_mean", "state_std", "action_mean", "action_std", "position_mean",
                      "position_std"):
@@ -132,8 +124,7 @@ class VLAModel(nn.Module):
                 vision_features: Optional[torch.Tensor] = None,
                 given_positions: Optional[torch.Tensor] = None,
                 keypoint_crops: Optional[torch.Tensor] = None,
-                start_positions: Optional[torch.Tensor] = None,
-                skill: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                start_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
         for a "tokens" model (B, L, 384) rows: the sentence, then token states, then zero rows
@@ -144,8 +135,7 @@ class VLAModel(nn.Module):
         features instead of images. `start_positions` (B, 3), m: the target object's position
         when the skill started, for a `start_memory` model (B, 6 with the place, for a
         `place_memory` one); None means this is the skill's first frame (the frame's own
-        prediction is used). `skill` (B,) int64: index in policy.base.SKILLS of the skill primitive,
-        for a `skill_input` model (`skill_indices`). Returns the head's outputs."""
+        prediction is used). Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -155,9 +145,6 @@ class VLAModel(nn.Module):
         lang, readers = self._language(language.to(dtype), batch)
         normalised_state = self._normalised_state(state).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
-        skill_onehot = self._skill_onehot(skill, batch, dtype)
-        if skill_onehot is not None:
-            state_token = state_token + self.skill_embedding(skill).unsqueeze(1)
         context = self.fusion(vision, lang, state_token)
         positions = keypoint_logits = keypoint_pixels = None
         if self.position_pixels is not None:
@@ -176,8 +163,7 @@ class VLAModel(nn.Module):
         elif self.position_head is not None:
             positions = self.position_head(context.mean(1))
         if self.place_blend is not None:
-            positions = self._blend_place(positions, readers["place"], start_positions,
-                                          skill_onehot)
+            positions = self._blend_place(positions, readers["place"], start_positions)
         anchors = None
         if self.position_proj is not None:
             source = positions.detach() if given_positions is None else given_positions
@@ -200,45 +186,12 @@ class VLAModel(nn.Module):
     def _normalised_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
 
-    def _skill_onehot(self, skill: Optional[torch.Tensor], batch: int,
-                      dtype: torch.dtype) -> Optional[torch.Tensor]:
-        """(B, len(SKILLS)) for a skill_input model, else None (a given `skill` is ignored)."""
-        if self.skill_embedding is None:
-            return None
-        if skill is None or tuple(skill.shape) != (batch,):
-            raise ValueError(f"this model reads the skill primitive: pass skill ({batch},) int64 "
-                             f"indices in {SKILLS}, got "
-                             f"{None if skill is None else tuple(skill.shape)}")
-        if skill.dtype != torch.int64:  # the range is checked by skill_indices and one_hot
-            raise ValueError(f"skill must hold int64 indices, got {skill.dtype}")
-        return nn.functional.one_hot(skill, len(SKILLS)).to(dtype)
-
     def _pixel_detector(self, crops: torch.Tensor, readers: dict[str, torch.Tensor],
                         normalised_state: torch.Tensor) -> dict[str, torch.Tensor]:
         cue = normalised_state[:, self._held_cue_columns()]
         detector_language = (readers["detector"] if "detector" in readers else torch.stack(
             [readers["detector_target"], readers["detector_place"]], 1))
         return self.position_pixels(crops, detector_language, cue)
-
-    def detect_latch(self, language: torch.Tensor, state: torch.Tensor,
-                     keypoint_crops: torch.Tensor,
-                     skill: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """What a start_memory backend would latch on these frames (`latched_positions`, m),
-        from the "pixels" detector alone: no fusion, no head. A trainer with latch_source
-        "model" feeds it to the skill's later frames, so that they learn on the detector's own
-        errors instead of the truth (on its training scenes, smaller than on new ones).
-        `skill` as in `forward` (a skill_input model's place blend reads it)."""
-        if self.position_pixels is None:
-            raise ValueError("detect_latch needs a model with position_from='pixels'")
-        dtype = self.vision_pos.dtype
-        _, readers = self._language(language.to(dtype), language.shape[0])
-        normalised_state = self._normalised_state(state).to(dtype)
-        positions = self._pixel_detector(keypoint_crops.to(dtype), readers,
-                                         normalised_state)["positions"]
-        if self.place_blend is not None:
-            skill_onehot = self._skill_onehot(skill, language.shape[0], dtype)
-            positions = self._blend_place(positions, readers["place"], None, skill_onehot)
-        return self.latched_positions({"positions": positions})
 
     def _readers(self) -> list[str]:
         """The parts besides the fusion that read the instruction as one vector (B, 384): the
@@ -253,21 +206,18 @@ class VLAModel(nn.Module):
 
     def _language(self, language: torch.Tensor, batch: int
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """-> the fusion's language tokens (B, language_tokens, d), word-free learned queries
-        for a head_language=False model, and each reader's instruction vector (B, 384): the
-        sentence embedding itself for a "sentence" model."""
+        """-> the fusion's language tokens (B, language_tokens, d) and each reader's instruction
+        vector (B, 384): the sentence embedding itself for a "sentence" model."""
         expected = (batch, *self.config.language_shape)
         if tuple(language.shape) != expected:
             raise ValueError(f"language must be {expected} for language_input="
                              f"{self.config.language_input!r}, got {tuple(language.shape)}")
-        words = self.head_words
+        words = self.config.language_tokens
         if self.language_pool is None:  # "sentence": each reader gets the sentence embedding
             pooled, readers = None, {name: language for name in self.readers}
         else:
             pooled = self.language_pool(language, language.abs().amax(-1) == 0)
             readers = {name: pooled[:, words + i] for i, name in enumerate(self.readers)}
-        if not words:  # head_language False: learned queries, no words reach the fusion
-            return self.language_pos.expand(batch, -1, -1), readers
         if pooled is None:
             tokens = self.language_proj(language).view(batch, -1, self.config.d_model)
         else:
@@ -275,20 +225,15 @@ class VLAModel(nn.Module):
         return tokens + self.language_pos, readers
 
     def _blend_place(self, positions: torch.Tensor, instruction: torch.Tensor,
-                     start: Optional[torch.Tensor],
-                     skill_onehot: Optional[torch.Tensor]) -> torch.Tensor:
+                     start: Optional[torch.Tensor]) -> torch.Tensor:
         """Normalised positions (B, 6) with the place replaced by the place_relative blend.
         The anchor is the target's latched start (its own prediction on a skill's first frame,
         detached: the place loss must not move the target's detector)."""
         metres = self._metres(positions)
         anchor = metres[:, :3].detach() if start is None else start[:, :3].float()
-        if skill_onehot is not None:
-            instruction = torch.cat([instruction, skill_onehot.to(instruction.dtype)], 1)
         blend = self.place_blend(instruction).float()
         weight = torch.sigmoid(blend[:, :1])
         detector = metres[:, 3:6]
-        if self.training and self.config.place_blend_noise > 0:
-            detector = detector + torch.randn_like(detector) * self.config.place_blend_noise
         place = weight * detector + (1 - weight) * (anchor + blend[:, 1:] * RELATIVE_SCALE)
         place = (place - self.position_mean[3:6]) / self.position_std[3:6]
         return torch.cat([positions[:, :3], place.to(positions.dtype)], 1)
@@ -433,17 +378,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
-def skill_indices(skills: list[str], device: str | torch.device = "cpu") -> torch.Tensor:
-    """Skill primitive names -> (B,) int64 indices in SKILLS, for a skill_input model."""
-    unknown = sorted(set(skills) - set(SKILLS))
-    if unknown:
-        raise ValueError(f"unknown skill primitive(s) {unknown}: this model knows {SKILLS}")
-    return torch.tensor([SKILLS.index(name) for name in skills], dtype=torch.int64,
-                        device=device)
-
-
 def checkpoint_size(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
 
 
-__all__ = ["VLAModel", "load_checkpoint", "checkpoint_size", "skill_indices", "ACTION_DIM"]
+__all__ = ["VLAModel", "load_checkpoint", "checkpoint_size", "ACTION_DIM"]
