@@ -4,6 +4,7 @@ Checks the pipeline, not the policy's quality: the checkpoint loads and drives `
 artifacts exist, the feature cache is reused, a seed reproduces its losses, bad datasets fail
 clearly, and `evaluate` writes eval.json with the expert succeeding on the same seed.
 """
+import dataclasses
 import json
 import shutil
 
@@ -159,6 +160,61 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
     model = load_checkpoint(tmp_path / "tokens")
     assert model.language_pool is not None and model.place_blend is not None
     assert np.all(np.isfinite(_infer_once(model).positions))
+
+
+def test_a_setting_added_at_its_default_leaves_cached_features_valid(demos, tmp_path):
+    """A resumed generator writes settings added since the dataset began into info.json; at
+    their defaults they must not make the cached features stale, nor must the caches that
+    older code keyed on every stored setting."""
+    copy = tmp_path / "demos"
+    shutil.copytree(demos, copy, ignore=shutil.ignore_patterns("cache"))
+    info_path = copy / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    settings = info["vla_bringup"]["generator_config"]
+    current = train_cli.load_dataset(copy)
+    # The dataset as written before the latest settings existed.
+    for name in train_cli.LATER_SETTINGS:
+        settings.pop(name)
+    info_path.write_text(json.dumps(info))
+    older = train_cli.load_dataset(copy)
+    assert older.episode_fingerprint(0) == current.episode_fingerprint(0)
+    assert older.legacy_fingerprints(0)[0] != current.legacy_fingerprints(0)[0]
+    assert older.legacy_fingerprints(0)[0] == current.legacy_fingerprints(0)[1]
+    first = _train(copy, tmp_path / "first")
+    assert first["cache"]["vision_computed_frames"] > 0
+    # Older code keyed the cache on every setting the info.json of that time held.
+    index_path = next((copy / "cache").glob("vision-*/index.json"))
+    index = json.loads(index_path.read_text())
+    count = len(older.episodes)
+    index["episodes"] = {str(e): older.legacy_fingerprints(e)[0] for e in range(count)}
+    index_path.write_text(json.dumps(index))
+    # A resumed generator (same settings) writes the later ones back, at their defaults.
+    for name in train_cli.LATER_SETTINGS:
+        settings[name] = dataclasses.asdict(GeneratorConfig())[name]
+    info_path.write_text(json.dumps(info))
+    second = _train(copy, tmp_path / "second")
+    assert second["cache"]["vision_computed_frames"] == 0
+    assert json.loads(index_path.read_text())["episodes"] == {
+        str(e): current.episode_fingerprint(e) for e in range(count)}
+    # The keypoint crops' single file, keyed by older code's fingerprints, is renamed, not
+    # recomputed.
+    from vla_bringup.policy.vla.config import VLAConfig
+    from vla_bringup.policy.vla.model import VLAModel
+    pixels = VLAModel(VLAConfig(**TINY_MODEL, position_aux=True, position_from="pixels",
+                                keypoint_crop=[0.5, 0.25, 1.0, 1.0]), pretrained=False)
+    episodes = list(range(count))
+    legacy_view = train_cli.load_dataset(copy)
+    legacy_view.episode_fingerprint = lambda e: legacy_view.legacy_fingerprints(e)[1]
+    crops = train_cli.cache_keypoint_crops(legacy_view, pixels, episodes, progress=False)
+    written = list((copy / "cache").glob("keypoint-crops-*.npy"))
+    again = train_cli.cache_keypoint_crops(current, pixels, episodes, progress=False)
+    kept = list((copy / "cache").glob("keypoint-crops-*.npy"))
+    assert len(written) == 1 == len(kept) and written != kept
+    np.testing.assert_array_equal(again, crops)
+    # A setting that changes what was recorded still makes the episodes stale.
+    settings["camera_jitter_m"] = 0.05
+    info_path.write_text(json.dumps(info))
+    assert train_cli.load_dataset(copy).episode_fingerprint(0) != current.episode_fingerprint(0)
 
 
 def test_bad_datasets_fail_clearly(tmp_path, capsys):

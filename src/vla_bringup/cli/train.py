@@ -55,8 +55,8 @@ from vla_bringup.cli.machine import describe_machine
 from vla_bringup.cli.train_cache import (  # noqa: F401
     cache_keypoint_crops, cache_language, cache_vision_features, vision_cache_key)
 from vla_bringup.cli.train_data import (  # noqa: F401
-    POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks, keypoint_targets,
-    skill_start_targets,
+    LATER_SETTINGS, POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks,
+    keypoint_targets, skill_start_targets,
     load_dataset, pixel_keypoint_targets, split_episodes, progress_bar)
 from vla_bringup.policy.vla.paraphrase import MAX_VARIANTS
 from vla_bringup.sim.tasks import FAMILIES

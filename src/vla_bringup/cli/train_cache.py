@@ -82,20 +82,26 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
         index = {}
     if index.get("key") != key:
         index = {"key": key, "episodes": {}}
-    todo, shape = [], None
+    todo, shape, renamed = [], None, False
     for episode in episodes:
         path = folder / f"episode_{episode:06d}.npy"
         length = int(demos.offsets[episode + 1] - demos.offsets[episode])
-        if index["episodes"].get(str(episode)) == demos.episode_fingerprint(episode) and \
+        stored = index["episodes"].get(str(episode))
+        fingerprint = demos.episode_fingerprint(episode)
+        if stored in (fingerprint, *demos.legacy_fingerprints(episode)) and \
                 path.is_file():
             try:
                 cached = np.load(path, mmap_mode="r", allow_pickle=False)
                 if cached.shape[0] == length and cached.dtype == np.float16:
                     shape = cached.shape[1:]
+                    renamed |= stored != fingerprint
+                    index["episodes"][str(episode)] = fingerprint
                     continue
             except (OSError, ValueError):
                 pass
         todo.append(episode)
+    if renamed:  # legacy fingerprints, now in the current form
+        _write_index(index, folder)
     todo_frames = sum(int(demos.offsets[e + 1] - demos.offsets[e]) for e in todo)
     bar = progress_bar(todo_frames, "caching vision features", progress and todo_frames > 0,
                     "frame")
@@ -118,9 +124,7 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
             np.save(temporary, features, allow_pickle=False)
             os.replace(temporary, path)
             index["episodes"][str(episode)] = demos.episode_fingerprint(episode)
-            temporary = folder / ".index.json.tmp"
-            temporary.write_text(json.dumps(index, indent=1))
-            os.replace(temporary, index_path)
+            _write_index(index, folder)
     finally:
         if bar is not None:
             bar.close()
@@ -138,6 +142,12 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
             "seconds_per_frame": elapsed / todo_frames if todo_frames else None}
 
 
+def _write_index(index: dict, folder: Path) -> None:
+    temporary = folder / ".index.json.tmp"
+    temporary.write_text(json.dumps(index, indent=1))
+    os.replace(temporary, folder / "index.json")
+
+
 def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
                          cache_dir: Optional[Path] = None, progress: bool = True) -> np.ndarray:
     """(N_frames, h, w, 3) uint8: the "pixels" detector's crop of every frame of `episodes`
@@ -145,13 +155,18 @@ def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
     the crop and the episodes' fingerprints."""
     import torch
     config = model.config
-    key = json.dumps({"format": CACHE_FORMAT, "image_size": config.image_size,
-                      "image_crop": config.image_crop, "box": list(config.keypoint_box),
-                      "episodes": {e: demos.episode_fingerprint(e) for e in episodes}},
-                     sort_keys=True)
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     base = cache_dir if cache_dir is not None else demos.root / CACHE_DIR
-    path = base / f"keypoint-crops-{digest}.npy"
+
+    def crops_path(fingerprint) -> Path:
+        key = json.dumps({"format": CACHE_FORMAT, "image_size": config.image_size,
+                          "image_crop": config.image_crop, "box": list(config.keypoint_box),
+                          "episodes": {e: fingerprint(e) for e in episodes}}, sort_keys=True)
+        return base / f"keypoint-crops-{hashlib.sha256(key.encode()).hexdigest()[:12]}.npy"
+    path = crops_path(demos.episode_fingerprint)
+    for form in range(2):  # a file keyed by legacy fingerprints (train_data) is renamed
+        legacy = crops_path(lambda e: demos.legacy_fingerprints(e)[form])
+        if not path.is_file() and legacy.is_file():
+            os.replace(legacy, path)
     total = int(demos.offsets[-1])
     if path.is_file():
         try:

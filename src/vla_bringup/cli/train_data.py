@@ -50,14 +50,42 @@ class Demos:
                                                           frame_index=frame)
 
     def episode_fingerprint(self, episode: int) -> str:
-        """Changes when the episode (or the generator settings) changes; keys the cache."""
+        """Changes when the episode (or a generator setting) changes; keys the caches.
+        Settings at the generator's default are left out: a setting added to the generator
+        later, at the default that keeps the old behaviour, is written into info.json by the
+        next resumed run, and must not make every cached episode stale (it did: a resumed
+        300-episode dataset re-encoded all 63 k frames, 25 min, instead of the new half)."""
+        defaults = generator_defaults()
+        return self._fingerprint(episode, lambda k, v: k not in defaults or defaults[k] != v)
+
+    def legacy_fingerprints(self, episode: int) -> tuple[str, str]:
+        """The older form, which hashed every stored setting, as written by code with and
+        without the settings added since (at their defaults): caches keyed so stay valid."""
+        defaults = generator_defaults()
+        return (self._fingerprint(episode, lambda k, v: True),
+                self._fingerprint(episode, lambda k, v: k not in LATER_SETTINGS
+                                  or defaults[k] != v))
+
+    def _fingerprint(self, episode: int, keep) -> str:
         path = self.root / self.info["data_path"].format(
             episode_chunk=episode // int(self.info.get("chunks_size", 1000)),
             episode_index=episode)
         generator = self.info.get("vla_bringup", {}).get("generator_config", {})
+        generator = {k: v for k, v in generator.items() if keep(k, v)}
         blob = json.dumps([self.episodes[episode], generator, path.stat().st_size],
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# Generator settings added after the caches began to hash every stored setting (legacy form).
+LATER_SETTINGS = ("inference_latency_s",)
+
+
+def generator_defaults() -> dict[str, Any]:
+    """The generator's default settings, as info.json stores them (tuples as lists)."""
+    from vla_bringup.sim.demonstrations import GeneratorConfig
+    return {k: (list(v) if isinstance(v, tuple) else v)
+            for k, v in dataclasses.asdict(GeneratorConfig()).items()}
 
 
 def _column(table, name: str, path: Path) -> Any:
