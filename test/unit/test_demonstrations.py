@@ -1,4 +1,5 @@
 """Demonstration generator: phrasings, the LeRobot layout, counts, crash leftovers and resume."""
+import dataclasses
 import json
 
 import numpy as np
@@ -112,6 +113,17 @@ def test_generate_writes_the_layout_and_resumes_without_duplicates(tmp_path):
     assert not list(root.rglob(".*.tmp"))
     with pytest.raises(ValueError, match="same settings"):
         generate(root, 3, GeneratorConfig(image_size=96, families=("push",)), progress=False)
+    # The other settings too: info.json keeps one set for all episodes.
+    other = dataclasses.replace(config, camera_jitter_m=0.05)
+    with pytest.raises(ValueError, match=r"other settings.*'camera_jitter_m': \(0.01, 0.05\)"):
+        generate(root, 4, other, progress=False)
+    # An info.json from before a setting existed resumes with that setting at its default.
+    path = root / "meta" / "info.json"
+    written = json.loads(path.read_text())
+    del written["vla_bringup"]["generator_config"]["inference_latency_s"]
+    path.write_text(json.dumps(written))
+    assert generate(root, 4, config, progress=False)["new_episodes"] == 1
+    assert _read(root)[0]["vla_bringup"]["generator_config"]["inference_latency_s"] == 0.0
 
 
 class _HoldStill(PolicyBackend):

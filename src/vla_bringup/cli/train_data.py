@@ -84,8 +84,7 @@ LATER_SETTINGS = ("inference_latency_s",)
 def generator_defaults() -> dict[str, Any]:
     """The generator's default settings, as info.json stores them (tuples as lists)."""
     from vla_bringup.sim.demonstrations import GeneratorConfig
-    return {k: (list(v) if isinstance(v, tuple) else v)
-            for k, v in dataclasses.asdict(GeneratorConfig()).items()}
+    return GeneratorConfig().stored()
 
 
 def _column(table, name: str, path: Path) -> Any:

@@ -189,6 +189,11 @@ class GeneratorConfig:
         if self.phrasing not in PHRASINGS:
             raise ValueError(f"phrasing must be one of {PHRASINGS}")
 
+    def stored(self) -> dict:
+        """All settings, as info.json stores them (tuples as lists)."""
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items()}
+
     # Settings that must match when a dataset is resumed.
     def identity(self) -> dict:
         keys = ("image_size", "fps", "chunk_horizon", "chunk_dt", "seed_base", "phrasing",
@@ -391,6 +396,16 @@ class LeRobotWriter:
         if stored is not None and stored != config.identity():
             raise ValueError(f"{self.root} was generated with {stored}; resuming needs the same "
                              f"settings, got {config.identity()}")
+        # info.json holds one set of settings for all episodes, so the rest must match too
+        # (a setting added since, absent from an older info.json, counts at its default).
+        settings, defaults = config.stored(), GeneratorConfig().stored()
+        old = info.get("vla_bringup", {}).get("generator_config", {})
+        changed = {k: (old.get(k, defaults[k]), v) for k, v in settings.items()
+                   if old and old.get(k, defaults[k]) != v}
+        if changed:
+            raise ValueError(f"{self.root} was generated with other settings (stored, given): "
+                             f"{changed}; one dataset keeps one set. Resume with the stored "
+                             "values, or write to a new --out")
         self.failures: list[dict] = list(info.get("vla_bringup", {}).get("failed_attempts", []))
         self.next_attempt = int(info.get("vla_bringup", {}).get("next_attempt", 0))
         self.episodes: list[dict] = []
@@ -513,8 +528,7 @@ class LeRobotWriter:
             "vla_bringup": {
                 "generator": "vla_bringup.sim.demonstrations (scripted expert, PyBullet)",
                 "generator_identity": self.config.identity(),
-                "generator_config": {k: (list(v) if isinstance(v, tuple) else v)
-                                     for k, v in dataclasses.asdict(self.config).items()},
+                "generator_config": self.config.stored(),
                 "next_attempt": self.next_attempt, "failed_attempts": self.failures,
                 "chunk_dt": self.config.chunk_dt, "joint_names": list(JOINT_NAMES),
                 "image_format": "png (RGB uint8), one file per frame at image_path",
