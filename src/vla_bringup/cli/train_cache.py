@@ -88,7 +88,7 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
         length = int(demos.offsets[episode + 1] - demos.offsets[episode])
         stored = index["episodes"].get(str(episode))
         fingerprint = demos.episode_fingerprint(episode)
-        if stored in (fingerprint, *demos.legacy_fingerprints(episode)) and \
+        if (stored == fingerprint or stored in demos.legacy_fingerprints(episode)) and \
                 path.is_file():
             try:
                 cached = np.load(path, mmap_mode="r", allow_pickle=False)
