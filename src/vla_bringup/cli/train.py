@@ -1,7 +1,12 @@
 """Train the built-in VLA on a LeRobot-layout demonstration dataset, on a CPU.
 
-    python -m vla_bringup.cli.train --data data/demos --out checkpoints/run1 \\
+    python -m vla_bringup.cli.train --data data/demos [data/more ...] --out checkpoints/run1 \\
         [--config overrides.json] [--steps N] [--batch B] [--seed S] [--fusion F] [--head H]
+
+Several --data folders are trained on as one dataset, in the order given (for example a second
+dataset of only the families that need more demonstrations, since a dataset cannot be resumed
+with other families). They must share image size, rate and chunk timing and must not hold the
+same scene twice; each keeps its own caches, so adding one encodes only its frames.
 
 What makes it fit on 2 CPU cores: the frozen part of the vision encoder (EfficientNet-Lite0 up to
 its last trained block) runs once per frame and its output is cached on disk, in
@@ -57,7 +62,7 @@ from vla_bringup.cli.train_cache import (  # noqa: F401
 from vla_bringup.cli.train_data import (  # noqa: F401
     LATER_SETTINGS, POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks,
     keypoint_targets, skill_start_targets,
-    load_dataset, pixel_keypoint_targets, split_episodes, progress_bar)
+    load_dataset, load_datasets, pixel_keypoint_targets, split_episodes, progress_bar)
 from vla_bringup.policy.vla.paraphrase import MAX_VARIANTS
 from vla_bringup.sim.tasks import FAMILIES
 
@@ -322,10 +327,11 @@ def _plot(history: list[dict], val: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = None,
+def train(data, out: str | Path, model_overrides: Optional[dict] = None,
           train_config: Optional[TrainConfig] = None, cache_dir: Optional[str | Path] = None,
           progress: bool = True, log=print) -> dict:
-    """Run the whole recipe; returns the train_log dictionary (also written to out)."""
+    """Run the whole recipe; returns the train_log dictionary (also written to out).
+    `data`: a dataset folder, or a list of them trained on as one (train_data.load_datasets)."""
     import torch
     from vla_bringup.policy.vla.config import VLAConfig, encode_actions, state_vector
     from vla_bringup.policy.vla.model import VLAModel, checkpoint_size
@@ -337,8 +343,9 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
     if bad:
         raise ValueError(f"{bad} are computed from the dataset, not set by hand")
     out = Path(out)
-    if out.resolve() == Path(data).resolve():
-        raise ValueError("--out must not be the dataset folder")
+    roots = [data] if isinstance(data, (str, Path)) else list(data)
+    if any(out.resolve() == Path(root).resolve() for root in roots):
+        raise ValueError("--out must not be a dataset folder")
     cache_dir = Path(cache_dir) if cache_dir else None
     torch.set_num_threads(train_config.threads)
     phases: dict[str, float] = {}
@@ -353,11 +360,12 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
         clock = now
 
     # --- data
-    demos = load_dataset(data)
+    demos = load_datasets(roots)
     train_eps, val_eps = split_episodes(demos.episodes, train_config.val_fraction,
                                         train_config.split_seed)
     n_frames = int(demos.offsets[-1])
-    log(f"[train] dataset {demos.root}: {len(demos.episodes)} episodes, {n_frames} frames; "
+    names = " + ".join(f"{part.root} ({len(part.episodes)})" for part, _ in demos.parts())
+    log(f"[train] dataset {names}: {len(demos.episodes)} episodes, {n_frames} frames; "
         f"split {len(train_eps)} train / {len(val_eps)} val episodes")
     phase("load dataset")
 
@@ -535,6 +543,11 @@ def train(data: str | Path, out: str | Path, model_overrides: Optional[dict] = N
             "distinct_instructions": len(set(demos.instructions)),
             "families": sorted({str(e.get("family")) for e in demos.episodes}),
             "generator_config": demos.info.get("vla_bringup", {}).get("generator_config"),
+            **({"parts": [{"root": str(part.root.resolve()), "first_episode": first,
+                           "episodes": len(part.episodes), "frames": int(part.offsets[-1]),
+                           "generator_config": part.info.get("vla_bringup", {})
+                           .get("generator_config")} for part, first in demos.parts()]}
+               if demos.sources else {}),
         },
         "cache": {"vision_folder": vision["folder"], "vision_computed_frames":
                   vision["computed_frames"], "vision_reused_frames": vision["reused_frames"],
@@ -592,7 +605,9 @@ def _read_overrides(path: Optional[str]) -> tuple[dict, dict]:
 def main(argv=None) -> int:
     from vla_bringup.policy.vla.config import FUSIONS, HEADS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", required=True, help="dataset folder (generate_data --out)")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="dataset folder (generate_data --out); several are trained on as "
+                        "one (same image size and rate; each keeps its own caches)")
     parser.add_argument("--out", required=True, help="checkpoint folder to write")
     parser.add_argument("--config", help="JSON overrides of VLAConfig / TrainConfig fields")
     parser.add_argument("--steps", type=int)

@@ -69,10 +69,54 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
 
     Returns {"features": (N_frames_total, C, g, g) float16 array indexed like demos' frames
     (zeros for frames of episodes not asked for), "folder", "computed_frames", "reused_frames",
-    "seconds_per_frame"}.
+    "seconds_per_frame"}. Several datasets read as one (load_datasets) keep a cache each.
     """
+    folders, shape, todo_frames, elapsed = [], None, 0, 0.0
+    for part, first in demos.parts():
+        local = _local_episodes(part, first, episodes)
+        folder = vision_cache_folder(part.root, model.config,
+                                     part_cache_dir(demos, part, cache_dir))
+        part_shape, part_frames, part_seconds = _encode_missing(part, model, local, encode_batch,
+                                                                folder, progress)
+        folders.append(str(folder))
+        shape = shape or part_shape
+        todo_frames += part_frames
+        elapsed += part_seconds
+    total = int(demos.offsets[-1])
+    features = np.zeros((total, *(shape or ())), dtype=np.float16)
+    for (part, first), folder in zip(demos.parts(), folders):
+        for episode in _local_episodes(part, first, episodes):
+            start, stop = int(demos.offsets[first + episode]), \
+                int(demos.offsets[first + episode + 1])
+            features[start:stop] = np.load(Path(folder) / f"episode_{episode:06d}.npy",
+                                           allow_pickle=False)
+    return {"features": features, "folder": ", ".join(folders),
+            "computed_frames": todo_frames,
+            "reused_frames": sum(int(demos.offsets[e + 1] - demos.offsets[e])
+                                 for e in episodes) - todo_frames,
+            "encode_seconds": elapsed,
+            "seconds_per_frame": elapsed / todo_frames if todo_frames else None}
+
+
+def _local_episodes(part: Demos, first: int, episodes: list[int]) -> list[int]:
+    """Those of `episodes` (indices in the combined dataset) that `part` holds, as its own."""
+    return [e - first for e in episodes if first <= e < first + len(part.episodes)]
+
+
+def part_cache_dir(demos: Demos, part: Demos, cache_dir: Optional[Path]) -> Optional[Path]:
+    """Where `part`'s caches go: an explicit --cache-dir is shared by several datasets, so each
+    gets a folder of its own there (their episode numbers overlap); by default <root>/cache."""
+    if cache_dir is None or not demos.sources:
+        return cache_dir
+    digest = hashlib.sha256(str(part.root.resolve()).encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"{part.root.name}-{digest}"
+
+
+def _encode_missing(demos: Demos, model, episodes: list[int], encode_batch: int, folder: Path,
+                    progress: bool) -> tuple[Optional[tuple], int, float]:
+    """Encode the episodes whose cached features are missing or stale, into `folder`.
+    Returns (feature shape or None, frames encoded, seconds spent)."""
     import torch
-    folder = vision_cache_folder(demos.root, model.config, cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / "index.json"
     key = vision_cache_key(model.config)
@@ -104,7 +148,7 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
         _write_index(index, folder)
     todo_frames = sum(int(demos.offsets[e + 1] - demos.offsets[e]) for e in todo)
     bar = progress_bar(todo_frames, "caching vision features", progress and todo_frames > 0,
-                    "frame")
+                       "frame")
     started = time.perf_counter()
     model.eval()
     try:
@@ -128,18 +172,7 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
     finally:
         if bar is not None:
             bar.close()
-    elapsed = time.perf_counter() - started
-    total = int(demos.offsets[-1])
-    features = np.zeros((total, *shape), dtype=np.float16)
-    for episode in episodes:
-        start, stop = int(demos.offsets[episode]), int(demos.offsets[episode + 1])
-        features[start:stop] = np.load(folder / f"episode_{episode:06d}.npy",
-                                       allow_pickle=False)
-    return {"features": features, "folder": str(folder), "computed_frames": todo_frames,
-            "reused_frames": sum(int(demos.offsets[e + 1] - demos.offsets[e])
-                                 for e in episodes) - todo_frames,
-            "encode_seconds": elapsed,
-            "seconds_per_frame": elapsed / todo_frames if todo_frames else None}
+    return shape, todo_frames, time.perf_counter() - started
 
 
 def _write_index(index: dict, folder: Path) -> None:
@@ -151,8 +184,25 @@ def _write_index(index: dict, folder: Path) -> None:
 def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
                          cache_dir: Optional[Path] = None, progress: bool = True) -> np.ndarray:
     """(N_frames, h, w, 3) uint8: the "pixels" detector's crop of every frame of `episodes`
-    (zeros elsewhere), as the model sees it after `preprocess`; cached in one .npy file keyed by
-    the crop and the episodes' fingerprints."""
+    (zeros elsewhere), as the model sees it after `preprocess`; cached in one .npy file per
+    dataset keyed by the crop and the episodes' fingerprints."""
+    if not demos.sources:
+        return _dataset_crops(demos, model, episodes, cache_dir, progress, mmap=False)
+    # Several datasets: each one's file is mapped, not read, while it is copied into the one
+    # array (a second full copy in memory would not fit beside the features).
+    height, width = model.config.keypoint_crop_size
+    crops = np.zeros((int(demos.offsets[-1]), height, width, 3), dtype=np.uint8)
+    for part, first in demos.parts():
+        start = int(demos.offsets[first])
+        part_crops = _dataset_crops(part, model, _local_episodes(part, first, episodes),
+                                    part_cache_dir(demos, part, cache_dir), progress, mmap=True)
+        crops[start:start + len(part_crops)] = part_crops
+        del part_crops
+    return crops
+
+
+def _dataset_crops(demos: Demos, model, episodes: list[int], cache_dir: Optional[Path],
+                   progress: bool, mmap: bool) -> np.ndarray:
     import torch
     config = model.config
     base = cache_dir if cache_dir is not None else demos.root / CACHE_DIR
@@ -170,7 +220,7 @@ def cache_keypoint_crops(demos: Demos, model, episodes: list[int],
     total = int(demos.offsets[-1])
     if path.is_file():
         try:
-            crops = np.load(path, allow_pickle=False)
+            crops = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
             if crops.shape[0] == total and crops.dtype == np.uint8:
                 return crops
         except (OSError, ValueError):

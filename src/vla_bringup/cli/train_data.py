@@ -39,13 +39,30 @@ class Demos:
     # (N, 6) target object and place positions (m), the generator's privileged columns; None
     # for a dataset without them (the auxiliary position loss then cannot be used)
     positions: Optional[np.ndarray] = None
+    # Several datasets read as one (load_datasets): each one and the index of its first episode
+    # here. Empty for a single dataset. root and info are then the first one's.
+    sources: list = dataclasses.field(default_factory=list)
 
     @property
     def chunk_dt(self) -> float:
         extra = self.info.get("vla_bringup", {})
         return float(extra.get("chunk_dt") or 1.0 / float(self.info["fps"]))
 
+    def parts(self) -> list[tuple["Demos", int]]:
+        """(dataset, index of its first episode here) for each dataset read into this one."""
+        return self.sources or [(self, 0)]
+
+    def _source_of(self, episode: int) -> tuple["Demos", int]:
+        """The dataset that holds `episode`, and the episode's index in it."""
+        for part, first in reversed(self.parts()):
+            if episode >= first:
+                return part, episode - first
+        raise IndexError(episode)
+
     def image_path(self, episode: int, frame: int) -> Path:
+        if self.sources:
+            part, local = self._source_of(episode)
+            return part.image_path(local, frame)
         return self.root / self.info["image_path"].format(episode_index=episode,
                                                           frame_index=frame)
 
@@ -55,12 +72,18 @@ class Demos:
         later, at the default that keeps the old behaviour, is written into info.json by the
         next resumed run, and must not make every cached episode stale (it did: a resumed
         300-episode dataset re-encoded all 63 k frames, 25 min, instead of the new half)."""
+        if self.sources:
+            part, local = self._source_of(episode)
+            return part.episode_fingerprint(local)
         defaults = generator_defaults()
         return self._fingerprint(episode, lambda k, v: k not in defaults or defaults[k] != v)
 
     def legacy_fingerprints(self, episode: int) -> tuple[str, str]:
         """The older form, which hashed every stored setting, as written by code with and
         without the settings added since (at their defaults): caches keyed so stay valid."""
+        if self.sources:
+            part, local = self._source_of(episode)
+            return part.legacy_fingerprints(local)
         defaults = generator_defaults()
         return (self._fingerprint(episode, lambda k, v: True),
                 self._fingerprint(episode, lambda k, v: k not in LATER_SETTINGS
@@ -184,6 +207,72 @@ def load_dataset(root: str | Path) -> Demos:
                  np.repeat(np.arange(len(lengths)), lengths), offsets,
                  np.concatenate(parts["positions"])
                  if len(parts.get("positions", [])) == len(lengths) else None)
+
+
+# What may differ between datasets trained on together: which tasks and scenes they hold, and
+# how the expert was perturbed. Image size, rate and chunk timing must match (the labels and
+# the caches depend on them); see load_datasets.
+MUST_MATCH = ("image_size", "fps", "chunk_horizon", "chunk_dt")
+
+
+def load_datasets(roots) -> Demos:
+    """One dataset, or several read as one: their frames and episodes follow each other in the
+    order given (each keeps its own caches). They must agree on image size, rate, chunk timing
+    and joints, and must not hold the same scene twice; DatasetError says which and where."""
+    roots = [roots] if isinstance(roots, (str, Path)) else list(roots)
+    if not roots:
+        raise DatasetError("no dataset folder given")
+    resolved = [Path(r).resolve() for r in roots]
+    if len(set(resolved)) < len(resolved):
+        raise DatasetError(f"a dataset is named twice in {[str(r) for r in roots]}")
+    parts = [load_dataset(r) for r in roots]
+    if len(parts) == 1:
+        return parts[0]
+    first = parts[0]
+    reference = _dataset_shape(first)
+    seen: dict[tuple, tuple[Path, int]] = {}
+    for part in parts:
+        shape = _dataset_shape(part)
+        differ = sorted(k for k in reference if reference[k] != shape[k])
+        if differ:
+            raise DatasetError(
+                f"{part.root} and {first.root} differ in {differ} ("
+                + "; ".join(f"{k}: {shape[k]} vs {reference[k]}" for k in differ)
+                + "): datasets trained on together must agree on these")
+        for index, record in enumerate(part.episodes):
+            scene = (record.get("seed"), record.get("family"), record.get("instruction"))
+            if scene[0] is not None and scene in seen:
+                other, other_index = seen[scene]
+                raise DatasetError(
+                    f"episode {index} of {part.root} repeats episode {other_index} of {other} "
+                    f"(seed {scene[0]}, {scene[1]}): generate one of them with another "
+                    "--seed-base")
+            seen[scene] = (part.root, index)
+    firsts = np.cumsum([0] + [len(p.episodes) for p in parts])[:-1]
+    frame_starts = np.cumsum([0] + [int(p.offsets[-1]) for p in parts])[:-1]
+    positions = [p.positions for p in parts]
+    return Demos(
+        first.root, first.info, [e for p in parts for e in p.episodes],
+        np.concatenate([p.states for p in parts]), np.concatenate([p.chunks for p in parts]),
+        np.concatenate([p.done for p in parts]), np.concatenate([p.progress for p in parts]),
+        [t for p in parts for t in p.instructions],
+        np.concatenate([p.episode_of + f for p, f in zip(parts, firsts)]),
+        np.concatenate([p.offsets[:-1] + s for p, s in zip(parts, frame_starts)]
+                       + [[frame_starts[-1] + parts[-1].offsets[-1]]]).astype(np.int64),
+        None if any(x is None for x in positions) else np.concatenate(positions),
+        sources=[(p, int(f)) for p, f in zip(parts, firsts)])
+
+
+def _dataset_shape(demos: Demos) -> dict[str, Any]:
+    """What two datasets trained on together must share."""
+    stored = demos.info.get("vla_bringup", {}).get("generator_config", {})
+    shape = {k: stored.get(k) for k in MUST_MATCH}
+    shape["fps"] = float(demos.info["fps"])
+    shape["chunk_dt"] = demos.chunk_dt
+    shape["chunk_horizon"] = int(demos.chunks.shape[1])
+    shape["image"] = demos.info.get("features", {}).get("observation.image", {}).get("shape")
+    shape["joint_names"] = demos.info.get("vla_bringup", {}).get("joint_names")
+    return shape
 
 
 def _skill_starts(demos: Demos) -> np.ndarray:

@@ -1,0 +1,120 @@
+"""Training on several datasets as one (`train --data A B`): tiny push datasets at 64 px.
+
+What must hold: the combined dataset's frames and episodes follow each other in order and each
+frame still reads its own image; each dataset keeps (and reuses) its own caches, so adding a
+second one encodes only its frames; datasets that cannot be mixed are refused with a message.
+"""
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vla_bringup.cli import train as train_cli
+from vla_bringup.cli.train_data import DatasetError, load_datasets
+from vla_bringup.sim.demonstrations import GeneratorConfig, generate
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+TINY_MODEL = {"image_size": 64, "d_model": 32, "n_heads": 2, "fusion_layers": 1,
+              "head_layers": 1, "keypoints": 4, "language_tokens": 2,
+              "position_aux": True, "position_from": "pixels",
+              "keypoint_crop": [0.5, 0.25, 1.0, 1.0], "keypoint_channels": 8}
+TINY_TRAIN = {"steps": 2, "batch": 8, "val_every": 2, "warmup_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    base = tmp_path_factory.mktemp("several")
+    roots = []
+    for name, seed_base in (("first", 0), ("second", 500)):
+        config = GeneratorConfig(image_size=64, families=("push",), done_hold_frames=1,
+                                 seed_base=seed_base)
+        assert generate(base / name, 2, config, progress=False)["episodes"] == 2
+        roots.append(base / name)
+    return roots
+
+
+def _train(data, out, cache_dir=None):
+    config = train_cli.TrainConfig(**TINY_TRAIN)
+    return train_cli.train(data, out, dict(TINY_MODEL), config, cache_dir, progress=False,
+                           log=lambda *a: None)
+
+
+def test_combined_dataset_keeps_each_frame_with_its_own_episode(datasets):
+    first, second = (load_datasets(root) for root in datasets)
+    both = load_datasets(datasets)
+    frames = int(first.offsets[-1])
+    assert len(both.episodes) == 4 and int(both.offsets[-1]) == frames + int(second.offsets[-1])
+    np.testing.assert_array_equal(both.states[frames:], second.states)
+    np.testing.assert_array_equal(both.offsets[2:], second.offsets + frames)
+    assert list(both.episode_of[frames:frames + 2]) == [2, 2]
+    assert both.instructions[frames:] == second.instructions
+    assert both.image_path(3, 1) == second.image_path(1, 1)
+    assert both.image_path(1, 1) == first.image_path(1, 1)
+    assert both.episode_fingerprint(2) == second.episode_fingerprint(0)
+    assert [p.root for p, _ in both.parts()] == list(datasets)
+    assert [f for _, f in both.parts()] == [0, 2]
+
+
+def test_each_dataset_keeps_its_caches_and_adding_one_encodes_only_its_frames(datasets, tmp_path):
+    for root in datasets:
+        shutil.rmtree(root / "cache", ignore_errors=True)
+    alone = _train(datasets[0], tmp_path / "alone")
+    both = _train(datasets, tmp_path / "both")
+    first_frames = alone["dataset"]["frames"]
+    assert both["cache"]["vision_reused_frames"] == first_frames
+    assert both["cache"]["vision_computed_frames"] == both["dataset"]["frames"] - first_frames
+    assert any((datasets[1] / "cache").glob("vision-*/episode_000001.npy"))
+    assert any((datasets[1] / "cache").glob("keypoint-crops-*.npy"))
+    parts = both["dataset"]["parts"]
+    assert [p["episodes"] for p in parts] == [2, 2]
+    assert [p["first_episode"] for p in parts] == [0, 2]
+    assert len(both["dataset"]["train_episodes"]) + len(both["dataset"]["val_episodes"]) == 4
+    assert all(np.isfinite(h["loss"]) for h in both["history"])
+    assert (tmp_path / "both" / "model.safetensors").is_file()
+
+    # The combined caches hold exactly what each dataset's own cache holds, in order.
+    from vla_bringup.policy.vla.config import VLAConfig
+    from vla_bringup.policy.vla.model import VLAModel
+    model = VLAModel(VLAConfig(**TINY_MODEL))
+    combined = load_datasets(datasets)
+    every = list(range(4))
+    features = train_cli.cache_vision_features(combined, model, every, 8, progress=False)
+    crops = train_cli.cache_keypoint_crops(combined, model, every, progress=False)
+    assert features["computed_frames"] == 0
+    single = [load_datasets(root) for root in datasets]
+    np.testing.assert_array_equal(features["features"], np.concatenate(
+        [train_cli.cache_vision_features(d, model, [0, 1], 8, progress=False)["features"]
+         for d in single]))
+    np.testing.assert_array_equal(crops, np.concatenate(
+        [train_cli.cache_keypoint_crops(d, model, [0, 1], progress=False) for d in single]))
+
+
+def test_a_shared_cache_dir_gives_each_dataset_a_folder(datasets, tmp_path):
+    log = _train(datasets, tmp_path / "run", cache_dir=tmp_path / "cache")
+    folders = sorted(p.name for p in (tmp_path / "cache").iterdir() if p.is_dir())
+    assert [f.split("-")[0] for f in folders] == ["first", "second"]
+    assert log["cache"]["vision_computed_frames"] == log["dataset"]["frames"]
+
+
+def test_datasets_that_cannot_be_mixed_are_refused(datasets, tmp_path, capsys):
+    with pytest.raises(DatasetError, match="named twice"):
+        load_datasets([datasets[0], datasets[0]])
+    copy = tmp_path / "copy"
+    shutil.copytree(datasets[0], copy, ignore=shutil.ignore_patterns("cache"))
+    with pytest.raises(DatasetError, match=r"episode 0 of .*copy repeats episode 0 of .*first "
+                                           r"\(seed 0, push\).*--seed-base"):
+        load_datasets([datasets[0], copy])
+    info_path = copy / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["fps"] = 20.0
+    info["vla_bringup"]["chunk_dt"] = 0.05
+    info_path.write_text(json.dumps(info))
+    with pytest.raises(DatasetError, match=r"differ in \['chunk_dt', 'fps'\]"):
+        load_datasets([datasets[0], copy])
+    # The command line says so and exits 2, before any training.
+    code = train_cli.main(["--data", str(datasets[0]), str(datasets[0]), "--out",
+                           str(tmp_path / "out"), "--no-progress"])
+    assert code == 2 and "named twice" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
