@@ -148,6 +148,7 @@ def test_run_episode_evaluates_any_backend_without_ground_truth():
     assert not data.success and "timed out" in data.error
     assert policy.seen == data.length >= 10
     assert data.task_met_at_failure is False  # the arm held still: nothing was done
+    assert data.measures["target_moved_m"] < 0.005  # and the measures say so
 
 
 class _NeverDone(ScriptedExpert):
@@ -164,8 +165,10 @@ def test_a_skill_that_times_out_with_its_task_done_is_told_apart():
     data = run_episode(spec, config, _NeverDone(), record=False)
     assert not data.success and "timed out" in data.error
     assert data.task_met_at_failure is True  # the cube went far enough; "done" never came
+    assert data.measures["pushed_m"] >= 0.08
     finished = run_episode(spec, config, ScriptedExpert(), record=False)
     assert finished.success and finished.task_met_at_failure is None
+    assert finished.measures["pushed_m"] >= 0.08 > abs(finished.measures["height_error_m"])
 
 
 class _CountingExpert(ScriptedExpert):

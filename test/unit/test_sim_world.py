@@ -7,7 +7,7 @@ from vla_bringup.policy.base import ObjectPose
 from vla_bringup.sim.kinematics import (
     HOME_ARM, TABLE_TOP_Z, PandaKinematics, down_orientation)
 from vla_bringup.sim.tasks import (
-    TaskSpec, cube_in_tray, cube_pushed, cube_stacked, task_succeeded)
+    TaskSpec, cube_in_tray, cube_pushed, cube_stacked, task_measures, task_succeeded)
 from vla_bringup.sim.world import JOINT_NAMES, TabletopWorld
 
 CUBES = ["red_cube", "green_cube", "blue_cube", "yellow_cube"]
@@ -184,6 +184,26 @@ def test_success_checks():
         TaskSpec("stack", "red_cube", "red_cube")
     with pytest.raises(ValueError, match="no object"):
         cube_in_tray(before, "green_cube")
+
+
+def test_task_measures_say_how_far_from_the_check():
+    table = TABLE_TOP_Z + 0.025
+    before = {"tray": _pose(0.1, -0.35, TABLE_TOP_Z), "red_cube": _pose(0.1, 0.0, table),
+              "blue_cube": _pose(0.2, 0.1, table)}
+    short_push = dict(before, red_cube=_pose(0.1, 0.05, table))
+    measures = task_measures(TaskSpec("push", "red_cube", "left"), before, short_push)
+    assert measures["pushed_m"] == pytest.approx(0.05)  # 3 cm short of the 8 the check wants
+    assert measures["target_moved_m"] == pytest.approx(0.05)
+    wrong_way = task_measures(TaskSpec("push", "red_cube", "right"), before, short_push)
+    assert wrong_way["pushed_m"] == pytest.approx(-0.05)
+    off_centre = dict(before, red_cube=_pose(0.23, 0.1, table + 0.05))
+    stack = task_measures(TaskSpec("stack", "red_cube", "blue_cube"), before, off_centre)
+    assert stack["stack_offset_xy_m"] == pytest.approx(0.03)
+    assert stack["height_error_m"] == pytest.approx(0.0, abs=1e-9)
+    in_tray = dict(before, red_cube=_pose(0.15, -0.3, TABLE_TOP_Z + 0.031))
+    tray = task_measures(TaskSpec("pick_place", "red_cube", "tray"), before, in_tray)
+    assert tray["tray_offset_xy_m"] == pytest.approx(0.05)
+    assert tray["height_error_m"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_reset_can_keep_the_arm_where_it_is():

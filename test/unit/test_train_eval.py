@@ -269,6 +269,8 @@ def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_
         cell = report["results"]["push"][phrasing]["policy"]
         assert sum(failures.values()) == cell["episodes"] - cell["successes"]
     assert all("task_met_at_failure" in e for e in report["episodes"])
+    expert = [e for e in report["episodes"] if e["backend"] == "expert"]
+    assert all(e["measures"]["pushed_m"] >= 0.08 for e in expert)  # what the check compared
 
 
 def test_failures_are_told_apart_by_kind():
@@ -280,6 +282,12 @@ def test_failures_are_told_apart_by_kind():
                 {"success": False, "crashed": True, "task_met_at_failure": None}]
     assert evaluate_cli.failure_kinds(episodes) == {
         "task_met_not_done": 2, "skill_failed": 1, "task_check": 1, "crashed": 1}
+    # Medians over failures only; an episode that crashed has no measures and is left out.
+    for episode, pushed in zip(episodes[:5], (0.12, 0.07, 0.05, 0.01, 0.06)):
+        episode["measures"] = {"pushed_m": pushed, "target_moved_m": abs(pushed)}
+    assert evaluate_cli.failure_measures(episodes) == {"pushed_m": 0.055,
+                                                       "target_moved_m": 0.055}
+    assert evaluate_cli.failure_measures(episodes[:1]) == {}
 
 
 def test_end_effector_model_trains_and_drives_the_policy(demos, tmp_path):

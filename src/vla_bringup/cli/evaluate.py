@@ -118,22 +118,33 @@ def _run_job(job: tuple[str, str, str, int]) -> dict:
     try:
         data = run_episode(spec, config, backend, record=False)
         success, error, frames = bool(data.success), data.error, data.length
-        task_met = data.task_met_at_failure
+        task_met, measures = data.task_met_at_failure, data.measures
     except Exception as exc:  # noqa: BLE001 - an episode that crashes counts as a failure
         success, error, frames = False, f"crash {type(exc).__name__}: {exc}", 0
-        task_met = None
+        task_met, measures = None, {}
     return {"backend": backend_name, "family": family, "phrasing": phrasing,
             "index": index, "seed": spec.seed, "success": success, "frames": frames,
             "seconds": round(time.perf_counter() - started, 3), "error": error[:300],
             "instruction": spec.instruction, "skills": [s.instruction for s in spec.skills],
-            "crashed": error.startswith("crash "), "task_met_at_failure": task_met}
+            "crashed": error.startswith("crash "), "task_met_at_failure": task_met,
+            "measures": {k: round(v, 4) for k, v in measures.items()}}
 
 
 def _rate(episodes: list[dict]) -> dict:
     successes = sum(e["success"] for e in episodes)
     count = len(episodes)
     return {"success_rate": successes / count if count else None, "successes": successes,
-            "episodes": count, "failures": failure_kinds(episodes)}
+            "episodes": count, "failures": failure_kinds(episodes),
+            "failure_measures_median": failure_measures(episodes)}
+
+
+def failure_measures(episodes: list[dict]) -> dict:
+    """Median of each task measure (sim.tasks.task_measures, m) over the failed episodes that
+    have them: a near miss (pushed 7 cm of 8) reads differently from a wrong move."""
+    import numpy as np
+    failed = [e.get("measures") or {} for e in episodes if not e["success"]]
+    keys = sorted({k for m in failed for k in m})
+    return {k: round(float(np.median([m[k] for m in failed if k in m])), 4) for k in keys}
 
 
 def failure_kinds(episodes: list[dict]) -> dict:

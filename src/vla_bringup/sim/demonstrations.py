@@ -43,7 +43,8 @@ from vla_bringup.core.chunk_schedule import TimedChunk
 from vla_bringup.policy.base import Observation, PolicyBackend, SkillSpec
 from vla_bringup.policy.scripted_expert import ScriptedExpert
 from vla_bringup.sim.kinematics import FINGER_OPEN, HOME_ARM, JOINT_NAMES
-from vla_bringup.sim.tasks import FAMILIES, PUSH_DIRECTIONS, TaskSpec, task_succeeded
+from vla_bringup.sim.tasks import (FAMILIES, PUSH_DIRECTIONS, TaskSpec, task_measures,
+                                   task_succeeded)
 from vla_bringup.sim.world import TabletopWorld
 
 COLORS = ("red", "green", "blue", "yellow")
@@ -212,6 +213,8 @@ class EpisodeData:
     # already held on the poses of that moment. True means the policy did the task but never
     # said "done", a different failure from not doing it. None when no skill failed.
     task_met_at_failure: Optional[bool] = None
+    # tasks.task_measures at the end (or at the failure): how near the check the poses were.
+    measures: dict[str, float] = dataclasses.field(default_factory=dict)
     columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     instructions: list[str] = dataclasses.field(default_factory=list)  # per frame
 
@@ -329,9 +332,11 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                 if executor.state is SkillState.FAILED:
                     data.task_met_at_failure = task_succeeded(task, initial,
                                                               world.object_poses())
+                    data.measures = task_measures(task, initial, world.object_poses())
                     raise RuntimeError(f"skill {skill.skill} failed: {executor.message}")
         world.step(config.settle_steps)
         data.success = task_succeeded(task, initial, world.object_poses())
+        data.measures = task_measures(task, initial, world.object_poses())
         if not data.success:
             data.error = "task check failed after every skill reported done"
     except (RuntimeError, ValueError) as error:

@@ -83,3 +83,22 @@ def task_succeeded(spec: TaskSpec, initial_poses: Poses, poses: Poses) -> bool:
     if spec.family == "push":
         return cube_pushed(initial_poses, poses, spec.target, spec.destination)
     return cube_stacked(poses, spec.target, spec.destination)
+
+
+def task_measures(spec: TaskSpec, initial_poses: Poses, poses: Poses) -> dict[str, float]:
+    """How far the poses are from the check (m), to tell a near miss from a wrong move:
+    what the check compares with its threshold, and how far the target cube moved at all."""
+    moved = _position(poses, spec.target) - _position(initial_poses, spec.target)
+    measures = {"target_moved_m": float(np.linalg.norm(moved))}
+    if spec.family == "pick_place":
+        offset = _position(poses, spec.target) - _position(poses, "tray")
+        measures["tray_offset_xy_m"] = float(np.abs(offset[:2]).max())  # check: < 0.09
+        measures["height_error_m"] = float(offset[2] - TRAY_FLOOR_TOP - CUBE_SIZE / 2)
+    elif spec.family == "push":
+        measures["pushed_m"] = float(moved @ PUSH_DIRECTIONS[spec.destination])  # >= 0.08
+        measures["height_error_m"] = float(moved[2])
+    else:
+        offset = _position(poses, spec.target) - _position(poses, spec.destination)
+        measures["stack_offset_xy_m"] = float(np.linalg.norm(offset[:2]))  # check: < 0.025
+        measures["height_error_m"] = float(offset[2] - CUBE_SIZE)
+    return measures
