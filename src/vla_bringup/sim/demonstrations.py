@@ -406,7 +406,7 @@ class LeRobotWriter:
         settings, defaults = config.stored(), GeneratorConfig().stored()
         old = info.get("vla_bringup", {}).get("generator_config", {})
         changed = {k: (old.get(k, defaults[k]), v) for k, v in settings.items()
-                   if old and old.get(k, defaults[k]) != v}
+                   if old.get(k, defaults[k]) != v} if old else {}
         if changed:
             raise ValueError(f"{self.root} was generated with other settings (stored, given): "
                              f"{changed}; one dataset keeps one set. Resume with the stored "
