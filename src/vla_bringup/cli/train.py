@@ -327,7 +327,7 @@ def _plot(history: list[dict], val: list[dict], path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def train(data, out: str | Path, model_overrides: Optional[dict] = None,
+def train(data: str | Path | list, out: str | Path, model_overrides: Optional[dict] = None,
           train_config: Optional[TrainConfig] = None, cache_dir: Optional[str | Path] = None,
           progress: bool = True, log=print) -> dict:
     """Run the whole recipe; returns the train_log dictionary (also written to out).

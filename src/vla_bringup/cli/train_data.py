@@ -209,9 +209,8 @@ def load_dataset(root: str | Path) -> Demos:
                  if len(parts.get("positions", [])) == len(lengths) else None)
 
 
-# What may differ between datasets trained on together: which tasks and scenes they hold, and
-# how the expert was perturbed. Image size, rate and chunk timing must match (the labels and
-# the caches depend on them); see load_datasets.
+# What datasets trained on together must share, besides the image shape and the joints: the
+# labels and the caches depend on them. Families, scenes, perturbation and jitter may differ.
 MUST_MATCH = ("image_size", "fps", "chunk_horizon", "chunk_dt")
 
 
