@@ -78,19 +78,19 @@ def cache_vision_features(demos: Demos, model, episodes: list[int], encode_batch
                                      part_cache_dir(demos, part, cache_dir))
         part_shape, part_frames, part_seconds = _encode_missing(part, model, local, encode_batch,
                                                                 folder, progress)
-        folders.append(str(folder))
+        folders.append((folder, first, local))
         shape = shape or part_shape
         todo_frames += part_frames
         elapsed += part_seconds
     total = int(demos.offsets[-1])
     features = np.zeros((total, *(shape or ())), dtype=np.float16)
-    for (part, first), folder in zip(demos.parts(), folders):
-        for episode in _local_episodes(part, first, episodes):
+    for folder, first, local in folders:
+        for episode in local:
             start, stop = int(demos.offsets[first + episode]), \
                 int(demos.offsets[first + episode + 1])
-            features[start:stop] = np.load(Path(folder) / f"episode_{episode:06d}.npy",
+            features[start:stop] = np.load(folder / f"episode_{episode:06d}.npy",
                                            allow_pickle=False)
-    return {"features": features, "folder": ", ".join(folders),
+    return {"features": features, "folder": ", ".join(str(f) for f, _, _ in folders),
             "computed_frames": todo_frames,
             "reused_frames": sum(int(demos.offsets[e + 1] - demos.offsets[e])
                                  for e in episodes) - todo_frames,

@@ -6,11 +6,13 @@ No torch at import time; functions that build tensors import it themselves.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from types import MappingProxyType
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -104,10 +106,12 @@ class Demos:
 LATER_SETTINGS = ("inference_latency_s",)
 
 
-def generator_defaults() -> dict[str, Any]:
-    """The generator's default settings, as info.json stores them (tuples as lists)."""
+@functools.lru_cache(maxsize=1)
+def generator_defaults() -> Mapping[str, Any]:
+    """The generator's default settings, as info.json stores them (tuples as lists); built
+    once (every episode's fingerprint reads them), read-only since it is shared."""
     from vla_bringup.sim.demonstrations import GeneratorConfig
-    return GeneratorConfig().stored()
+    return MappingProxyType(GeneratorConfig().stored())
 
 
 def _column(table, name: str, path: Path) -> Any:
@@ -209,11 +213,6 @@ def load_dataset(root: str | Path) -> Demos:
                  if len(parts.get("positions", [])) == len(lengths) else None)
 
 
-# What datasets trained on together must share, besides the image shape and the joints: the
-# labels and the caches depend on them. Families, scenes, perturbation and jitter may differ.
-MUST_MATCH = ("image_size", "fps", "chunk_horizon", "chunk_dt")
-
-
 def load_datasets(roots) -> Demos:
     """One dataset, or several read as one: their frames and episodes follow each other in the
     order given (each keeps its own caches). They must agree on image size, rate, chunk timing
@@ -263,15 +262,13 @@ def load_datasets(roots) -> Demos:
 
 
 def _dataset_shape(demos: Demos) -> dict[str, Any]:
-    """What two datasets trained on together must share."""
-    stored = demos.info.get("vla_bringup", {}).get("generator_config", {})
-    shape = {k: stored.get(k) for k in MUST_MATCH}
-    shape["fps"] = float(demos.info["fps"])
-    shape["chunk_dt"] = demos.chunk_dt
-    shape["chunk_horizon"] = int(demos.chunks.shape[1])
-    shape["image"] = demos.info.get("features", {}).get("observation.image", {}).get("shape")
-    shape["joint_names"] = demos.info.get("vla_bringup", {}).get("joint_names")
-    return shape
+    """What two datasets trained on together must share: the labels and the caches depend on
+    it. Families, scenes, perturbation and jitter may differ."""
+    extra = demos.info.get("vla_bringup", {})
+    return {"image": demos.info.get("features", {}).get("observation.image", {}).get("shape"),
+            "fps": float(demos.info["fps"]), "chunk_dt": demos.chunk_dt,
+            "chunk_horizon": int(demos.chunks.shape[1]),
+            "joint_names": extra.get("joint_names")}
 
 
 def _skill_starts(demos: Demos) -> np.ndarray:

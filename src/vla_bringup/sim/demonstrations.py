@@ -199,8 +199,7 @@ class GeneratorConfig:
     def identity(self) -> dict:
         keys = ("image_size", "fps", "chunk_horizon", "chunk_dt", "seed_base", "phrasing",
                 "families", "keep_failures")
-        return {k: (list(v) if isinstance(v, tuple) else v)
-                for k, v in dataclasses.asdict(self).items() if k in keys}
+        return {k: v for k, v in self.stored().items() if k in keys}
 
 
 @dataclasses.dataclass
@@ -330,13 +329,14 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                     in_flight = _deliver(executor, in_flight, world.sim_time)
                     _step_world(world, executor)
                 if executor.state is SkillState.FAILED:
-                    data.task_met_at_failure = task_succeeded(task, initial,
-                                                              world.object_poses())
-                    data.measures = task_measures(task, initial, world.object_poses())
+                    poses = world.object_poses()
+                    data.task_met_at_failure = task_succeeded(task, initial, poses)
+                    data.measures = task_measures(task, initial, poses)
                     raise RuntimeError(f"skill {skill.skill} failed: {executor.message}")
         world.step(config.settle_steps)
-        data.success = task_succeeded(task, initial, world.object_poses())
-        data.measures = task_measures(task, initial, world.object_poses())
+        poses = world.object_poses()
+        data.success = task_succeeded(task, initial, poses)
+        data.measures = task_measures(task, initial, poses)
         if not data.success:
             data.error = "task check failed after every skill reported done"
     except (RuntimeError, ValueError) as error:
