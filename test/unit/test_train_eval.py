@@ -17,7 +17,8 @@ from vla_bringup.cli import train as train_cli
 from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.vla.backend import VLAPolicy
 from vla_bringup.policy.vla.model import load_checkpoint
-from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, GeneratorConfig, generate
+from vla_bringup.sim.demonstrations import (EVAL_SEED_BASE, VALIDATION_SEED_BASE, GeneratorConfig,
+                                           generate)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -249,7 +250,7 @@ def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_
     assert (out / "eval_table.png").stat().st_size > 0
     assert report["families"] == ["push"] and report["phrasings"] == ["train", "held_out"]
     assert report["seeds"] == {"base": EVAL_SEED_BASE, "count": 1, "list": [EVAL_SEED_BASE],
-                               "note": report["seeds"]["note"]}
+                               "validation": False, "note": report["seeds"]["note"]}
     assert report["checkpoint"]["sha256"] and report["machine"]["cpu_count"]
     assert report["timing"]["wall_s"] > 0 and report["sim_config"]["image_size"] == 64
     for phrasing in ("train", "held_out"):
@@ -452,8 +453,11 @@ def test_evaluate_with_inference_latency_records_it(trained, tmp_path, capsys):
     out = tmp_path / "late"
     code = evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--families", "push",
                               "--phrasings", "train", "--out", str(out), "--skill-timeout", "10",
-                              "--inference-latency", "0.25", "--no-progress"])
+                              "--inference-latency", "0.25", "--validation", "--no-progress"])
     assert code == 0
     report = json.loads((out / "eval.json").read_text())
     assert report["sim_config"]["inference_latency_s"] == 0.25
+    # --validation: the scenes for choosing settings, apart from the reported evaluation's
+    assert report["seeds"]["base"] == VALIDATION_SEED_BASE and report["seeds"]["validation"]
+    assert {e["seed"] for e in report["episodes"]} == {VALIDATION_SEED_BASE}
     assert report["results"]["push"]["train"]["expert"]["success_rate"] == 1.0

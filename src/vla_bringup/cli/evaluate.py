@@ -19,6 +19,10 @@ never the instruction text, so its run of seed i is the same for both phrasings:
 runs once per (family, seed) and its result is reported under both (`--expert-per-phrasing`
 runs it separately anyway).
 
+`--validation` runs the seeds from `VALIDATION_SEED_BASE` instead: scenes apart from both the
+training attempts and the reported evaluation, on which inference settings are chosen (the
+planned push place's `push_extra_m`, for one), so that the reported table never tuned anything.
+
 Simulator settings (image size, fps, chunk spacing, camera jitter, start noise, timeouts) come
 from the dataset the checkpoint was trained on (`train_log.json` next to the checkpoint), else
 from the generator's defaults; `--sim-config JSON` and `--skill-timeout` override them.
@@ -61,7 +65,8 @@ def checkpoint_hash(folder: str | Path) -> dict:
 
 
 def sim_settings(checkpoint: Path, overrides: Optional[dict] = None,
-                 skill_timeout: Optional[float] = None) -> dict:
+                 skill_timeout: Optional[float] = None,
+                 seed_base: Optional[int] = None) -> dict:
     """GeneratorConfig fields for evaluation (see the module docstring for where they come from)."""
     from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, GeneratorConfig
     fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
@@ -83,7 +88,8 @@ def sim_settings(checkpoint: Path, overrides: Optional[dict] = None,
     if skill_timeout is not None:
         settings["skill_timeout_s"] = float(skill_timeout)
     # Evaluation: no perturbation of executed chunks, nothing kept, held-out seeds.
-    settings.update(perturb_std=0.0, keep_failures=False, seed_base=EVAL_SEED_BASE,
+    settings.update(perturb_std=0.0, keep_failures=False,
+                    seed_base=EVAL_SEED_BASE if seed_base is None else int(seed_base),
                     phrasing="train")
     settings.pop("families", None)
     config = GeneratorConfig(**settings)
@@ -108,10 +114,10 @@ def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool
 
 
 def _run_job(job: tuple[str, str, str, int]) -> dict:
-    from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, run_episode, sample_episode
+    from vla_bringup.sim.demonstrations import run_episode, sample_episode
     backend_name, family, phrasing, index = job
     config = _STATE["config"]
-    spec = sample_episode(index, EVAL_SEED_BASE, "train" if phrasing == "any" else phrasing,
+    spec = sample_episode(index, config.seed_base, "train" if phrasing == "any" else phrasing,
                           (family,))
     backend = _STATE["policy" if backend_name == "policy" else "expert"]
     started = time.perf_counter()
@@ -225,9 +231,10 @@ def plot_table(report: dict, path: Path) -> None:
         if row == 0:
             cell.set_facecolor("#dde4ee")
     seeds = report["seeds"]
+    kind = "validation" if seeds.get("validation") else "held-out"
     axis.set_title(
         f"Closed-loop success, {report['checkpoint']['name']} "
-        f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} held-out seeds per family "
+        f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} {kind} seeds per family "
         f"from {seeds['base']}; expert = scripted upper bound, same seeds"
         + _latency_note(report), fontsize=8)
     figure.tight_layout()
@@ -238,8 +245,10 @@ def plot_table(report: dict, path: Path) -> None:
 def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
              phrasings: list[str], out: str | Path, workers: int = 1, device: str = "cpu",
              sim_overrides: Optional[dict] = None, skill_timeout: Optional[float] = None,
-             expert_per_phrasing: bool = False, progress: bool = True, log=print) -> dict:
-    from vla_bringup.sim.demonstrations import EVAL_SEED_BASE
+             expert_per_phrasing: bool = False, progress: bool = True, log=print,
+             validation: bool = False) -> dict:
+    from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, VALIDATION_SEED_BASE
+    seed_base = VALIDATION_SEED_BASE if validation else EVAL_SEED_BASE
     checkpoint, out = Path(checkpoint), Path(out)
     if seeds < 1 or workers < 1:
         raise ValueError("--seeds and --workers must be >= 1")
@@ -249,7 +258,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                 f"{checkpoint} has no {name}; is it a checkpoint folder? (train one as "
                 "docs/training.md shows and pass --checkpoint, or ARGS=\"--checkpoint DIR\" "
                 "to make eval)")
-    settings = sim_settings(checkpoint, sim_overrides, skill_timeout)
+    settings = sim_settings(checkpoint, sim_overrides, skill_timeout, seed_base)
     jobs: list[tuple[str, str, str, int]] = []
     for index in range(seeds):
         for family in families:
@@ -323,8 +332,8 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
         "checkpoint": {"path": str(checkpoint.resolve()), "name": checkpoint.name,
                        **checkpoint_hash(checkpoint)},
         "families": list(families), "phrasings": list(phrasings),
-        "seeds": {"base": EVAL_SEED_BASE, "count": seeds,
-                  "list": [EVAL_SEED_BASE + i for i in range(seeds)],
+        "seeds": {"base": seed_base, "count": seeds, "validation": validation,
+                  "list": [seed_base + i for i in range(seeds)],
                   "note": "seed i of every family and phrasing is scene seed base + i"},
         "results": results,
         "expert": {"runs": "per phrasing" if expert_per_phrasing else "once per family and "
@@ -379,6 +388,9 @@ def main(argv=None) -> int:
                         help="s of simulated time from a frame to its chunk's arrival, as in "
                              "the live graph (default 0: the simulator waits for the policy)")
     parser.add_argument("--expert-per-phrasing", action="store_true")
+    parser.add_argument("--validation", action="store_true",
+                        help="run the validation seeds (for choosing settings), not the "
+                             "evaluation's")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint
@@ -394,7 +406,7 @@ def main(argv=None) -> int:
         evaluate(checkpoint, args.seeds, list(dict.fromkeys(args.families)),
                  list(dict.fromkeys(args.phrasings)), args.out, args.workers, args.device,
                  overrides, args.skill_timeout, args.expert_per_phrasing,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, validation=args.validation)
     except (FileNotFoundError, ValueError) as error:
         print(f"[evaluate] ERROR: {error}", file=sys.stderr)
         return 2

@@ -8,22 +8,34 @@ safetensors out) and `train_log.json` with every entry of the trainer's log exce
 loss history, which is thinned to one entry per 100 steps (the validation history and the
 dataset's generator settings stay: `evaluate` reads the simulator settings from there). The
 policy loads fp16 weights into fp32 on the CPU and runs them as fp16 on a GPU.
-Exit code 0 on success, 2 when the input is not a checkpoint.
+`--set KEY=VALUE` changes a setting that only inference reads (INFERENCE_SETTINGS: the done
+threshold, ensembling, where a push's or a cube's place comes from; config.py says what each
+does), so the weights stay as they are. `--data DATASET...` measures the push offsets that
+`push_place=planned` needs on those datasets' push episodes, for a checkpoint trained before the
+trainer wrote them.
+Exit code 0 on success, 2 when the input is not a checkpoint or the offsets cannot be found.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Optional, Sequence
 
 HISTORY_EVERY = 100  # steps between the kept entries of the per-step loss history
+# Config fields that only the backend reads at inference: changing them needs no retraining.
+INFERENCE_SETTINGS = ("done_threshold", "temporal_ensemble", "push_place", "push_extra_m",
+                      "cube_place")
 
 
-def export(checkpoint: Path, out: Path, dtype: str = "float16") -> dict:
+def export(checkpoint: Path, out: Path, dtype: str = "float16",
+           settings: Optional[dict] = None, data: Sequence[str] = ()) -> dict:
     import torch
     from vla_bringup.policy.vla.model import checkpoint_size, load_checkpoint
     model = load_checkpoint(checkpoint, "cpu")
+    model.config = with_inference_settings(model.config, settings or {}, data)
     out.mkdir(parents=True, exist_ok=True)
     model.save_checkpoint(out, getattr(torch, dtype))
     log_path = checkpoint / "train_log.json"
@@ -37,15 +49,50 @@ def export(checkpoint: Path, out: Path, dtype: str = "float16") -> dict:
             "parameters": model.parameter_counts()}
 
 
+def with_inference_settings(config, settings: dict, data: Sequence[str] = ()):
+    """`config` with `settings` (INFERENCE_SETTINGS only) and, from `data`, push offsets."""
+    unknown = sorted(set(settings) - set(INFERENCE_SETTINGS))
+    if unknown:
+        raise ValueError(f"{unknown} cannot be set at export (only {list(INFERENCE_SETTINGS)}: "
+                         "the others change what the weights mean)")
+    changes = dict(settings)
+    if data:
+        from vla_bringup.cli.train_data import load_datasets, push_offsets
+        demos = load_datasets(data)
+        changes["push_offsets"] = push_offsets(demos, range(len(demos.episodes))) or None
+    config = dataclasses.replace(config, **changes)  # the config checks each value
+    if config.push_place == "planned" and not config.push_offsets:
+        raise ValueError("push_place 'planned' needs push offsets: the checkpoint has none, so "
+                         "name datasets with push episodes and position columns (--data)")
+    return config
+
+
+def _setting(text: str) -> tuple[str, object]:
+    """"KEY=VALUE" -> (KEY, VALUE as JSON, else the text itself)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="trained checkpoint folder")
     parser.add_argument("--out", required=True, help="folder to write")
     parser.add_argument("--dtype", default="float16", choices=("float16", "float32"))
+    parser.add_argument("--set", type=_setting, action="append", default=[],
+                        metavar="KEY=VALUE", help="an inference-only setting, e.g. "
+                        "push_place=planned (repeatable)")
+    parser.add_argument("--data", nargs="+", default=(),
+                        help="datasets to measure the push offsets on (for push_place=planned)")
     args = parser.parse_args(argv)
     try:
-        summary = export(Path(args.checkpoint), Path(args.out), args.dtype)
-    except (FileNotFoundError, ValueError) as error:
+        summary = export(Path(args.checkpoint), Path(args.out), args.dtype, dict(args.set),
+                         args.data)
+    except (FileNotFoundError, ValueError, TypeError) as error:  # TypeError: a --set's type
         print(f"export_checkpoint: {error}", file=sys.stderr)
         return 2
     print(f"[export] {summary['out']}: {summary['bytes'] / 2 ** 20:.1f} MiB, "

@@ -61,7 +61,7 @@ from vla_bringup.cli.train_cache import (  # noqa: F401
     cache_keypoint_crops, cache_language, cache_vision_features, vision_cache_key)
 from vla_bringup.cli.train_data import (  # noqa: F401
     LATER_SETTINGS, POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks,
-    keypoint_targets, skill_start_targets,
+    keypoint_targets, push_offsets, skill_start_targets,
     load_dataset, load_datasets, pixel_keypoint_targets, split_episodes, progress_bar)
 from vla_bringup.policy.vla.paraphrase import MAX_VARIANTS
 from vla_bringup.sim.tasks import FAMILIES
@@ -404,6 +404,11 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
                            f"{demos.root} lacks (regenerate it with generate_data)")
     config = config.with_stats(model_states[train_idx], model_actions[train_idx],
                                demos.positions[train_idx] if config.position_aux else None)
+    offsets = push_offsets(demos, train_eps)
+    if config.push_place == "planned" and not offsets:
+        raise DatasetError("push_place 'planned' needs push episodes with the privileged "
+                           f"columns {list(POSITION_COLUMNS)} in the training split")
+    config = dataclasses.replace(config, push_offsets=offsets or None)
     phase("statistics")
 
     # --- model (seeded) and caches

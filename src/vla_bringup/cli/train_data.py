@@ -288,6 +288,21 @@ def skill_start_targets(demos: Demos, with_place: bool = False) -> np.ndarray:
     return demos.positions[skill_first_frames(demos), :6 if with_place else 3]
 
 
+def push_offsets(demos: Demos, episodes) -> dict[str, list[float]]:
+    """destination -> (3,) m: the mean offset from the target's start to the place over the
+    push episodes among `episodes` (what a push_place "planned" model adds to its latched
+    start). Empty without the privileged columns or without pushes."""
+    if demos.positions is None:
+        return {}
+    found: dict[str, list[np.ndarray]] = {}
+    for episode in episodes:
+        meta = demos.episodes[episode]
+        if meta.get("family") == "push":
+            first = demos.positions[demos.offsets[episode]]
+            found.setdefault(str(meta["destination"]), []).append(first[3:6] - first[:3])
+    return {name: np.mean(offsets, 0).round(5).tolist() for name, offsets in sorted(found.items())}
+
+
 def skill_first_frames(demos: Demos) -> np.ndarray:
     """(N,) int64: for each frame, the index of the first frame of its skill."""
     starts = _skill_starts(demos)

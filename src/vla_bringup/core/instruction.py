@@ -173,10 +173,15 @@ def plan(text: object) -> TaskPlan:
     return TaskPlan(instruction, family, target, destination, _skills(family, target, destination))
 
 
+def pick_text(target: str) -> str:
+    """The planner's own instruction for picking `target` (e.g. "red_cube")."""
+    return f"pick up the {target.replace('_', ' ')}"
+
+
 def _skills(family: str, target: str, destination: str) -> list[PlannedSkill]:
     noun = target.replace("_", " ")
     if family == "push":
         return [PlannedSkill("push", f"push the {noun} to the {destination}", target, destination)]
     where = "in the tray" if destination == "tray" else f"on the {destination.replace('_', ' ')}"
-    return [PlannedSkill("pick", f"pick up the {noun}", target),
+    return [PlannedSkill("pick", pick_text(target), target),
             PlannedSkill("place", f"place the {noun} {where}", target, destination)]

@@ -49,6 +49,7 @@ from vla_bringup.sim.world import TabletopWorld
 
 COLORS = ("red", "green", "blue", "yellow")
 EVAL_SEED_BASE = 1_000_000  # evaluation seeds start here; training attempts stay far below
+VALIDATION_SEED_BASE = 3_000_000  # seeds for choosing inference settings, apart from both
 PHRASINGS = ("train", "held_out")
 # What a user says. {c}: the cube to move, {d}: the cube to stack on, {dir}: left / right.
 # Every one must parse with core.instruction.plan into its family (a unit test checks).

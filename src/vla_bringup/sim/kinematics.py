@@ -13,7 +13,7 @@ import pybullet as p
 import pybullet_data
 from pybullet_utils.bullet_client import BulletClient
 
-from vla_bringup.core.robot import PANDA_JOINT_NAMES
+from vla_bringup.core.robot import PANDA_FINGER_OPEN, PANDA_JOINT_NAMES
 
 PANDA_URDF = "franka_panda/panda.urdf"
 TABLE_TOP_Z = 0.625  # m, top face of pybullet_data's table.urdf loaded at the origin
@@ -30,7 +30,7 @@ FINGER_JOINTS = (9, 10)  # panda_finger_joint1..2
 GRASP_LINK = 11  # panda_grasptarget_hand: between the finger pads, 1 cm above their tips
 # Home: grasp point 0.42 m in front of the base, 0.36 m above the table, pointing down.
 HOME_ARM = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4])
-FINGER_OPEN = 0.04
+FINGER_OPEN = PANDA_FINGER_OPEN
 FINGER_CLOSED = 0.0
 
 

@@ -1,13 +1,15 @@
 """`VLAPolicy`: the built-in learned backend (policy:=vla); camera + joints + skill text in.
 
 It reads only what a real robot has: the camera image, the measured joint positions and the
-active skill's instruction (never `Observation.scene`). The model predicts, for the next
-`action_horizon` steps of `action_dt` s, the 7 arm joints as offsets from the measured joints and
-the gripper opening (see config.py for why joint-space deltas), de-normalised with the dataset
-statistics of its config; the backend adds the measured joints back and returns absolute 9-joint
-targets, so the rest of the stack (chunk scheduling, safety limits) is unchanged. A model in the
-end-effector space (`ee_delta`, see ee_space.py) predicts grasp-point offsets instead; the
-backend turns them into the same absolute joint targets with the expert's IK.
+active skill's instruction (never `Observation.scene`), and, where the checkpoint says so
+(`push_place`, `cube_place`), the skill's destination as the task plan gives it. The model
+predicts, for the next `action_horizon` steps of `action_dt` s, the 7 arm joints as offsets from
+the measured joints and the gripper opening (see config.py for why joint-space deltas),
+de-normalised with the dataset statistics of its config; the backend adds the measured joints
+back and returns absolute 9-joint targets, so the rest of the stack (chunk scheduling, safety
+limits) is unchanged. A model in the end-effector space (`ee_delta`, see ee_space.py) predicts
+grasp-point offsets instead; the backend turns them into the same absolute joint targets with
+the expert's IK.
 
 Device: "auto" takes CUDA when present; on CUDA the model runs in half precision. On CPU the
 torch thread count defaults to 1: the policy shares a few cores with the simulator and the other
@@ -22,6 +24,8 @@ from typing import Optional
 import numpy as np
 import torch
 
+from vla_bringup.core.instruction import pick_text
+from vla_bringup.core.robot import PANDA_FINGER_OPEN
 from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, SkillSpec,
                                      joint_vector)
 from vla_bringup.policy.temporal_ensemble import TemporalEnsemble
@@ -72,6 +76,9 @@ class VLAPolicy(PolicyBackend):
         self.dtype = torch.float16 if self.half else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
+        if self.config.push_place == "planned" and not self.config.push_offsets:
+            raise ValueError("this checkpoint sets push_place 'planned' but has no push_offsets "
+                             "(the trainer writes them from a dataset with pushes)")
         # torch.compile: "default" (about 1.5x faster on CPU, ~30 s to compile on the first
         # inference) or "reduce-overhead" (CUDA graphs: on GPU, launch overhead dominates).
         # Call warmup() before serving so the compilation is not paid by the first real frame.
@@ -98,6 +105,11 @@ class VLAPolicy(PolicyBackend):
         # and the median of them, updated only while they come in.
         self._starts: list[torch.Tensor] = []
         self._latched: Optional[torch.Tensor] = None
+        # push_place "planned": the active push's offset from the target's start to its place
+        self._push_offset: Optional[torch.Tensor] = None
+        self._skill_error: Optional[str] = None
+        # cube_place "target_detector": what to ask the detector for on a place onto a cube
+        self._place_query: Optional[str] = None
         self._end_effector = None
         if self.config.action_space == "ee_delta":
             from vla_bringup.policy.vla.ee_space import EndEffectorSpace  # PyBullet: only here
@@ -108,10 +120,14 @@ class VLAPolicy(PolicyBackend):
         if self._ensemble is not None:
             self._ensemble.reset()  # a new skill's chunks do not blend with the last one's
         self._starts, self._latched = [], None
+        self._push_offset, self._skill_error = self._planned_push(skill)
+        self._place_query = self._cube_place_query(skill)
         if skill is not None:
             self._embedding(skill.instruction)  # encode now, not at the first frame
 
     def infer(self, observation: Observation) -> ActionChunk:
+        if self._skill_error:
+            raise ValueError(self._skill_error)
         if observation.image is None:
             raise ValueError("the vla backend needs the camera image in the observation")
         image = np.asarray(observation.image)
@@ -131,8 +147,12 @@ class VLAPolicy(PolicyBackend):
             # None for models without start_memory (they ignore it) and on a skill's first frame.
             outputs = self._forward(pixels, language, state, start_positions=self.latched_start())
             if self.config.start_memory and len(self._starts) < START_FRAMES:
-                self._starts.append(self.model.latched_positions(outputs).detach().clone())
-                self._latched = torch.stack(self._starts).median(0).values
+                latched = self.model.latched_positions(outputs).detach().clone()
+                if self._place_query is not None:
+                    latched[:, 3:6] = self._find_cube(pixels, raw_state)
+                self._starts.append(latched)
+                self._latched = self._with_planned_place(
+                    torch.stack(self._starts).median(0).values)
             prediction = self.model.predict(outputs)
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])
@@ -151,6 +171,45 @@ class VLAPolicy(PolicyBackend):
                            progress=min(1.0, max(0.0, progress)))
 
     # ------------------------------------------------------------------ helpers
+    def _planned_push(self, skill: Optional[SkillSpec]
+                      ) -> tuple[Optional[torch.Tensor], Optional[str]]:
+        """For a push under push_place "planned": the offset (m) from the target's start to
+        the place, for the plan's direction; or the error to raise when the checkpoint has none
+        (raised by `infer`, where the node reports it, rather than here)."""
+        if skill is None or skill.skill != "push" or self.config.push_place != "planned":
+            return None, None
+        offset = self.config.push_offsets.get(skill.destination)
+        if offset is None:
+            return None, (f"push destination {skill.destination!r} has no planned offset in "
+                          f"this checkpoint (it has {sorted(self.config.push_offsets)})")
+        vector = np.asarray(offset, dtype=np.float64)
+        vector = vector * (1.0 + self.config.push_extra_m / np.linalg.norm(vector))
+        return torch.tensor(vector, dtype=torch.float32, device=self.device), None
+
+    def _cube_place_query(self, skill: Optional[SkillSpec]) -> Optional[str]:
+        """Under cube_place "target_detector", for a place onto a cube: the text that asks the
+        target detector for that cube (the planner's pick text for it)."""
+        if (skill is None or skill.skill != "place" or self.config.cube_place != "target_detector"
+                or not skill.destination.endswith("_cube")):
+            return None
+        return pick_text(skill.destination)
+
+    def _find_cube(self, pixels: torch.Tensor, raw_state: np.ndarray) -> torch.Tensor:
+        """(1, 3) m: where the target detector finds the place query's cube. The fingers are
+        given as open: the detector reads a closed hand as "the target is in it", true of a
+        pick's target but not of a cube to put something on."""
+        open_hand = raw_state.copy()
+        open_hand[STATE_DIM - 1] = PANDA_FINGER_OPEN  # the gripper opening column
+        state = torch.as_tensor(open_hand, dtype=torch.float32, device=self.device).unsqueeze(0)
+        language = self._embedding(self._place_query).unsqueeze(0)
+        return self.model.find_target(pixels, language, state).float()
+
+    def _with_planned_place(self, latched: torch.Tensor) -> torch.Tensor:
+        """(1, 6) latched target start + place, m: the place replaced by the planned one."""
+        if self._push_offset is None:
+            return latched
+        return torch.cat([latched[:, :3], latched[:, :3] + self._push_offset], 1)
+
     def latched_start(self) -> Optional[torch.Tensor]:
         """The start a start_memory model reads: the median of the skill's first predictions
         (fixed after START_FRAMES), None before the first."""

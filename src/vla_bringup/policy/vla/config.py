@@ -33,6 +33,8 @@ HEAD_ARCHS = ("transformer", "mlp")
 POSITION_SOURCES = ("vision_language", "keypoints", "fused", "pixels")
 LANGUAGE_INPUTS = ("sentence", "tokens")
 DETECTOR_LANGUAGE = ("shared", "per_point")
+PUSH_PLACES = ("model", "planned")
+CUBE_PLACES = ("model", "target_detector")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
@@ -137,6 +139,31 @@ class VLAConfig:
     # Relative to the latched start it needs only the direction word; the tray and a stack's
     # lower cube stay with the detector (the weight learns which is which).
     place_relative: bool = False
+    # Inference only, with place_memory: where a push skill's latched place comes from.
+    # "model": the detector's own place, latched with the start. "planned": the latched target
+    # start plus `push_offsets[destination]`, the direction being the one the task plan gives
+    # the skill (SkillSpec.destination; in the graph, SkillCommand.destination). Why: a push's
+    # destination is an empty patch of table. In traces of the committed checkpoint the
+    # detector found the cube to about 1 cm but latched that patch 6-19 cm off in the failed
+    # pushes, and with the true place the same network pushed 14 of 16 (docs/training.md,
+    # seventeenth session). The planner has already read the direction from the words.
+    push_place: str = "model"
+    # destination ("left" / "right") -> (x, y, z) m: where the training pushes' place lay from
+    # the target's start, the mean over the training split's push episodes (set by the trainer).
+    push_offsets: Optional[dict[str, list[float]]] = None
+    # Inference only, m: how much further than its offset a planned place lies. The network
+    # stops short of the place it is given (pushes of 9-10 cm for a 12 cm place), so a place
+    # 2 cm further brings the cube past the check's 8 cm with a margin (chosen on validation
+    # seeds, never on the evaluation's: docs/training.md, seventeenth session).
+    push_extra_m: float = 0.0
+    # Inference only, with place_memory and the "pixels" detector: where a place skill onto a
+    # cube latches its place. "model": the detector's place map. "target_detector": the
+    # detector's target map, asked for that cube with the planner's pick text ("pick up the
+    # blue cube", the cube being SkillSpec.destination) and an open-gripper cue. Why: the
+    # target map learns from every frame of every skill and found cubes to 0.9 cm (median, xy)
+    # where the place map, trained on the stack frames alone, was 1.6 cm off, and 2-5 cm in
+    # many failed stacks (docs/training.md, seventeenth session).
+    cube_place: str = "model"
     # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
     # vectors (from the grasp point to: itself, the target as seen now, the target's latched
     # start, the place) plus a residual, instead of a number the head must produce on its own.
@@ -222,6 +249,25 @@ class VLAConfig:
         if self.action_anchors and not (self.start_memory and self.head == "continuous"):
             raise ValueError("action_anchors needs start_memory (the anchors are the token's "
                              "positions) and the continuous head (it offsets regressed rows)")
+        if self.push_place not in PUSH_PLACES:
+            raise ValueError(f"push_place={self.push_place!r} is not one of {list(PUSH_PLACES)}")
+        if self.push_offsets is not None:
+            self.push_offsets = {str(name): _vector(offset, 3, f"push_offsets[{name!r}]")
+                                 for name, offset in dict(self.push_offsets).items()}
+        if not (math.isfinite(self.push_extra_m) and 0.0 <= self.push_extra_m <= 0.1):
+            raise ValueError(f"push_extra_m must be in [0, 0.1] m, got {self.push_extra_m}")
+        if self.push_offsets is not None and any(
+                math.hypot(*offset) < 1e-3 for offset in self.push_offsets.values()):
+            raise ValueError("push_offsets must point somewhere (each at least 1 mm long)")
+        if self.cube_place not in CUBE_PLACES:
+            raise ValueError(f"cube_place={self.cube_place!r} is not one of {list(CUBE_PLACES)}")
+        if self.cube_place == "target_detector" and not (
+                self.place_memory and self.position_from == "pixels"):
+            raise ValueError("cube_place 'target_detector' needs place_memory (it replaces the "
+                             "latched place) and position_from 'pixels' (the detector it asks)")
+        if self.push_place == "planned" and not self.place_memory:
+            raise ValueError("push_place 'planned' needs place_memory (it replaces the latched "
+                             "place)")
         if self.place_relative and not self.place_memory:
             raise ValueError("place_relative needs place_memory (it blends the latched place)")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 < self.done_threshold < 1.0:

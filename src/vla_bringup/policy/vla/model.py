@@ -295,6 +295,19 @@ class VLAModel(nn.Module):
         outputs["actions"] = torch.cat([normalised.to(rows.dtype), rows[..., 3:]], -1)
         outputs["anchor_weights"] = weights
 
+    def find_target(self, images: torch.Tensor, language: torch.Tensor,
+                    state: torch.Tensor) -> torch.Tensor:
+        """(B, 3) m: where the "pixels" detector's target map finds the object that
+        `language` names, from preprocessed `images` and raw `state` (its held-object cue).
+        Only the detector runs: no fusion, no head."""
+        if self.position_pixels is None:
+            raise ValueError("find_target needs a model with position_from 'pixels'")
+        dtype = self.vision_pos.dtype
+        _, readers = self._language(language.to(dtype), images.shape[0])
+        found = self._pixel_detector(self.keypoint_crops(images).to(dtype), readers,
+                                     self._normalised_state(state).to(dtype))
+        return self._metres(found["positions"])[:, :3]
+
     def latched_positions(self, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """What a start_memory backend latches on a skill's first frame, m: the predicted target
         position (B, 3), and the place (B, 6) for a place_memory model."""

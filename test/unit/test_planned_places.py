@@ -1,0 +1,187 @@
+"""Places taken from the plan. `push_place: planned`: a push's latched place is the latched
+target start plus the training data's offset for the direction the plan gives the skill.
+`cube_place: target_detector`: a place onto a cube latches where the target detector finds that
+cube when asked with the planner's pick text.
+
+What must hold: the backend replaces only a push's place, by the offset (plus `push_extra_m`
+along it) from the target it latched; other skills and `push_place: model` keep the network's
+place; a direction without an offset is a clear error from `infer`, not a silent motion; the
+trainer measures the offsets on its training pushes, and the exporter can switch an older
+checkpoint over from a dataset.
+"""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from vla_bringup.cli import export_checkpoint
+from vla_bringup.cli import train as train_cli
+from vla_bringup.cli.train_data import load_datasets, push_offsets
+from vla_bringup.policy.base import Observation, SkillSpec
+from vla_bringup.policy.vla.backend import START_FRAMES, VLAPolicy
+from vla_bringup.policy.vla.config import VLAConfig
+from vla_bringup.policy.vla.encoders import TextEncoder
+from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
+from vla_bringup.sim.demonstrations import GeneratorConfig, generate
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+JOINTS = ["panda_joint1", "panda_joint2", "panda_joint3", "panda_joint4", "panda_joint5",
+          "panda_joint6", "panda_joint7", "panda_finger_joint1", "panda_finger_joint2"]
+HOME = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
+SMALL = dict(image_size=64, d_model=32, n_heads=2, fusion_layers=1, head_layers=1, keypoints=4,
+             action_horizon=4, language_tokens=2, dropout=0.0, action_space="ee_delta",
+             position_aux=True, position_token=True, start_memory=True, place_memory=True)
+OFFSETS = {"left": [0.0, 0.12, 0.0], "right": [0.0, -0.12, 0.0]}
+TINY_TRAIN = {"steps": 2, "batch": 8, "val_every": 2, "warmup_steps": 1}
+
+
+@pytest.fixture(scope="module")
+def text_encoder():
+    return TextEncoder()
+
+
+@pytest.fixture(scope="module")
+def push_dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pushes") / "data"
+    config = GeneratorConfig(image_size=64, families=("push",), done_hold_frames=1)
+    assert generate(root, 2, config, progress=False)["episodes"] == 2
+    return root
+
+
+def _latched(model, text_encoder, skill):
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    policy.reset(skill)
+    rng = np.random.default_rng(0)
+    for index in range(START_FRAMES):
+        frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        policy.infer(Observation(1.0 + 0.1 * index, JOINTS, HOME, skill, image=frame))
+    return policy.latched_start()[0]
+
+
+def test_config_checks_the_push_place_settings():
+    with pytest.raises(ValueError, match="push_place"):
+        VLAConfig(**SMALL, push_place="somewhere")
+    without_memory = {**SMALL, "place_memory": False}
+    with pytest.raises(ValueError, match="needs place_memory"):
+        VLAConfig(**without_memory, push_place="planned", push_offsets=OFFSETS)
+    with pytest.raises(ValueError, match="push_extra_m"):
+        VLAConfig(**SMALL, push_extra_m=-0.01)
+    with pytest.raises(ValueError, match="point somewhere"):
+        VLAConfig(**SMALL, push_offsets={"left": [0.0, 0.0, 0.0]})
+    with pytest.raises(ValueError, match="NaN"):
+        VLAConfig(**SMALL, push_offsets={"left": [0.0, float("nan"), 0.0]})
+    config = VLAConfig(**SMALL, push_place="planned", push_offsets={"left": (0, 0.12, 0)})
+    assert VLAConfig.from_dict(json.loads(config.to_json())).push_offsets == {
+        "left": [0.0, 0.12, 0.0]}
+
+
+def test_a_push_latches_its_place_from_the_plan_and_other_skills_do_not(text_encoder):
+    torch.manual_seed(0)
+    model = VLAModel(VLAConfig(**SMALL, push_place="planned", push_offsets=OFFSETS,
+                               push_extra_m=0.02)).eval()
+    push = SkillSpec("s1", "push", "push the red cube to the right", "red_cube", "right")
+    latched = _latched(model, text_encoder, push)
+    torch.testing.assert_close(latched[3:6], latched[:3] + torch.tensor([0.0, -0.14, 0.0]))
+    # The same network with its own place: the target is the same, the place is the network's.
+    model.config = VLAConfig(**SMALL, push_offsets=OFFSETS)
+    own = _latched(model, text_encoder, push)
+    torch.testing.assert_close(own[:3], latched[:3])
+    assert torch.linalg.norm(own[3:6] - latched[3:6]) > 0.01
+    # A pick keeps the network's place even with push_place planned.
+    model.config = VLAConfig(**SMALL, push_place="planned", push_offsets=OFFSETS)
+    pick = SkillSpec("s2", "pick", "pick up the red cube", "red_cube", "")
+    picked = _latched(model, text_encoder, pick)
+    model.config = VLAConfig(**SMALL)
+    torch.testing.assert_close(picked, _latched(model, text_encoder, pick))
+
+
+def test_a_push_without_an_offset_for_its_direction_is_refused_by_infer(text_encoder):
+    model = VLAModel(VLAConfig(**SMALL, push_place="planned", push_offsets=OFFSETS)).eval()
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    skill = SkillSpec("s1", "push", "push the red cube forward", "red_cube", "forward")
+    policy.reset(skill)  # the node resets outside its error handling: this must not raise
+    frame = np.zeros((64, 64, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="'forward' has no planned offset.*'left', 'right'"):
+        policy.infer(Observation(1.0, JOINTS, HOME, skill, image=frame))
+    model.config = VLAConfig(**SMALL, push_place="planned")
+    with pytest.raises(ValueError, match="no push_offsets"):
+        VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+
+
+def test_trainer_measures_the_offsets_and_the_exporter_switches_a_checkpoint(push_dataset,
+                                                                               tmp_path):
+    demos = load_datasets([push_dataset])
+    measured = push_offsets(demos, range(len(demos.episodes)))
+    directions = {e["destination"] for e in demos.episodes}
+    assert set(measured) == directions
+    for name, offset in measured.items():  # the expert pushes 12 cm along +-y
+        np.testing.assert_allclose(offset, [0.0, 0.12 if name == "left" else -0.12, 0.0],
+                                   atol=1e-4)
+    model = {**SMALL, "position_from": "pixels", "keypoint_crop": [0.5, 0.25, 1.0, 1.0],
+             "keypoint_channels": 8, "push_place": "planned", "push_extra_m": 0.02}
+    model.pop("action_horizon")
+    run = tmp_path / "run"
+    train_cli.train([push_dataset], run, model, train_cli.TrainConfig(**TINY_TRAIN), None,
+                    progress=False, log=lambda *a: None)
+    trained = load_checkpoint(run).config
+    assert trained.push_place == "planned" and trained.push_extra_m == 0.02
+    assert set(trained.push_offsets) <= directions and trained.push_offsets
+    # An older checkpoint: no offsets, its own place. Switching needs a dataset to measure on.
+    old = tmp_path / "old"
+    VLAModel(VLAConfig(**SMALL)).save_checkpoint(old)
+    args = ["--checkpoint", str(old), "--out", str(tmp_path / "new"),
+            "--set", "push_place=planned"]
+    assert export_checkpoint.main(args) == 2
+    assert export_checkpoint.main(args + ["--data", str(push_dataset),
+                                          "--set", "push_extra_m=0.02"]) == 0
+    switched = load_checkpoint(tmp_path / "new").config
+    assert (switched.push_place, switched.push_offsets, switched.push_extra_m) == (
+        "planned", measured, 0.02)
+    # Only inference settings, and each checked by the config.
+    for bad in ("action_space=joint_delta", "push_extra_m=0.5", "push_extra_m=far",
+                "cube_place=elsewhere"):
+        assert export_checkpoint.main(args[:4] + ["--set", bad]) == 2
+    with pytest.raises(SystemExit):
+        export_checkpoint.main(args[:4] + ["--set", "push_place"])
+
+
+PIXELS = dict(position_from="pixels", keypoint_crop=[0.5, 0.25, 1.0, 1.0], keypoint_channels=8)
+
+
+def test_a_place_onto_a_cube_latches_where_the_target_detector_finds_that_cube(text_encoder):
+    with pytest.raises(ValueError, match="cube_place"):
+        VLAConfig(**SMALL, **PIXELS, cube_place="elsewhere")
+    with pytest.raises(ValueError, match="position_from 'pixels'"):
+        VLAConfig(**SMALL, cube_place="target_detector")
+    torch.manual_seed(0)
+    model = VLAModel(VLAConfig(**SMALL, **PIXELS, cube_place="target_detector")).eval()
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    place = SkillSpec("s1", "place", "place the red cube on the blue cube", "red_cube",
+                      "blue_cube")
+    policy.reset(place)
+    rng = np.random.default_rng(0)
+    holding = HOME.copy()
+    holding[7:] = 0.025  # a cube in the hand
+    found = []
+    for index in range(START_FRAMES):
+        frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        policy.infer(Observation(1.0 + 0.1 * index, JOINTS, holding, place, image=frame))
+        with torch.no_grad():  # what the detector says, asked as a pick with the hand open
+            found.append(model.find_target(
+                model.preprocess(torch.from_numpy(frame).unsqueeze(0)),
+                text_encoder("pick up the blue cube").unsqueeze(0),
+                torch.as_tensor(policy._state(HOME), dtype=torch.float32).unsqueeze(0)))
+    torch.testing.assert_close(policy.latched_start()[:, 3:6],
+                               torch.stack(found).median(0).values)
+    # The target stays the network's own; a place into the tray keeps the network's place.
+    tray = SkillSpec("s2", "place", "place the red cube in the tray", "red_cube", "tray")
+    latched = _latched(model, text_encoder, tray)
+    model.config = VLAConfig(**SMALL, **PIXELS)
+    torch.testing.assert_close(latched, _latched(model, text_encoder, tray))
+    cube_own = _latched(model, text_encoder, place)
+    model.config = VLAConfig(**SMALL, **PIXELS, cube_place="target_detector")
+    cube_asked = _latched(model, text_encoder, place)
+    torch.testing.assert_close(cube_asked[:3], cube_own[:3])
+    assert torch.linalg.norm(cube_asked[3:6] - cube_own[3:6]) > 1e-3
