@@ -139,6 +139,12 @@ def test_trainer_measures_the_offsets_and_the_exporter_switches_a_checkpoint(pus
     switched = load_checkpoint(tmp_path / "new").config
     assert (switched.push_place, switched.push_offsets, switched.push_extra_m) == (
         "planned", measured, 0.02)
+    # What was changed at export is kept with the training log.
+    assert export_checkpoint.main(["--checkpoint", str(run), "--out", str(tmp_path / "tuned"),
+                                   "--set", "push_extra_m=0.03"]) == 0
+    log = json.loads((tmp_path / "tuned" / "train_log.json").read_text())
+    assert log["exported_from"]["settings"] == {"push_extra_m": 0.03}
+    assert load_checkpoint(tmp_path / "tuned").config.push_offsets == trained.push_offsets
     # Only inference settings, and each checked by the config.
     for bad in ("action_space=joint_delta", "push_extra_m=0.5", "push_extra_m=far",
                 "cube_place=elsewhere"):

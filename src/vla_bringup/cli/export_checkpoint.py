@@ -43,7 +43,9 @@ def export(checkpoint: Path, out: Path, dtype: str = "float16",
         log = json.loads(log_path.read_text())
         log["history"] = [h for h in log.get("history", [])
                           if h.get("step", 0) % HISTORY_EVERY == 0]
-        log["exported_from"] = {"path": str(checkpoint.resolve()), "dtype": dtype}
+        log["exported_from"] = {"path": str(checkpoint.resolve()), "dtype": dtype,
+                                "settings": dict(settings or {}),
+                                "push_offsets_from": [str(Path(d).resolve()) for d in data]}
         (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     return {"out": str(out), "bytes": checkpoint_size(out),
             "parameters": model.parameter_counts()}
