@@ -105,6 +105,9 @@ def test_a_push_without_an_offset_for_its_direction_is_refused_by_infer(text_enc
     frame = np.zeros((64, 64, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="'forward' has no planned offset.*'left', 'right'"):
         policy.infer(Observation(1.0, JOINTS, HOME, skill, image=frame))
+    pick = SkillSpec("s2", "pick", "pick up the red cube", "red_cube", "")
+    policy.reset(pick)  # the next skill starts clean
+    policy.infer(Observation(2.0, JOINTS, HOME, pick, image=frame))
     model.config = VLAConfig(**SMALL, push_place="planned")
     with pytest.raises(ValueError, match="no push_offsets"):
         VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
@@ -134,6 +137,10 @@ def test_trainer_measures_the_offsets_and_the_exporter_switches_a_checkpoint(pus
     args = ["--checkpoint", str(old), "--out", str(tmp_path / "new"),
             "--set", "push_place=planned"]
     assert export_checkpoint.main(args) == 2
+    stacks = tmp_path / "stacks"  # --data without pushes is refused, not taken as "none"
+    generate(stacks, 1, GeneratorConfig(image_size=64, families=("stack",), done_hold_frames=1),
+             progress=False)
+    assert export_checkpoint.main(args + ["--data", str(stacks)]) == 2
     assert export_checkpoint.main(args + ["--data", str(push_dataset),
                                           "--set", "push_extra_m=0.02"]) == 0
     switched = load_checkpoint(tmp_path / "new").config

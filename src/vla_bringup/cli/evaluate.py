@@ -376,7 +376,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="",
                         help="checkpoint folder (default: the committed one)")
-    parser.add_argument("--seeds", type=int, required=True, help="held-out seeds per family")
+    parser.add_argument("--seeds", type=int, required=True,
+                        help="held-out (or, with --validation, validation) seeds per family")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--phrasings", nargs="+", default=list(PHRASINGS), choices=PHRASINGS)
     parser.add_argument("--out", default="artifacts", help="folder for eval.json + the table")

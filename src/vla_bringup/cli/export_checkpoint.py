@@ -61,7 +61,9 @@ def with_inference_settings(config, settings: dict, data: Sequence[str] = ()):
     if data:
         from vla_bringup.cli.train_data import load_datasets, push_offsets
         demos = load_datasets(data)
-        changes["push_offsets"] = push_offsets(demos, range(len(demos.episodes))) or None
+        changes["push_offsets"] = push_offsets(demos, range(len(demos.episodes)))
+        if not changes["push_offsets"]:  # never drop offsets the checkpoint has for nothing
+            raise ValueError(f"no push episodes with position columns in {list(data)}")
     config = dataclasses.replace(config, **changes)  # the config checks each value
     if config.push_place == "planned" and not config.push_offsets:
         raise ValueError("push_place 'planned' needs push offsets: the checkpoint has none, so "

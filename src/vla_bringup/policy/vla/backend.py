@@ -122,8 +122,9 @@ class VLAPolicy(PolicyBackend):
         self._starts, self._latched = [], None
         self._push_offset, self._skill_error = self._planned_push(skill)
         self._place_query = self._cube_place_query(skill)
-        if skill is not None:
-            self._embedding(skill.instruction)  # encode now, not at the first frame
+        for text in (skill.instruction if skill else None, self._place_query):
+            if text is not None:
+                self._embedding(text)  # encode now, not at the first frame
 
     def infer(self, observation: Observation) -> ActionChunk:
         if self._skill_error:
@@ -178,7 +179,7 @@ class VLAPolicy(PolicyBackend):
         (raised by `infer`, where the node reports it, rather than here)."""
         if skill is None or skill.skill != "push" or self.config.push_place != "planned":
             return None, None
-        offset = self.config.push_offsets.get(skill.destination)
+        offset = self.config.push_offsets.get(skill.destination or "")
         if offset is None:
             return None, (f"push destination {skill.destination!r} has no planned offset in "
                           f"this checkpoint (it has {sorted(self.config.push_offsets)})")
@@ -190,7 +191,7 @@ class VLAPolicy(PolicyBackend):
         """Under cube_place "target_detector", for a place onto a cube: the text that asks the
         target detector for that cube (the planner's pick text for it)."""
         if (skill is None or skill.skill != "place" or self.config.cube_place != "target_detector"
-                or not skill.destination.endswith("_cube")):
+                or not (skill.destination or "").endswith("_cube")):
             return None
         return pick_text(skill.destination)
 

@@ -149,7 +149,9 @@ class VLAConfig:
     # seventeenth session). The planner has already read the direction from the words.
     push_place: str = "model"
     # destination ("left" / "right") -> (x, y, z) m: where the training pushes' place lay from
-    # the target's start, the mean over the training split's push episodes (set by the trainer).
+    # the target's start, the mean over the training split's push episodes (set by the trainer;
+    # export_checkpoint --data measures them on whole datasets). Both replacements start with
+    # the skill's first latch: its very first chunk still reads the network's own place.
     push_offsets: Optional[dict[str, list[float]]] = None
     # Inference only, m: how much further than its offset a planned place lies. The network
     # stops short of the place it is given (pushes of 9-10 cm for a 12 cm place), so a place
