@@ -149,11 +149,8 @@ class VLAPolicy(PolicyBackend):
             outputs = self._forward(pixels, language, state, start_positions=self.latched_start())
             if self.config.start_memory and len(self._starts) < START_FRAMES:
                 latched = self.model.latched_positions(outputs).detach().clone()
-                if self._place_query is not None:
-                    latched[:, 3:6] = self._find_cube(pixels, raw_state)
-                self._starts.append(latched)
-                self._latched = self._with_planned_place(
-                    torch.stack(self._starts).median(0).values)
+                self._starts.append(self._place_from_plan(latched, pixels, raw_state))
+                self._latched = torch.stack(self._starts).median(0).values
             prediction = self.model.predict(outputs)
             actions = prediction["actions"][0].float().cpu().numpy()
             done = float(prediction["done"][0])
@@ -205,11 +202,16 @@ class VLAPolicy(PolicyBackend):
         language = self._embedding(self._place_query).unsqueeze(0)
         return self.model.find_target(pixels, language, state).float()
 
-    def _with_planned_place(self, latched: torch.Tensor) -> torch.Tensor:
-        """(1, 6) latched target start + place, m: the place replaced by the planned one."""
-        if self._push_offset is None:
-            return latched
-        return torch.cat([latched[:, :3], latched[:, :3] + self._push_offset], 1)
+    def _place_from_plan(self, latched: torch.Tensor, pixels: torch.Tensor,
+                         raw_state: np.ndarray) -> torch.Tensor:
+        """One frame's (1, 6) latch, m, with its place taken from the plan where the checkpoint
+        says so (push_place, cube_place), in place. The offset is the same on every frame, so
+        the median of these is the median target plus the offset."""
+        if self._push_offset is not None:
+            latched[:, 3:6] = latched[:, :3] + self._push_offset
+        elif self._place_query is not None:
+            latched[:, 3:6] = self._find_cube(pixels, raw_state)
+        return latched
 
     def latched_start(self) -> Optional[torch.Tensor]:
         """The start a start_memory model reads: the median of the skill's first predictions
