@@ -1,7 +1,8 @@
 """Places taken from the plan. `push_place: planned`: a push's latched place is the latched
 target start plus the training data's offset for the direction the plan gives the skill.
 `cube_place: target_detector`: a place onto a cube latches where the target detector finds that
-cube when asked with the planner's pick text.
+cube when asked with the planner's pick text, and `cube_place_extra_ratio` moves that place
+beyond the cube, away from the held one.
 
 What must hold: the backend replaces only a push's place, by the offset (plus `push_extra_m`
 along it) from the target it latched; other skills and `push_place: model` keep the network's
@@ -72,6 +73,8 @@ def test_config_checks_the_push_place_settings():
         VLAConfig(**SMALL, push_offsets={"left": [0.0, 0.0, 0.0]})
     with pytest.raises(ValueError, match="NaN"):
         VLAConfig(**SMALL, push_offsets={"left": [0.0, float("nan"), 0.0]})
+    with pytest.raises(ValueError, match="never gives"):
+        VLAConfig(**SMALL, push_offsets={"up": [0.0, 0.0, 0.1]})
     config = VLAConfig(**SMALL, push_place="planned", push_offsets={"left": (0, 0.12, 0)})
     assert VLAConfig.from_dict(json.loads(config.to_json())).push_offsets == {
         "left": [0.0, 0.12, 0.0]}
@@ -152,9 +155,14 @@ def test_trainer_measures_the_offsets_and_the_exporter_switches_a_checkpoint(pus
     log = json.loads((tmp_path / "tuned" / "train_log.json").read_text())
     assert log["exported_from"]["settings"] == {"push_extra_m": 0.03}
     assert load_checkpoint(tmp_path / "tuned").config.push_offsets == trained.push_offsets
+    assert export_checkpoint.main(["--checkpoint", str(tmp_path / "tuned"), "--out",
+                                   str(tmp_path / "again"), "--set", "done_threshold=0.6"]) == 0
+    again = json.loads((tmp_path / "again" / "train_log.json").read_text())["exported_from"]
+    assert again["settings"] == {"done_threshold": 0.6}
+    assert again["previous"]["settings"] == {"push_extra_m": 0.03}
     # Only inference settings, and each checked by the config.
     for bad in ("action_space=joint_delta", "push_extra_m=0.5", "push_extra_m=far",
-                "cube_place=elsewhere"):
+                "cube_place=elsewhere", "cube_place_extra_ratio=0.2"):
         assert export_checkpoint.main(args[:4] + ["--set", bad]) == 2
     with pytest.raises(SystemExit):
         export_checkpoint.main(args[:4] + ["--set", "push_place"])
@@ -198,3 +206,31 @@ def test_a_place_onto_a_cube_latches_where_the_target_detector_finds_that_cube(t
     cube_asked = _latched(model, text_encoder, place)
     torch.testing.assert_close(cube_asked[:3], cube_own[:3])
     assert torch.linalg.norm(cube_asked[3:6] - cube_own[3:6]) > 1e-3
+
+
+def test_the_cube_place_can_lie_beyond_the_lower_cube_along_the_approach(text_encoder):
+    with pytest.raises(ValueError, match="cube_place_extra_ratio"):
+        VLAConfig(**SMALL, **PIXELS, cube_place="target_detector", cube_place_extra_ratio=0.8)
+    with pytest.raises(ValueError, match="set that too"):
+        VLAConfig(**SMALL, **PIXELS, cube_place_extra_ratio=0.2)
+    torch.manual_seed(0)
+    ratio = 0.2
+    model = VLAModel(VLAConfig(**SMALL, **PIXELS, cube_place="target_detector",
+                               cube_place_extra_ratio=ratio)).eval()
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    place = SkillSpec("s1", "place", "place the red cube on the blue cube", "red_cube",
+                      "blue_cube")
+    policy.reset(place)
+    rng = np.random.default_rng(1)
+    for index in range(START_FRAMES):
+        frame = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+        policy.infer(Observation(1.0 + 0.1 * index, JOINTS, HOME, place, image=frame))
+        with torch.no_grad():
+            lower_cube = policy._find_cube(model.preprocess(torch.from_numpy(frame)[None]),
+                                           policy._state(HOME))[0]
+        frame_latch = policy._starts[-1][0]  # this frame's latch, before the median
+        held_cube = frame_latch[:3]
+        expected_xy = lower_cube[:2] + ratio * (lower_cube[:2] - held_cube[:2])
+        torch.testing.assert_close(frame_latch[3:5], expected_xy)
+        torch.testing.assert_close(frame_latch[5], lower_cube[2])  # the height is the cube's
+        assert torch.linalg.norm(lower_cube[:2] - held_cube[:2]) > 1e-4  # a real shift

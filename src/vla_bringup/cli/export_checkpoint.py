@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 HISTORY_EVERY = 100  # steps between the kept entries of the per-step loss history
 # Config fields that only the backend reads at inference: changing them needs no retraining.
 INFERENCE_SETTINGS = ("done_threshold", "temporal_ensemble", "push_place", "push_extra_m",
-                      "cube_place")
+                      "cube_place", "cube_place_extra_ratio")
 
 
 def export(checkpoint: Path, out: Path, dtype: str = "float16",
@@ -43,9 +43,12 @@ def export(checkpoint: Path, out: Path, dtype: str = "float16",
         log = json.loads(log_path.read_text())
         log["history"] = [h for h in log.get("history", [])
                           if h.get("step", 0) % HISTORY_EVERY == 0]
-        log["exported_from"] = {"path": str(checkpoint.resolve()), "dtype": dtype,
-                                "settings": dict(settings or {}),
-                                "push_offsets_from": [str(Path(d).resolve()) for d in data]}
+        record = {"path": str(checkpoint.resolve()), "dtype": dtype,
+                  "settings": dict(settings or {}),
+                  "push_offsets_from": [str(Path(d).resolve()) for d in data]}
+        if "exported_from" in log:  # an export of an export: keep what the first one changed
+            record["previous"] = log["exported_from"]
+        log["exported_from"] = record
         (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
     return {"out": str(out), "bytes": checkpoint_size(out),
             "parameters": model.parameter_counts()}

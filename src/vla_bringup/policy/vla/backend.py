@@ -205,12 +205,16 @@ class VLAPolicy(PolicyBackend):
     def _place_from_plan(self, latched: torch.Tensor, pixels: torch.Tensor,
                          raw_state: np.ndarray) -> torch.Tensor:
         """One frame's (1, 6) latch, m, with its place taken from the plan where the checkpoint
-        says so (push_place, cube_place), in place. The offset is the same on every frame, so
-        the median of these is the median target plus the offset."""
+        says so (push_place, cube_place, cube_place_extra_ratio), in place. The push offset is
+        the same on every frame, so the median of these is the median target plus the offset."""
         if self._push_offset is not None:
             latched[:, 3:6] = latched[:, :3] + self._push_offset
         elif self._place_query is not None:
-            latched[:, 3:6] = self._find_cube(pixels, raw_state)
+            lower_cube = self._find_cube(pixels, raw_state)
+            latched[:, 3:6] = lower_cube
+            # beyond the lower cube, away from the held one (latched target), in the plane
+            latched[:, 3:5] += self.config.cube_place_extra_ratio * (
+                lower_cube[:, :2] - latched[:, :2])
         return latched
 
     def latched_start(self) -> Optional[torch.Tensor]:

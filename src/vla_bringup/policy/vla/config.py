@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from vla_bringup.core.instruction import DIRECTIONS
 from vla_bringup.core.robot import PANDA_JOINT_NAMES
 
 VISION_ENCODERS = ("efficientnet_lite0", "small_cnn")
@@ -166,6 +167,14 @@ class VLAConfig:
     # where the place map, trained on the stack frames alone, was 1.6 cm off, and 2-5 cm in
     # many failed stacks (docs/training.md, seventeenth session).
     cube_place: str = "model"
+    # Inference only, with cube_place "target_detector": how far beyond the lower cube the
+    # latched place lies, as a fraction of the horizontal distance from the held cube (latched
+    # target) to it, along that line. Why: traced stacks descended vertically onto a point short
+    # of the given place on the side the arm came from, by about a fifth of the approach
+    # (2.5-5.6 cm in the failures, the cube then tipping off), like the pushes' undershoot
+    # (chosen on validation seeds, never on the evaluation's: docs/training.md, eighteenth
+    # session).
+    cube_place_extra_ratio: float = 0.0
     # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
     # vectors (from the grasp point to: itself, the target as seen now, the target's latched
     # start, the place) plus a residual, instead of a number the head must produce on its own.
@@ -254,6 +263,10 @@ class VLAConfig:
         if self.push_place not in PUSH_PLACES:
             raise ValueError(f"push_place={self.push_place!r} is not one of {list(PUSH_PLACES)}")
         if self.push_offsets is not None:
+            unknown = sorted(set(self.push_offsets) - set(DIRECTIONS.values()))
+            if unknown:  # the planner's directions are the only keys a skill can look up
+                raise ValueError(f"push_offsets has directions {unknown} the planner never "
+                                 f"gives (it gives {sorted(set(DIRECTIONS.values()))})")
             self.push_offsets = {str(name): _vector(offset, 3, f"push_offsets[{name!r}]")
                                  for name, offset in dict(self.push_offsets).items()}
         if not (math.isfinite(self.push_extra_m) and 0.0 <= self.push_extra_m <= 0.1):
@@ -263,6 +276,13 @@ class VLAConfig:
             raise ValueError("push_offsets must point somewhere (each at least 1 mm long)")
         if self.cube_place not in CUBE_PLACES:
             raise ValueError(f"cube_place={self.cube_place!r} is not one of {list(CUBE_PLACES)}")
+        if not (math.isfinite(self.cube_place_extra_ratio)
+                and 0.0 <= self.cube_place_extra_ratio <= 0.5):
+            raise ValueError("cube_place_extra_ratio must be in [0, 0.5], got "
+                             f"{self.cube_place_extra_ratio}")
+        if self.cube_place_extra_ratio and self.cube_place != "target_detector":
+            raise ValueError("cube_place_extra_ratio moves the place that cube_place "
+                             "'target_detector' latches: set that too")
         if self.cube_place == "target_detector" and not (
                 self.place_memory and self.position_from == "pixels"):
             raise ValueError("cube_place 'target_detector' needs place_memory (it replaces the "
