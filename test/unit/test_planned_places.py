@@ -211,6 +211,8 @@ def test_a_place_onto_a_cube_latches_where_the_target_detector_finds_that_cube(t
 def test_the_cube_place_can_lie_beyond_the_lower_cube_along_the_approach(text_encoder):
     with pytest.raises(ValueError, match="cube_place_extra_ratio"):
         VLAConfig(**SMALL, **PIXELS, cube_place="target_detector", cube_place_extra_ratio=0.8)
+    with pytest.raises(ValueError, match="cube_place_extra_ratio"):
+        VLAConfig(**SMALL, **PIXELS, cube_place="target_detector", cube_place_extra_ratio=-0.1)
     with pytest.raises(ValueError, match="set that too"):
         VLAConfig(**SMALL, **PIXELS, cube_place_extra_ratio=0.2)
     torch.manual_seed(0)

@@ -12,7 +12,8 @@ policy loads fp16 weights into fp32 on the CPU and runs them as fp16 on a GPU.
 threshold, ensembling, where a push's or a cube's place comes from; config.py says what each
 does), so the weights stay as they are. `--data DATASET...` measures the push offsets that
 `push_place=planned` needs on those datasets' push episodes, for a checkpoint trained before the
-trainer wrote them.
+trainer wrote them. What an export changed is recorded in `train_log.json` under
+`exported_from` (an export of an export keeps the earlier record under `previous`).
 Exit code 0 on success, 2 when the input is not a checkpoint or the offsets cannot be found.
 """
 from __future__ import annotations
@@ -46,7 +47,7 @@ def export(checkpoint: Path, out: Path, dtype: str = "float16",
         record = {"path": str(checkpoint.resolve()), "dtype": dtype,
                   "settings": dict(settings or {}),
                   "push_offsets_from": [str(Path(d).resolve()) for d in data]}
-        if "exported_from" in log:  # an export of an export: keep what the first one changed
+        if "exported_from" in log:  # an export of an export: keep the earlier record
             record["previous"] = log["exported_from"]
         log["exported_from"] = record
         (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")

@@ -212,7 +212,7 @@ class VLAPolicy(PolicyBackend):
         elif self._place_query is not None:
             lower_cube = self._find_cube(pixels, raw_state)
             latched[:, 3:6] = lower_cube
-            # beyond the lower cube, away from the held one (latched target), in the plane
+            # beyond the lower cube, away from the held one (this frame's target), in the plane
             latched[:, 3:5] += self.config.cube_place_extra_ratio * (
                 lower_cube[:, :2] - latched[:, :2])
         return latched

@@ -171,7 +171,7 @@ class VLAConfig:
     # latched place lies, as a fraction of the horizontal distance from the held cube (latched
     # target) to it, along that line. Why: traced stacks descended vertically onto a point short
     # of the given place on the side the arm came from, by about a fifth of the approach
-    # (2.5-5.6 cm in the failures, the cube then tipping off), like the pushes' undershoot
+    # (1.8-5.6 cm in the failures, the cube then tipping off), like the pushes' undershoot
     # (chosen on validation seeds, never on the evaluation's: docs/training.md, eighteenth
     # session).
     cube_place_extra_ratio: float = 0.0
@@ -263,7 +263,7 @@ class VLAConfig:
         if self.push_place not in PUSH_PLACES:
             raise ValueError(f"push_place={self.push_place!r} is not one of {list(PUSH_PLACES)}")
         if self.push_offsets is not None:
-            unknown = sorted(set(self.push_offsets) - set(DIRECTIONS.values()))
+            unknown = sorted(set(map(str, dict(self.push_offsets))) - set(DIRECTIONS.values()))
             if unknown:  # the planner's directions are the only keys a skill can look up
                 raise ValueError(f"push_offsets has directions {unknown} the planner never "
                                  f"gives (it gives {sorted(set(DIRECTIONS.values()))})")
