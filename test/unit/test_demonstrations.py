@@ -199,3 +199,35 @@ def test_inference_latency_delays_chunks_and_skips_frames_while_busy():
     assert fast.success and slow.success, (fast.error, slow.error)
     assert fast_frames == fast.length
     assert slow_frames == slow.length < 0.5 * fast_frames
+
+
+class _StampedExpert(ScriptedExpert):
+    """The scripted expert, keeping the stamps of the frames it is asked about, per skill."""
+
+    def __init__(self) -> None:
+        self.stamps: list[list[float]] = []  # before the base class, which may reset
+        super().__init__()
+
+    def reset(self, skill):
+        self.stamps.append([])
+        super().reset(skill)
+
+    def infer(self, observation):
+        self.stamps[-1].append(observation.stamp)
+        return super().infer(observation)
+
+
+def test_inference_period_reads_a_frame_every_period_and_applies_chunks_at_once():
+    with pytest.raises(ValueError, match="inference_period_s"):
+        GeneratorConfig(inference_period_s=3.0)
+    spec = sample_episode(0)
+    expert = _StampedExpert()
+    data = run_episode(spec, GeneratorConfig(image_size=64, inference_period_s=0.3), expert,
+                       record=False)
+    assert data.success, data.error
+    skills = [stamps for stamps in expert.stamps if stamps]
+    assert len(skills) == len(spec.skills)
+    for stamps in skills:
+        gaps = np.diff(stamps)
+        # every third 10 Hz frame, never sooner (no chunk is in flight: latency is 0)
+        np.testing.assert_allclose(gaps, 0.3, atol=1e-6)

@@ -453,10 +453,12 @@ def test_evaluate_with_inference_latency_records_it(trained, tmp_path, capsys):
     out = tmp_path / "late"
     code = evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--families", "push",
                               "--phrasings", "train", "--out", str(out), "--skill-timeout", "10",
-                              "--inference-latency", "0.25", "--validation", "--no-progress"])
+                              "--inference-latency", "0.25", "--inference-period", "0.3",
+                              "--validation", "--no-progress"])
     assert code == 0
     report = json.loads((out / "eval.json").read_text())
     assert report["sim_config"]["inference_latency_s"] == 0.25
+    assert report["sim_config"]["inference_period_s"] == 0.3
     # --validation: the scenes for choosing settings, apart from the reported evaluation's
     assert report["seeds"]["base"] == VALIDATION_SEED_BASE and report["seeds"]["validation"]
     assert {e["seed"] for e in report["episodes"]} == {VALIDATION_SEED_BASE}

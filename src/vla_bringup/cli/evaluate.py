@@ -209,8 +209,11 @@ def table_rows(results: dict, families: list[str], phrasings: list[str]) -> tupl
 
 
 def _latency_note(report: dict) -> str:
-    latency = float(report.get("sim_config", {}).get("inference_latency_s", 0.0))
-    return f"; chunks arrive {latency:.2f} s after their frame" if latency > 0 else ""
+    sim = report.get("sim_config", {})
+    latency, period = (float(sim.get(k, 0.0)) for k in ("inference_latency_s",
+                                                         "inference_period_s"))
+    return ((f"; chunks arrive {latency:.2f} s after their frame" if latency > 0 else "")
+            + (f"; a frame read every {period:.2f} s" if period > 0 else ""))
 
 
 def plot_table(report: dict, path: Path) -> None:
@@ -388,6 +391,10 @@ def main(argv=None) -> int:
     parser.add_argument("--inference-latency", type=float,
                         help="s of simulated time from a frame to its chunk's arrival, as in "
                              "the live graph (default 0: the simulator waits for the policy)")
+    parser.add_argument("--inference-period", type=float,
+                        help="s of simulated time between the frames the policy reads, as the "
+                             "policy node's inference_rate_hz on a fast device (default 0: "
+                             "every frame)")
     parser.add_argument("--expert-per-phrasing", action="store_true")
     parser.add_argument("--validation", action="store_true",
                         help="run the validation seeds (for choosing settings), not the "
@@ -404,6 +411,8 @@ def main(argv=None) -> int:
             raise ValueError(f"--sim-config must be a JSON object, got {args.sim_config!r}")
         if args.inference_latency is not None:
             overrides["inference_latency_s"] = args.inference_latency
+        if args.inference_period is not None:
+            overrides["inference_period_s"] = args.inference_period
         evaluate(checkpoint, args.seeds, list(dict.fromkeys(args.families)),
                  list(dict.fromkeys(args.phrasings)), args.out, args.workers, args.device,
                  overrides, args.skill_timeout, args.expert_per_phrasing,

@@ -103,7 +103,7 @@ class Demos:
 
 
 # Generator settings added after the caches began to hash every stored setting (legacy form).
-LATER_SETTINGS = ("inference_latency_s",)
+LATER_SETTINGS = ("inference_latency_s", "inference_period_s")
 
 
 @functools.lru_cache(maxsize=1)

@@ -178,12 +178,17 @@ class GeneratorConfig:
     # evaluation): the simulator waits for the policy. The live graph has no such pause: its
     # camera-to-command latency is about 0.1-0.3 s (README), which this reproduces.
     inference_latency_s: float = 0.0
+    # s of simulated time from one frame the policy reads to the next (0: every frame, when it
+    # is not busy). The live graph's policy node `inference_rate_hz` on a device fast enough
+    # that the latency is negligible: a chunk then applies at once but frames in between are
+    # not read.
+    inference_period_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.families = tuple(self.families)
-        if not 0.0 <= self.inference_latency_s <= 2.0:
-            raise ValueError(f"inference_latency_s must be in [0, 2] s, got "
-                             f"{self.inference_latency_s!r}")
+        for name in ("inference_latency_s", "inference_period_s"):
+            if not 0.0 <= getattr(self, name) <= 2.0:
+                raise ValueError(f"{name} must be in [0, 2] s, got {getattr(self, name)!r}")
         if not self.families or any(f not in FAMILIES for f in self.families):
             raise ValueError(f"families must be among {FAMILIES}")
         if self.image_size < 32 or self.fps <= 0 or self.chunk_horizon < 1 or self.chunk_dt <= 0:
@@ -288,10 +293,12 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
             executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1])
             held, chunk_id, start = 0, 0, world.object_poses()
             in_flight: Optional[tuple[float, TimedChunk]] = None  # (arrival time, chunk)
+            next_read = world.sim_time  # the policy reads no frame before this (period)
             while True:
                 # While a chunk is in flight the policy is busy: no frame is read, time goes on.
-                if in_flight is None:
+                if in_flight is None and world.sim_time >= next_read - 1e-9:
                     now = world.sim_time
+                    next_read = now + config.inference_period_s
                     names, q, _, _ = world.joint_state()
                     image = world.render()
                     chunk = expert.infer(Observation(
