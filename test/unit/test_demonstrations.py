@@ -172,14 +172,22 @@ def test_a_skill_that_times_out_with_its_task_done_is_told_apart():
 
 
 class _CountingExpert(ScriptedExpert):
-    """The scripted expert, counting the frames it is asked about."""
+    """The scripted expert, keeping the stamps of the frames it is asked about, per skill."""
 
     def __init__(self) -> None:
+        self.stamps: list[list[float]] = []  # before the base class, which resets
         super().__init__()
-        self.frames = 0
+
+    @property
+    def frames(self) -> int:
+        return sum(len(stamps) for stamps in self.stamps)
+
+    def reset(self, skill):
+        self.stamps.append([])
+        super().reset(skill)
 
     def infer(self, observation):
-        self.frames += 1
+        self.stamps[-1].append(observation.stamp)
         return super().infer(observation)
 
 
@@ -201,27 +209,11 @@ def test_inference_latency_delays_chunks_and_skips_frames_while_busy():
     assert slow_frames == slow.length < 0.5 * fast_frames
 
 
-class _StampedExpert(ScriptedExpert):
-    """The scripted expert, keeping the stamps of the frames it is asked about, per skill."""
-
-    def __init__(self) -> None:
-        self.stamps: list[list[float]] = []  # before the base class, which may reset
-        super().__init__()
-
-    def reset(self, skill):
-        self.stamps.append([])
-        super().reset(skill)
-
-    def infer(self, observation):
-        self.stamps[-1].append(observation.stamp)
-        return super().infer(observation)
-
-
 def test_inference_period_reads_a_frame_every_period_and_applies_chunks_at_once():
     with pytest.raises(ValueError, match="inference_period_s"):
         GeneratorConfig(inference_period_s=3.0)
     spec = sample_episode(0)
-    expert = _StampedExpert()
+    expert = _CountingExpert()
     data = run_episode(spec, GeneratorConfig(image_size=64, inference_period_s=0.3), expert,
                        record=False)
     assert data.success, data.error

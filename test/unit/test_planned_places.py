@@ -19,18 +19,19 @@ import torch
 from vla_bringup.cli import export_checkpoint
 from vla_bringup.cli import train as train_cli
 from vla_bringup.cli.train_data import load_datasets, push_offsets
+from vla_bringup.core.robot import PANDA_JOINT_NAMES
 from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.vla.backend import START_FRAMES, VLAPolicy
 from vla_bringup.policy.vla.config import VLAConfig
 from vla_bringup.policy.vla.encoders import TextEncoder
 from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
 from vla_bringup.sim.demonstrations import GeneratorConfig, generate
+from vla_bringup.sim.kinematics import FINGER_OPEN, HOME_ARM
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-JOINTS = ["panda_joint1", "panda_joint2", "panda_joint3", "panda_joint4", "panda_joint5",
-          "panda_joint6", "panda_joint7", "panda_finger_joint1", "panda_finger_joint2"]
-HOME = np.array([0.0, -0.4, 0.0, -2.4, 0.0, 2.0, np.pi / 4, 0.04, 0.04])
+JOINTS = list(PANDA_JOINT_NAMES)
+HOME = np.concatenate([HOME_ARM, [FINGER_OPEN, FINGER_OPEN]])
 SMALL = dict(image_size=64, d_model=32, n_heads=2, fusion_layers=1, head_layers=1, keypoints=4,
              action_horizon=4, language_tokens=2, dropout=0.0, action_space="ee_delta",
              position_aux=True, position_token=True, start_memory=True, place_memory=True)

@@ -263,12 +263,12 @@ class VLAConfig:
         if self.push_place not in PUSH_PLACES:
             raise ValueError(f"push_place={self.push_place!r} is not one of {list(PUSH_PLACES)}")
         if self.push_offsets is not None:
-            unknown = sorted(set(map(str, dict(self.push_offsets))) - set(DIRECTIONS.values()))
+            self.push_offsets = {str(name): _vector(offset, 3, f"push_offsets[{name!r}]")
+                                 for name, offset in dict(self.push_offsets).items()}
+            unknown = sorted(set(self.push_offsets) - set(DIRECTIONS.values()))
             if unknown:  # the planner's directions are the only keys a skill can look up
                 raise ValueError(f"push_offsets has directions {unknown} the planner never "
                                  f"gives (it gives {sorted(set(DIRECTIONS.values()))})")
-            self.push_offsets = {str(name): _vector(offset, 3, f"push_offsets[{name!r}]")
-                                 for name, offset in dict(self.push_offsets).items()}
         if not (math.isfinite(self.push_extra_m) and 0.0 <= self.push_extra_m <= 0.1):
             raise ValueError(f"push_extra_m must be in [0, 0.1] m, got {self.push_extra_m}")
         if self.push_offsets is not None and any(
