@@ -8,6 +8,7 @@ checked by `make demo`; this test asserts the plumbing, with a cancel at the end
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -18,8 +19,15 @@ from trajectory_msgs.msg import JointTrajectory
 from conftest import ARTIFACTS
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
 from vla_bringup.nodes.common import COMMAND_QOS
-from vla_bringup.policy.vla.backend import default_checkpoint_available
+from vla_bringup.policy.vla.backend import DEFAULT_CHECKPOINT, default_checkpoint_available
 from vla_msgs.msg import ActionChunk
+
+
+def checkpoint_inference_period() -> float:
+    """The committed checkpoint's floor on the time between frames (VLAConfig)."""
+    return float(json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
+                 ["inference_period_s"])
+
 
 pytestmark = pytest.mark.skipif(not default_checkpoint_available(),
                                 reason="no committed VLA checkpoint")
@@ -37,8 +45,12 @@ def graph(ros):
 
 
 def test_learned_policy_moves_the_arm_for_an_instruction(graph, probe):
-    chunks, commands = [], []
-    probe.node.create_subscription(ActionChunk, "/vla/action_chunk", chunks.append, COMMAND_QOS)
+    chunks, commands, received = [], [], []
+
+    def on_chunk(msg):
+        chunks.append(msg)
+        received.append(time.monotonic())
+    probe.node.create_subscription(ActionChunk, "/vla/action_chunk", on_chunk, COMMAND_QOS)
     probe.node.create_subscription(JointTrajectory, "/safety/joint_command",
                                    lambda m: commands.append((time.monotonic(), m)), COMMAND_QOS)
     assert probe.wait(lambda: commands, 60.0), f"no robot commands; dead: {graph.dead()}"
@@ -52,6 +64,12 @@ def test_learned_policy_moves_the_arm_for_an_instruction(graph, probe):
         f"the vla policy published {len(chunks)} chunks in 30 s; dead: {graph.dead()}"
     probe.wait(lambda: time.monotonic() - started > 3.0, 5.0)
     probe.wait_future(handle.cancel_goal_async(), 10.0)
+    # The checkpoint asks for a frame at most every inference_period_s (it was tuned at that
+    # pace): chunks come no faster, however quick the forward pass (one frame of slack).
+    floor = checkpoint_inference_period()
+    gaps = np.diff(received)
+    assert floor > 0 and np.median(gaps) >= floor - 0.1, \
+        f"chunks {np.median(gaps):.3f} s apart (median) under a {floor} s inference period"
     skills = {c.skill_id for c in chunks}
     assert len(skills) >= 1 and all(c.skill_id for c in chunks)
     assert {c.policy_name for c in chunks} == {"vla"}

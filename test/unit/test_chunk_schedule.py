@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vla_bringup.core.chunk_schedule import ChunkScheduler, TimedChunk
+from vla_bringup.core.chunk_schedule import ChunkScheduler, TimedChunk, advance_rows
 from vla_bringup.policy.base import ActionChunk
 
 JOINTS = ("j1", "j2", "j3")
@@ -189,3 +189,16 @@ def test_from_action_chunk():
     timed = TimedChunk.from_action_chunk(action, start_time=3.0, skill_id="s1", chunk_id=7)
     assert timed.end_time == pytest.approx(3.1)
     assert timed.skill_done and timed.progress == pytest.approx(0.9)
+
+
+def test_advance_rows_gives_the_chunk_later_in_time():
+    rows = np.stack([np.arange(5.0), 10 * np.arange(5.0)], axis=1)  # row k: value k, 10 k
+    np.testing.assert_array_equal(advance_rows(rows, 0.1, 0.0), rows)
+    # 0.25 s at 0.1 s per row: row k becomes row k + 2.5, the last row held past the end
+    np.testing.assert_allclose(advance_rows(rows, 0.1, 0.25)[:, 0], [2.5, 3.5, 4, 4, 4])
+    np.testing.assert_allclose(advance_rows(rows, 0.1, 0.25)[:, 1], [25, 35, 40, 40, 40])
+    np.testing.assert_allclose(advance_rows(rows, 0.2, 0.1)[:, 0], [0.5, 1.5, 2.5, 3.5, 4])
+    np.testing.assert_array_equal(advance_rows(rows, 0.1, 9.0), np.repeat(rows[-1:], 5, 0))
+    for shift, dt in ((-0.1, 0.1), (math.nan, 0.1), (0.1, 0.0)):
+        with pytest.raises(ValueError, match="shift_s"):
+            advance_rows(rows, dt, shift)

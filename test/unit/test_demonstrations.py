@@ -7,9 +7,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from vla_bringup.core.chunk_schedule import advance_rows
 from vla_bringup.core.instruction import plan
 from vla_bringup.policy.base import ActionChunk, PolicyBackend
 from vla_bringup.policy.scripted_expert import ScriptedExpert
+from vla_bringup.sim import demonstrations
 from vla_bringup.sim.demonstrations import (
     COLORS, SKILL_TEMPLATES, TASK_TEMPLATES, GeneratorConfig, generate, run_episode,
     sample_episode)
@@ -209,6 +211,43 @@ def test_inference_latency_delays_chunks_and_skips_frames_while_busy():
     assert slow_frames == slow.length < 0.5 * fast_frames
 
 
+class _LeadingExpert(_CountingExpert):
+    """The scripted expert declaring an action lead, keeping the chunk it gave for each stamp."""
+
+    def __init__(self, lead_s: float) -> None:
+        self.min_action_lead_s = lead_s
+        self.given: dict[float, np.ndarray] = {}
+        super().__init__()
+
+    def infer(self, observation):
+        chunk = super().infer(observation)
+        self.given[observation.stamp] = chunk.positions.copy()
+        return chunk
+
+
+@pytest.mark.parametrize("lead, latency, shift", [(0.25, 0.0, 0.25), (0.25, 0.25, 0.0),
+                                                  (0.4, 0.25, 0.15)])
+def test_an_action_lead_runs_chunks_from_that_moment_less_the_latency(monkeypatch, lead,
+                                                                      latency, shift):
+    executed = []
+    original = demonstrations.SkillExecutor.on_chunk
+
+    def recording(self, chunk, now, *args, **kwargs):
+        executed.append(chunk)
+        return original(self, chunk, now, *args, **kwargs)
+    monkeypatch.setattr(demonstrations.SkillExecutor, "on_chunk", recording)
+    expert = _LeadingExpert(lead)
+    run_episode(sample_episode(0), GeneratorConfig(image_size=64, inference_latency_s=latency),
+                expert, record=False)
+    assert len(executed) > 10
+    for chunk in executed:  # stamped with the frame's time, rows advanced by what latency lacks
+        given = expert.given[chunk.start_time]
+        np.testing.assert_allclose(chunk.positions, advance_rows(given, chunk.dt, shift),
+                                   atol=1e-12)
+    if shift:
+        assert not np.allclose(executed[5].positions, expert.given[executed[5].start_time])
+
+
 def test_inference_period_reads_a_frame_every_period_and_applies_chunks_at_once():
     with pytest.raises(ValueError, match="inference_period_s"):
         GeneratorConfig(inference_period_s=3.0)
@@ -219,7 +258,10 @@ def test_inference_period_reads_a_frame_every_period_and_applies_chunks_at_once(
     assert data.success, data.error
     skills = [stamps for stamps in expert.stamps if stamps]
     assert len(skills) == len(spec.skills)
+    hold = GeneratorConfig().done_hold_frames
     for stamps in skills:
         gaps = np.diff(stamps)
-        # every third 10 Hz frame, never sooner (no chunk is in flight: latency is 0)
-        np.testing.assert_allclose(gaps, 0.3, atol=1e-6)
+        # every third 10 Hz frame, never sooner (no chunk is in flight: latency is 0), until the
+        # skill has ended; the frames held after it come at the camera's 10 Hz
+        np.testing.assert_allclose(gaps[:-hold], 0.3, atol=1e-6)
+        np.testing.assert_allclose(gaps[-hold:], 0.1, atol=1e-6)

@@ -459,7 +459,37 @@ def test_evaluate_with_inference_latency_records_it(trained, tmp_path, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert report["sim_config"]["inference_latency_s"] == 0.25
     assert report["sim_config"]["inference_period_s"] == 0.3
+    assert report["checkpoint"]["action_lead_s"] == 0.0  # the tiny model declares none
     # --validation: the scenes for choosing settings, apart from the reported evaluation's
     assert report["seeds"]["base"] == VALIDATION_SEED_BASE and report["seeds"]["validation"]
     assert {e["seed"] for e in report["episodes"]} == {VALIDATION_SEED_BASE}
     assert report["results"]["push"]["train"]["expert"]["success_rate"] == 1.0
+
+
+def test_a_checkpoints_pace_settings_reach_the_policy_and_the_evaluation(trained, tmp_path,
+                                                                         capsys):
+    from vla_bringup.cli import export_checkpoint
+    from vla_bringup.policy.vla.config import VLAConfig
+    folder, _, _ = trained
+    assert evaluate_cli.sim_settings(folder)["inference_period_s"] == 0.0  # none asked for
+    paced = tmp_path / "paced"
+    assert export_checkpoint.main(["--checkpoint", str(folder), "--out", str(paced),
+                                   "--set", "inference_period_s=0.3",
+                                   "--set", "action_lead_s=0.25"]) == 0
+    stored = json.loads((paced / "config.json").read_text())
+    assert (stored["inference_period_s"], stored["action_lead_s"]) == (0.3, 0.25)
+    # The policy node and run_episode read both from the backend; evaluate reads the period
+    # from the checkpoint, and an explicit setting still wins.
+    policy = VLAPolicy(model=load_checkpoint(paced), device="cpu")
+    assert (policy.min_inference_period_s, policy.min_action_lead_s) == (0.3, 0.25)
+    assert evaluate_cli.sim_settings(paced)["inference_period_s"] == 0.3
+    assert evaluate_cli.sim_settings(paced, {"inference_period_s": 0.0})[
+        "inference_period_s"] == 0.0
+    for bad in (-0.1, 2.5, float("nan")):
+        with pytest.raises(ValueError, match="inference_period_s"):
+            VLAConfig(inference_period_s=bad)
+        with pytest.raises(ValueError, match="action_lead_s"):
+            VLAConfig(action_lead_s=bad)
+    assert export_checkpoint.main(["--checkpoint", str(folder), "--out", str(tmp_path / "x"),
+                                   "--set", "inference_period_s=3"]) == 2
+    assert "inference_period_s" in capsys.readouterr().err

@@ -25,7 +25,9 @@ planned push place's `push_extra_m`, for one), so that the reported table never 
 
 Simulator settings (image size, fps, chunk spacing, camera jitter, start noise, timeouts) come
 from the dataset the checkpoint was trained on (`train_log.json` next to the checkpoint), else
-from the generator's defaults; `--sim-config JSON` and `--skill-timeout` override them.
+from the generator's defaults; `--sim-config JSON` and `--skill-timeout` override them. The
+least time between the frames the policy reads is the checkpoint's own `inference_period_s`, as in
+the policy node, unless `--inference-period` (or `--sim-config`) says otherwise.
 
 Writes `eval.json` (rates per family x phrasing for policy and expert, counts, seeds, every
 episode, wall time, checkpoint hash, machine) and `eval_table.png` into --out. Exit code 0 when it
@@ -40,6 +42,7 @@ import hashlib
 import json
 import os
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Optional
@@ -64,6 +67,12 @@ def checkpoint_hash(folder: str | Path) -> dict:
     return {"sha256": total.hexdigest(), "files": files}
 
 
+def _checkpoint_setting(checkpoint: Path, key: str) -> float:
+    """A numeric inference setting of the checkpoint's config.json (0 when absent)."""
+    path = checkpoint / "config.json"
+    return float(json.loads(path.read_text()).get(key, 0.0)) if path.is_file() else 0.0
+
+
 def sim_settings(checkpoint: Path, overrides: Optional[dict] = None,
                  skill_timeout: Optional[float] = None,
                  seed_base: Optional[int] = None) -> dict:
@@ -81,6 +90,9 @@ def sim_settings(checkpoint: Path, overrides: Optional[dict] = None,
         if isinstance(stored, dict):
             settings.update({k: v for k, v in stored.items() if k in fields})
             source = str(log_path)
+    period = _checkpoint_setting(checkpoint, "inference_period_s")
+    if period:  # the pace the checkpoint asks of the policy node (VLAConfig)
+        settings["inference_period_s"] = period
     for key, value in (overrides or {}).items():
         if key not in fields:
             raise ValueError(f"unknown simulator setting {key!r}; known: {sorted(fields)}")
@@ -212,8 +224,10 @@ def _latency_note(report: dict) -> str:
     sim = report.get("sim_config", {})
     latency, period = (float(sim.get(k, 0.0)) for k in ("inference_latency_s",
                                                          "inference_period_s"))
+    lead = float(report.get("checkpoint", {}).get("action_lead_s", 0.0))
     return ((f"; chunks arrive {latency:.2f} s after their frame" if latency > 0 else "")
-            + (f"; a frame read every {period:.2f} s" if period > 0 else ""))
+            + (f"; a frame read every {period:.2f} s" if period > 0 else "")
+            + (f"; chunks run from {lead:.2f} s after their frame" if lead > latency else ""))
 
 
 def plot_table(report: dict, path: Path) -> None:
@@ -235,11 +249,12 @@ def plot_table(report: dict, path: Path) -> None:
             cell.set_facecolor("#dde4ee")
     seeds = report["seeds"]
     kind = "validation" if seeds.get("validation") else "held-out"
-    axis.set_title(
-        f"Closed-loop success, {report['checkpoint']['name']} "
-        f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} {kind} seeds per family "
-        f"from {seeds['base']}; expert = scripted upper bound, same seeds"
-        + _latency_note(report), fontsize=8)
+    title = (f"Closed-loop success, {report['checkpoint']['name']} "
+             f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} {kind} seeds per family "
+             f"from {seeds['base']}; expert = scripted upper bound, same seeds"
+             + _latency_note(report))
+    # wrapped to the figure's width (about 13 characters per inch at this font size)
+    axis.set_title(textwrap.fill(title, int(13 * figure.get_figwidth())), fontsize=8)
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -333,7 +348,8 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
     report = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "checkpoint": {"path": str(checkpoint.resolve()), "name": checkpoint.name,
-                       **checkpoint_hash(checkpoint)},
+                       **checkpoint_hash(checkpoint),
+                       "action_lead_s": _checkpoint_setting(checkpoint, "action_lead_s")},
         "families": list(families), "phrasings": list(phrasings),
         "seeds": {"base": seed_base, "count": seeds, "validation": validation,
                   "list": [seed_base + i for i in range(seeds)],

@@ -44,6 +44,22 @@ class TimedChunk:
         return self.start_time + self.positions.shape[0] * self.dt
 
 
+def advance_rows(positions: np.ndarray, dt: float, shift_s: float) -> np.ndarray:
+    """(H, N) rows for `start + (k + 1) * dt` -> the rows the same chunk gives `shift_s` later:
+    row k becomes the chunk at `(k + 1) * dt + shift_s`, linearly interpolated, the last row held
+    past the end. It runs a chunk as if it had arrived `shift_s` later (a policy's action lead)
+    while its stamp stays the camera frame's."""
+    positions = np.asarray(positions, dtype=np.float64)
+    if not (math.isfinite(shift_s) and shift_s >= 0.0) or not dt > 0.0:
+        raise ValueError(f"shift_s must be >= 0 and dt > 0, got {shift_s}, {dt}")
+    last = positions.shape[0] - 1
+    u = np.minimum(np.arange(positions.shape[0]) + shift_s / dt, last)
+    below = np.floor(u).astype(int)
+    above = np.minimum(below + 1, last)
+    frac = (u - below)[:, None]
+    return (1.0 - frac) * positions[below] + frac * positions[above]
+
+
 class _Track:
     """One accepted chunk plus the command that was being output when it arrived (its anchor).
 

@@ -89,7 +89,8 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
               "p99 per forward pass against 9.3 ms eager fp16); compiling takes ~20 s at start",
               choices=("none", "default", "reduce-overhead")),
         _spec("inference_rate_hz", 15.0,
-              "most chunks per second; each new camera frame triggers one",
+              "most chunks per second; each new camera frame triggers one (a checkpoint may "
+              "ask for fewer: vla's inference_period_s)",
               "Hz", 0.2, 100.0),
         _spec("chunk_horizon", 16, "actions per chunk", "steps", 1, 256),
         _spec("chunk_dt_s", 0.1, "time between actions of a chunk", "s", 0.005, 1.0),

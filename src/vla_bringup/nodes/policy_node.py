@@ -17,6 +17,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 
 from vla_bringup.core import image_conversion as conv
+from vla_bringup.core.chunk_schedule import advance_rows
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       declare_parameters, image_msg_to_rgb, now_sec, run,
                                       scene_poses, sec_to_stamp, serve_lifeline, stamp_to_sec)
@@ -60,12 +61,19 @@ class PolicyNode(Node):
         # later.
         self.lifeline = serve_lifeline(self)
 
+        # The slower of inference_rate_hz and the backend's own floor (a checkpoint tuned at one
+        # pace: VLAConfig.inference_period_s).
+        self.inference_period_s = max(1.0 / p["inference_rate_hz"],
+                                      self.backend.min_inference_period_s)
         self.running = True
         self.worker = threading.Thread(target=self.inference_loop, name="inference", daemon=True)
         self.worker.start()
         self.get_logger().info(
-            f"policy backend '{self.backend.name}' at {p['inference_rate_hz']} Hz, chunks of "
-            f"{p['chunk_horizon']} x {p['chunk_dt_s']} s"
+            f"policy backend '{self.backend.name}' at {1.0 / self.inference_period_s:.3g} Hz"
+            + (f" (inference_rate_hz {p['inference_rate_hz']} capped by the checkpoint's "
+               f"inference period {self.backend.min_inference_period_s} s)"
+               if self.inference_period_s > 1.0 / p["inference_rate_hz"] else "")
+            + f", chunks of {p['chunk_horizon']} x {p['chunk_dt_s']} s"
             + (" (privileged: reads simulator ground truth)"
                if self.backend.requires_ground_truth else ""))
 
@@ -100,8 +108,8 @@ class PolicyNode(Node):
     # --- inference thread ---------------------------------------------------------------------
     def inference_loop(self) -> None:
         # Infer as soon as a new frame arrives (so the frame used is as fresh as possible), but
-        # no more often than inference_rate_hz.
-        period = 1.0 / self.params["inference_rate_hz"]
+        # no more often than inference_period_s allows.
+        period = self.inference_period_s
         current_skill_id = None
         last_image_stamp = None
         next_allowed = 0.0
@@ -150,12 +158,18 @@ class PolicyNode(Node):
                                     f"{error}", throttle_duration_sec=1.0)
             return False
         inference_ms = (time.perf_counter() - started) * 1000.0
+        positions = chunk.positions
+        # A backend tuned to chunks arriving late (VLAConfig.action_lead_s) gets its chunk run
+        # from that moment on when it came back sooner; the stamp stays the frame's.
+        lead = self.backend.min_action_lead_s - (now_sec(self) - stamp)
+        if lead > 0:
+            positions = advance_rows(positions, chunk.dt, lead)
         self.chunk_id += 1
         self.chunk_pub.publish(ActionChunk(
             header=Header(stamp=sec_to_stamp(stamp), frame_id="camera_optical_frame"),
             policy_name=self.backend.name, chunk_id=self.chunk_id,
             skill_id=skill.skill_id, joint_names=list(chunk.joint_names), horizon=chunk.horizon,
-            dt=float(chunk.dt), positions=chunk.positions.ravel().tolist(),
+            dt=float(chunk.dt), positions=positions.ravel().tolist(),
             skill_done=bool(chunk.skill_done), progress=float(chunk.progress),
             inference_ms=float(inference_ms)))
         return True

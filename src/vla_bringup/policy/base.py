@@ -95,6 +95,12 @@ class PolicyBackend(abc.ABC):
     name: str = "unnamed"
     requires_ground_truth: bool = False  # True only for privileged backends (scripted expert)
     requires_image: bool = True
+    # s: the least time between two frames this backend should read (a learned model tuned at
+    # one pace declares it); the policy node's inference_rate_hz can only make it longer.
+    min_inference_period_s: float = 0.0
+    # s: the least time from a frame to the first moment of its chunk that runs; a chunk back
+    # sooner is advanced by the difference (core.chunk_schedule.advance_rows).
+    min_action_lead_s: float = 0.0
 
     @abc.abstractmethod
     def reset(self, skill: SkillSpec) -> None:

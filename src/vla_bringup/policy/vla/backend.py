@@ -76,6 +76,8 @@ class VLAPolicy(PolicyBackend):
         self.dtype = torch.float16 if self.half else torch.float32
         self.model = model.to(self.device, self.dtype).eval()
         self.config = model.config
+        self.min_inference_period_s = self.config.inference_period_s
+        self.min_action_lead_s = self.config.action_lead_s
         if self.config.push_place == "planned" and not self.config.push_offsets:
             raise ValueError("this checkpoint sets push_place 'planned' but has no push_offsets "
                              "(the trainer writes them from a dataset with pushes)")

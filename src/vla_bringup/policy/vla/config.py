@@ -175,6 +175,23 @@ class VLAConfig:
     # (chosen on validation seeds, never on the evaluation's: docs/training.md, eighteenth
     # session).
     cube_place_extra_ratio: float = 0.0
+    # Inference only: the least time (s) between two camera frames the policy reads. The policy
+    # node infers no more often than this, whatever its inference_rate_hz, and `evaluate` uses
+    # it unless told otherwise. Why: the model was tuned at this CPU's pace, where a frame is
+    # read about every 0.3 s (an inference and its delivery take about 0.25 s). On a device fast
+    # enough to read every frame it succeeded on far fewer episodes: places stayed hovering
+    # with the cube released, never saying done (docs/training.md, eighteenth and nineteenth
+    # sessions). 0: no floor.
+    inference_period_s: float = 0.0
+    # Inference only: the least time (s) from a camera frame to the first moment of its chunk
+    # that runs. A chunk that comes back sooner is run from that later moment on (its rows
+    # shifted, the stamp kept): the policy node and `evaluate` do this. Why: on this CPU a chunk
+    # arrives about 0.25 s after its frame, and the model was tuned with that; run from the
+    # start (a fast device), its places hovered and its stacks fell short. On validation seeds
+    # with a frame every 0.3 s and no delay, dropping the first 2-3 rows of each chunk gave
+    # back what the delay gave (docs/training.md, nineteenth session). 0: run chunks as they
+    # come.
+    action_lead_s: float = 0.0
     # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
     # vectors (from the grasp point to: itself, the target as seen now, the target's latched
     # start, the place) plus a residual, instead of a number the head must produce on its own.
@@ -280,6 +297,11 @@ class VLAConfig:
                 and 0.0 <= self.cube_place_extra_ratio <= 0.5):
             raise ValueError("cube_place_extra_ratio must be in [0, 0.5], got "
                              f"{self.cube_place_extra_ratio}")
+        if not (math.isfinite(self.inference_period_s) and 0.0 <= self.inference_period_s <= 2.0):
+            raise ValueError(f"inference_period_s must be in [0, 2] s, got "
+                             f"{self.inference_period_s}")
+        if not (math.isfinite(self.action_lead_s) and 0.0 <= self.action_lead_s <= 1.0):
+            raise ValueError(f"action_lead_s must be in [0, 1] s, got {self.action_lead_s}")
         if self.cube_place_extra_ratio and self.cube_place != "target_detector":
             raise ValueError("cube_place_extra_ratio moves the place that cube_place "
                              "'target_detector' latches: set that too")
