@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from vla_bringup.core.chunk_schedule import ChunkScheduler, TimedChunk, advance_rows
+from vla_bringup.core.chunk_schedule import ChunkScheduler, TimedChunk, advance_rows, lead_shift
 from vla_bringup.policy.base import ActionChunk
 
 JOINTS = ("j1", "j2", "j3")
@@ -202,3 +202,19 @@ def test_advance_rows_gives_the_chunk_later_in_time():
     for shift, dt in ((-0.1, 0.1), (math.nan, 0.1), (0.1, 0.0)):
         with pytest.raises(ValueError, match="shift_s"):
             advance_rows(rows, dt, shift)
+
+
+def test_an_advanced_chunk_samples_as_the_original_later_and_the_shift_is_bounded():
+    rows = np.arange(1.0, 9.0)[:, None] * np.array([1.0, 10.0, -1.0])
+    sched = scheduler(blend_time_s=0.0)
+    sched.add(chunk(start=0.0, rows=advance_rows(rows, 0.1, 0.25)), now=0.0)
+    original = chunk(start=0.0, rows=rows)
+    for t in np.arange(0.1, 0.55, 0.05):  # from the first row on: the original 0.25 s later
+        expected = scheduler(anchor=None)
+        expected.add(original, now=0.0)
+        np.testing.assert_allclose(sched.sample(t), expected.sample(t + 0.25), atol=1e-12)
+    np.testing.assert_array_equal(advance_rows(rows[:1], 0.1, 0.3), rows[:1])  # horizon 1
+    assert lead_shift(0.25, 0.1) == pytest.approx(0.15)
+    assert lead_shift(0.25, 0.4) == 0.0  # a late chunk is not advanced
+    assert lead_shift(0.25, -3.0) == 0.25  # a stamp ahead of the clock: no more than the lead
+    assert lead_shift(0.0, 0.1) == 0.0

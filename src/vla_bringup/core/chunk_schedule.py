@@ -47,8 +47,9 @@ class TimedChunk:
 def advance_rows(positions: np.ndarray, dt: float, shift_s: float) -> np.ndarray:
     """(H, N) rows for `start + (k + 1) * dt` -> the rows the same chunk gives `shift_s` later:
     row k becomes the chunk at `(k + 1) * dt + shift_s`, linearly interpolated, the last row held
-    past the end. It runs a chunk as if it had arrived `shift_s` later (a policy's action lead)
-    while its stamp stays the camera frame's."""
+    past the end. The same stretch of the chunk then runs as if it had arrived `shift_s` later (a
+    policy's action lead), while its stamp stays the camera frame's; only the glide into its
+    first row differs (from the command at acceptance, over one row's time)."""
     positions = np.asarray(positions, dtype=np.float64)
     if not (math.isfinite(shift_s) and shift_s >= 0.0) or not dt > 0.0:
         raise ValueError(f"shift_s must be >= 0 and dt > 0, got {shift_s}, {dt}")
@@ -58,6 +59,13 @@ def advance_rows(positions: np.ndarray, dt: float, shift_s: float) -> np.ndarray
     above = np.minimum(below + 1, last)
     frac = (u - below)[:, None]
     return (1.0 - frac) * positions[below] + frac * positions[above]
+
+
+def lead_shift(lead_s: float, elapsed_s: float) -> float:
+    """s to advance a chunk by (`advance_rows`) so that it runs from `lead_s` after its frame,
+    `elapsed_s` having passed already: never negative, never more than the lead, even when the
+    frame's stamp is ahead of the clock it is compared with (a simulator faster than real time)."""
+    return lead_s - min(max(elapsed_s, 0.0), lead_s)
 
 
 class _Track:

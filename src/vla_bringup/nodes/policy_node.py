@@ -17,7 +17,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 
 from vla_bringup.core import image_conversion as conv
-from vla_bringup.core.chunk_schedule import advance_rows
+from vla_bringup.core.chunk_schedule import advance_rows, lead_shift
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       declare_parameters, image_msg_to_rgb, now_sec, run,
                                       scene_poses, sec_to_stamp, serve_lifeline, stamp_to_sec)
@@ -161,9 +161,9 @@ class PolicyNode(Node):
         positions = chunk.positions
         # A backend tuned to chunks arriving late (VLAConfig.action_lead_s) gets its chunk run
         # from that moment on when it came back sooner; the stamp stays the frame's.
-        lead = self.backend.min_action_lead_s - (now_sec(self) - stamp)
-        if lead > 0:
-            positions = advance_rows(positions, chunk.dt, lead)
+        shift = lead_shift(self.backend.min_action_lead_s, now_sec(self) - stamp)
+        if shift > 0:
+            positions = advance_rows(positions, chunk.dt, shift)
         self.chunk_id += 1
         self.chunk_pub.publish(ActionChunk(
             header=Header(stamp=sec_to_stamp(stamp), frame_id="camera_optical_frame"),

@@ -39,7 +39,7 @@ import numpy as np
 
 from vla_bringup.core.instruction import plan
 from vla_bringup.core.skill_executor import SkillExecutor, SkillState, SkillTiming
-from vla_bringup.core.chunk_schedule import TimedChunk, advance_rows
+from vla_bringup.core.chunk_schedule import TimedChunk, advance_rows, lead_shift
 from vla_bringup.policy.base import Observation, PolicyBackend, SkillSpec
 from vla_bringup.policy.scripted_expert import ScriptedExpert
 from vla_bringup.sim.kinematics import FINGER_OPEN, HOME_ARM, JOINT_NAMES
@@ -289,7 +289,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
         steps = int(round(1.0 / (config.fps * world.time_step)))
         timing = SkillTiming(timeout_s=config.skill_timeout_s)
         # What of the policy's action lead the latency does not already give.
-        lead = max(0.0, expert.min_action_lead_s - config.inference_latency_s)
+        shift = lead_shift(expert.min_action_lead_s, config.inference_latency_s)
         for index, skill in enumerate(spec.skills):
             expert.reset(skill)
             executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1])
@@ -324,8 +324,8 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                         rows[key].append(value)
                     if executor.state.active:
                         executed = chunk.positions.copy()
-                        if lead > 0:  # the policy's action lead, as the policy node applies it
-                            executed = advance_rows(executed, chunk.dt, lead)
+                        if shift > 0:  # the policy's action lead, as the policy node applies it
+                            executed = advance_rows(executed, chunk.dt, shift)
                         if config.perturb_std > 0:
                             executed[:, :7] += rng.normal(0.0, config.perturb_std, 7)
                         timed = TimedChunk(now, chunk.dt, executed, chunk.joint_names,
