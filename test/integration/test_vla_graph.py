@@ -8,7 +8,6 @@ checked by `make demo`; this test asserts the plumbing, with a cancel at the end
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -20,13 +19,8 @@ from conftest import ARTIFACTS
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
 from vla_bringup.nodes.common import COMMAND_QOS
 from vla_bringup.policy.vla.backend import DEFAULT_CHECKPOINT, default_checkpoint_available
+from vla_bringup.policy.vla.model import load_config
 from vla_msgs.msg import ActionChunk
-
-
-def checkpoint_inference_period() -> float:
-    """The committed checkpoint's floor on the time between frames (VLAConfig)."""
-    return float(json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
-                 ["inference_period_s"])
 
 
 pytestmark = pytest.mark.skipif(not default_checkpoint_available(),
@@ -66,7 +60,7 @@ def test_learned_policy_moves_the_arm_for_an_instruction(graph, probe):
     probe.wait_future(handle.cancel_goal_async(), 10.0)
     # The checkpoint asks for a frame at most every inference_period_s (it was tuned at that
     # pace): chunks come no faster, however quick the forward pass (one frame of slack).
-    floor = checkpoint_inference_period()
+    floor = load_config(DEFAULT_CHECKPOINT).inference_period_s
     gaps = np.diff(received)
     assert floor > 0 and np.median(gaps) >= floor - 0.1, \
         f"chunks {np.median(gaps):.3f} s apart (median) under a {floor} s inference period"

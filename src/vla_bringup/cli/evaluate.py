@@ -68,9 +68,11 @@ def checkpoint_hash(folder: str | Path) -> dict:
 
 
 def _checkpoint_setting(checkpoint: Path, key: str) -> float:
-    """A numeric inference setting of the checkpoint's config.json (0 when absent)."""
-    path = checkpoint / "config.json"
-    return float(json.loads(path.read_text()).get(key, 0.0)) if path.is_file() else 0.0
+    """One numeric inference setting of the checkpoint's config (its default without one)."""
+    from vla_bringup.policy.vla.config import VLAConfig
+    from vla_bringup.policy.vla.model import CONFIG_FILE, load_config
+    has_config = (checkpoint / CONFIG_FILE).is_file()
+    return float(getattr(load_config(checkpoint) if has_config else VLAConfig(), key))
 
 
 def sim_settings(checkpoint: Path, overrides: Optional[dict] = None,

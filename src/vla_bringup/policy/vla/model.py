@@ -363,6 +363,12 @@ def _check_safetensors(path: Path) -> None:
         raise ValueError(f"{path} is {kind}: only safetensors weights are loaded, never pickles")
 
 
+def load_config(folder: str | Path) -> VLAConfig:
+    """The checkpoint's config.json, checked (its inference settings are read without the
+    weights, e.g. by `evaluate`)."""
+    return VLAConfig.from_dict(json.loads((Path(folder) / CONFIG_FILE).read_text()))
+
+
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
                     pretrained: bool = True) -> VLAModel:
     """Build the model from config.json, then load model.safetensors (no unpickling, ever)."""
@@ -373,7 +379,7 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
         others = sorted(p.name for p in folder.glob("*")) if folder.is_dir() else []
         raise FileNotFoundError(f"{folder} needs {CONFIG_FILE} and {WEIGHTS_FILE}; it has {others}"
                                 " (pickle formats such as .pt / .bin are not loaded)")
-    config = VLAConfig.from_dict(json.loads(config_path.read_text()))
+    config = load_config(folder)
     _check_safetensors(weights_path)
     try:
         tensors = load_file(str(weights_path), device="cpu")
