@@ -29,10 +29,11 @@ bench: setup
 	@$(ENV) && python -m vla_bringup.cli.bench_policy --out artifacts/policy_latency.json --no-text
 
 # Closed-loop success of the committed VLA checkpoint vs the scripted expert on held-out seeds
-# -> artifacts/eval.json + artifacts/eval_table.png (about 30 minutes on 2 cores at 100 seeds;
+# -> artifacts/eval.json + artifacts/eval_table.png (30-40 minutes on 2 cores at 100 seeds;
 # EVAL_SEEDS=8: about 3 minutes). Each chunk reaches the robot EVAL_LATENCY s (simulated) after
-# its frame, as in the live graph on this 2-core CPU (camera-to-command about 0.25 s p50 with
-# the learned policy). EVAL_LATENCY=0 makes the simulator wait for every forward pass (the
+# its frame, the pace this checkpoint was tuned at (in the live graph on this 2-core VM its
+# chunks now arrive about 0.5 s after their frame; EVAL_LATENCY=0.5 models that: 84 of 120
+# against 85 on 20 seeds). EVAL_LATENCY=0 makes the simulator wait for every forward pass (the
 # policy then reads every frame: about 3 times slower).
 EVAL_SEEDS ?= 100
 EVAL_WORKERS ?= 2

@@ -7,7 +7,8 @@ from vla_bringup.core.chunk_schedule import TimedChunk
 from vla_bringup.core.skill_executor import SkillExecutor, SkillState, SkillTiming
 
 NAMES = ("a", "b")
-TIMING = SkillTiming(timeout_s=10.0, first_chunk_timeout_s=2.0, starvation_timeout_s=1.0)
+TIMING = SkillTiming(timeout_s=10.0, first_chunk_timeout_s=2.0, policy_timeout_s=0.3,
+                     starvation_timeout_s=1.0)
 
 
 def chunk(start, skill_id="s1", chunk_id=1, done=False, rows=5, speed=1.0, dt=0.1):
@@ -138,3 +139,24 @@ def test_after_a_release_the_next_skill_starts_from_the_arm_not_the_last_target(
     arm = last_target - 0.05  # the controlled stop ended short of the last target
     executor.start("s2", 3.1, TIMING, measured_positions=arm)
     np.testing.assert_allclose(executor.command(3.2), arm)
+
+
+def test_the_default_hold_timeout_lets_a_paced_policy_play_its_chunks():
+    # The committed VLA checkpoint reads a frame at most every inference_period_s; with its
+    # inference on two loaded cores, chunks came 0.3-0.93 s apart in the live demo. With the
+    # default timing the arm must follow every chunk, not hold between them (it held between
+    # most of them while the default was 0.3 s).
+    from vla_bringup.policy.vla.backend import DEFAULT_CHECKPOINT
+    from vla_bringup.policy.vla.model import load_config
+    period = load_config(DEFAULT_CHECKPOINT).inference_period_s
+    assert SkillTiming().policy_timeout_s >= 2 * period
+    executor = SkillExecutor(NAMES, blend_time_s=0.05)
+    executor.start("s1", 0.0, SkillTiming(), measured_positions=[0.0, 0.0])
+    gaps = [period + 0.03, 0.45, 0.7, period, 0.75]  # s between chunk arrivals
+    arrival = 0.05
+    for chunk_id, gap in enumerate(gaps, start=1):
+        assert executor.on_chunk(chunk(arrival - 0.05, chunk_id=chunk_id, rows=16), arrival)[0]
+        for now in np.arange(arrival, arrival + gap, 0.01):
+            executor.command(now)
+            assert executor.status().state is SkillState.EXECUTING, (chunk_id, now)
+        arrival += gap

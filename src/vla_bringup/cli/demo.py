@@ -49,7 +49,28 @@ def wait_until(predicate, timeout_s: float, period_s: float = 0.05) -> bool:
 
 
 def percentile_ms(values, q: float):
-    return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 2) if values else None
+    return round(float(np.percentile(np.asarray(values) * 1000.0, q)), 2) if len(values) else None
+
+
+def chunk_figures(chunks: list[tuple[float, float, float]], log_path: str) -> dict:
+    """How the policy kept pace, from its chunks as received (wall time, camera stamp,
+    inference ms): its own inference time, the age of its frame when the chunk arrived, the
+    gaps between chunks (the skill controller holds the arm after `policy_timeout_s` without
+    one) and how often the skill controller reported it lost (each report stops the arm)."""
+    arrivals = np.asarray([when for when, _, _ in chunks])
+    ages = [when - stamp for when, stamp, _ in chunks]
+    inference = [ms / 1e3 for _, _, ms in chunks]
+    with open(log_path, errors="replace") as stream:
+        lost = sum("policy lost (" in line for line in stream)
+    gaps = np.diff(arrivals)
+    return {"chunks": len(chunks),
+            "policy_inference_ms": {"p50": percentile_ms(inference, 50),
+                                    "p99": percentile_ms(inference, 99)},
+            "camera_to_chunk_ms": {"p50": percentile_ms(ages, 50),
+                                   "p99": percentile_ms(ages, 99)},
+            "chunk_interval_ms": {"p50": percentile_ms(gaps, 50),
+                                  "max": percentile_ms(gaps, 100)},
+            "policy_lost_reports": lost}
 
 
 def run_demo(args) -> dict:
@@ -90,6 +111,7 @@ def run_demo(args) -> dict:
 
         sim_start, run_start = observer.sim_clock, time.monotonic()
         commands_before = len(observer.command_times)
+        chunks_before = len(observer.chunk_arrivals)
         send = observer.client.send_goal_async(
             ExecuteInstruction.Goal(instruction=args.instruction), feedback_callback=on_feedback)
         if not wait_until(send.done, 10.0) or not send.result().accepted:
@@ -106,6 +128,7 @@ def run_demo(args) -> dict:
         with observer.lock:
             commands = observer.command_times[commands_before:]
             latencies = list(observer.latencies.values())
+            chunks = observer.chunk_arrivals[chunks_before:]
             final_scene = observer.scene
         rate = (len(commands) - 1) / (commands[-1] - commands[0]) if len(commands) > 1 else 0.0
         in_scene = task_done_in_scene(args.instruction, initial_scene, final_scene)
@@ -120,6 +143,7 @@ def run_demo(args) -> dict:
             "camera_to_command_latency_ms": {"p50": percentile_ms(latencies, 50),
                                              "p99": percentile_ms(latencies, 99),
                                              "samples": len(latencies)},
+            **chunk_figures(chunks, log_path),
         })
     except RuntimeError as error:
         result["message"] = str(error)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence, Union
 
+from vla_bringup.core.skill_executor import SkillTiming
+
 Value = Union[bool, int, float, str]
 
 
@@ -105,7 +107,7 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
               0.0, 1.0),
         _spec("max_chunk_age_s", 1.0, "chunks computed from older observations are dropped", "s",
               0.01, 10.0),
-        _spec("policy_timeout_s", 0.3,
+        _spec("policy_timeout_s", SkillTiming.policy_timeout_s,
               "no chunk for this long: the arm holds where it is until chunks return", "s",
               0.02, 10.0),
         _spec("starvation_timeout_s", 2.0,

@@ -48,7 +48,11 @@ class SkillStatus:
 class SkillTiming:
     timeout_s: float = 30.0  # whole skill
     first_chunk_timeout_s: float = 10.0  # policy warm-up allowance
-    policy_timeout_s: float = 0.3  # silence after which the arm holds instead of playing out
+    # Silence after which the arm holds instead of playing out the last chunk. Above the
+    # slowest shipped policy's spacing: the VLA checkpoint infers at most every 0.3 s and took
+    # up to 0.66 s (p99) on two loaded cores, so live chunk gaps reached 0.6-0.93 s. At 0.3 s
+    # the arm held between most chunks (gap p50 0.33 s) and moved stop-and-go.
+    policy_timeout_s: float = 0.8
     starvation_timeout_s: float = 2.0  # silence after which the skill fails
 
 

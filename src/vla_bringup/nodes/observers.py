@@ -72,6 +72,8 @@ class DemoObserver(Node):
         self.scene = None
         self.sim_clock = None
         self.chunk_stamps = set()
+        # (wall receive time, camera stamp, the policy's inference_ms) per chunk
+        self.chunk_arrivals = []
         self.command_times = []  # wall receive times of /safety/joint_command
         self.latencies = {}  # chunk stamp -> first-arrival latency (s) on /safety/joint_command
         self.client = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction")
@@ -100,8 +102,11 @@ class DemoObserver(Node):
         self.sim_clock = stamp_to_sec(msg.clock)
 
     def on_chunk(self, msg: ActionChunk) -> None:
+        now = time.time()
         with self.lock:
-            self.chunk_stamps.add(stamp_to_sec(msg.header.stamp))
+            stamp = stamp_to_sec(msg.header.stamp)
+            self.chunk_stamps.add(stamp)
+            self.chunk_arrivals.append((now, stamp, float(msg.inference_ms)))
 
     def on_command(self, msg: JointTrajectory) -> None:
         now = time.time()
