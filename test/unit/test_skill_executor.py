@@ -160,3 +160,6 @@ def test_the_default_hold_timeout_lets_a_paced_policy_play_its_chunks():
             executor.command(now)
             assert executor.status().state is SkillState.EXECUTING, (chunk_id, now)
         arrival += gap
+    # A policy that really went quiet is still held, once the default timeout has passed.
+    executor.command(arrival - gaps[-1] + SkillTiming().policy_timeout_s + 0.01)
+    assert executor.status().state is SkillState.HOLDING

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from vla_bringup.cli import evaluate as evaluate_cli
+from vla_bringup.core.skill_executor import SkillTiming
 from vla_bringup.cli import train as train_cli
 from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.vla.backend import VLAPolicy
@@ -459,6 +460,9 @@ def test_evaluate_with_inference_latency_records_it(trained, tmp_path, capsys):
     report = json.loads((out / "eval.json").read_text())
     assert report["sim_config"]["inference_latency_s"] == 0.25
     assert report["sim_config"]["inference_period_s"] == 0.3
+    # The executor's timeouts the episodes ran under: the skill controller's hold included.
+    assert report["skill_timing"]["timeout_s"] == 10.0
+    assert report["skill_timing"]["policy_timeout_s"] == SkillTiming().policy_timeout_s
     assert report["checkpoint"]["action_lead_s"] == 0.0  # the tiny model declares none
     # --validation: the scenes for choosing settings, apart from the reported evaluation's
     assert report["seeds"]["base"] == VALIDATION_SEED_BASE and report["seeds"]["validation"]

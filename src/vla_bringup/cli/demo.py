@@ -56,7 +56,8 @@ def chunk_figures(chunks: list[tuple[float, float, float]], log_path: str) -> di
     """How the policy kept pace, from its chunks as received (wall time, camera stamp,
     inference ms): its own inference time, the age of its frame when the chunk arrived, the
     gaps between chunks (the skill controller holds the arm after `policy_timeout_s` without
-    one) and how often the skill controller reported it lost (each report stops the arm)."""
+    one) and how often the skill controller reported it lost (with a skill running, a report
+    stops the arm)."""
     arrivals = np.asarray([when for when, _, _ in chunks])
     ages = [when - stamp for when, stamp, _ in chunks]
     inference = [ms / 1e3 for _, _, ms in chunks]

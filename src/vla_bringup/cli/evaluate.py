@@ -267,7 +267,8 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
              sim_overrides: Optional[dict] = None, skill_timeout: Optional[float] = None,
              expert_per_phrasing: bool = False, progress: bool = True, log=print,
              validation: bool = False) -> dict:
-    from vla_bringup.sim.demonstrations import EVAL_SEED_BASE, VALIDATION_SEED_BASE
+    from vla_bringup.sim.demonstrations import (EVAL_SEED_BASE, VALIDATION_SEED_BASE,
+                                                GeneratorConfig, episode_timing)
     seed_base = VALIDATION_SEED_BASE if validation else EVAL_SEED_BASE
     checkpoint, out = Path(checkpoint), Path(out)
     if seeds < 1 or workers < 1:
@@ -365,6 +366,8 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                    "note": "seconds per episode are measured inside the workers (with "
                            f"{workers} worker(s) sharing the machine)"},
         "sim_config": settings,
+        "skill_timing": dataclasses.asdict(episode_timing(GeneratorConfig(
+            **{k: v for k, v in settings.items() if not k.startswith("_")}))),
         "machine": describe_machine(),
         "episodes": episodes,
     }

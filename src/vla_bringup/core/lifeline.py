@@ -1,8 +1,9 @@
 """A same-host death notice between two processes, delivered by the kernel within a millisecond.
 
-DDS liveliness finds a dead process only when its lease runs out (0.1 s here, plus timer and
-scheduling delay: up to 137 ms measured on the 2-core machine), and a shorter lease raises false
-alarms when a busy machine delays the assertions. The kernel knows at once when a process dies:
+DDS liveliness finds a dead process only when its lease runs out (0.5 s here; with the 0.1 s
+lease of the time, up to 137 ms was measured on the 2-core machine), and a short lease raises
+false alarms when a busy machine delays the assertions. The kernel knows at once when a process
+dies:
 
 - The watched process holds a robust, process-shared mutex in a memfd, passed to each watcher
   over an abstract Unix socket, and the watcher blocks on it. When the holder dies, however it

@@ -48,10 +48,10 @@ class SkillStatus:
 class SkillTiming:
     timeout_s: float = 30.0  # whole skill
     first_chunk_timeout_s: float = 10.0  # policy warm-up allowance
-    # Silence after which the arm holds instead of playing out the last chunk. Above the
-    # slowest shipped policy's spacing: the VLA checkpoint infers at most every 0.3 s and took
-    # up to 0.66 s (p99) on two loaded cores, so live chunk gaps reached 0.6-0.93 s. At 0.3 s
-    # the arm held between most chunks (gap p50 0.33 s) and moved stop-and-go.
+    # Silence after which the arm holds instead of playing out the last chunk. Above the VLA
+    # checkpoint's usual chunk gaps: it infers at most every 0.3 s, so in the live demo on two
+    # loaded cores its chunks came 0.29-0.35 s apart (p50), at most 0.52-0.93 s. At 0.3 s the
+    # arm held between most chunks and moved stop-and-go; a rare longer gap still holds briefly.
     policy_timeout_s: float = 0.8
     starvation_timeout_s: float = 2.0  # silence after which the skill fails
 

@@ -175,8 +175,9 @@ class GeneratorConfig:
     png_compress_level: int = 1
     # s of simulated time between the frame a chunk is computed from and its arrival at the
     # executor; the policy reads no new frame meanwhile. 0 (data generation, the default
-    # evaluation): the simulator waits for the policy. The live graph has no such pause: its
-    # camera-to-command latency is about 0.1-0.3 s (README), which this reproduces.
+    # evaluation): the simulator waits for the policy. The live graph has no such pause: a chunk
+    # arrives about 0.2-0.3 s after its frame with the scripted expert and about 0.5 s with the
+    # learned policy on a 2-core VM (README); `make eval` uses 0.25 s.
     inference_latency_s: float = 0.0
     # s of simulated time from one frame the policy reads to the next (0: every frame, when it
     # is not busy). The live graph's policy node `inference_rate_hz` on a device fast enough
@@ -262,6 +263,12 @@ def _step_world(world: TabletopWorld, executor: SkillExecutor) -> None:
     world.step()
 
 
+def episode_timing(config: GeneratorConfig) -> SkillTiming:
+    """The skill executor's timeouts in the simulated episodes: the skill controller's defaults
+    (its hold after `policy_timeout_s` without a chunk included) and the config's skill timeout."""
+    return SkillTiming(timeout_s=config.skill_timeout_s)
+
+
 def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                 expert: Optional[PolicyBackend] = None, record: bool = True) -> EpisodeData:
     """Run one attempt closed loop and record it (frames as PNG bytes).
@@ -287,7 +294,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
         task = TaskSpec(spec.family, spec.target, spec.destination)
         executor = SkillExecutor(JOINT_NAMES, blend_time_s=0.1, max_chunk_age_s=1.0)
         steps = int(round(1.0 / (config.fps * world.time_step)))
-        timing = SkillTiming(timeout_s=config.skill_timeout_s)
+        timing = episode_timing(config)
         # What of the policy's action lead the latency does not already give.
         shift = lead_shift(expert.min_action_lead_s, config.inference_latency_s)
         for index, skill in enumerate(spec.skills):
