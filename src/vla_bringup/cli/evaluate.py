@@ -113,12 +113,17 @@ def sim_settings(checkpoint: Path, overrides: Optional[dict] = None,
     return result
 
 
+def _generator_config(settings: dict):
+    """The GeneratorConfig of `sim_settings`' dict (its "_" keys are notes, not fields)."""
+    from vla_bringup.sim.demonstrations import GeneratorConfig
+    return GeneratorConfig(**{k: v for k, v in settings.items() if not k.startswith("_")})
+
+
 def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool) -> None:
     import torch
     torch.set_num_threads(1)
     from vla_bringup.policy.scripted_expert import ScriptedExpert
-    from vla_bringup.sim.demonstrations import GeneratorConfig
-    config = GeneratorConfig(**{k: v for k, v in settings.items() if not k.startswith("_")})
+    config = _generator_config(settings)
     _STATE.clear()
     _STATE["config"] = config
     _STATE["expert"] = ScriptedExpert(config.chunk_horizon, config.chunk_dt, config.max_speed)
@@ -268,7 +273,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
              expert_per_phrasing: bool = False, progress: bool = True, log=print,
              validation: bool = False) -> dict:
     from vla_bringup.sim.demonstrations import (EVAL_SEED_BASE, VALIDATION_SEED_BASE,
-                                                GeneratorConfig, episode_timing)
+                                                episode_timing)
     seed_base = VALIDATION_SEED_BASE if validation else EVAL_SEED_BASE
     checkpoint, out = Path(checkpoint), Path(out)
     if seeds < 1 or workers < 1:
@@ -366,8 +371,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                    "note": "seconds per episode are measured inside the workers (with "
                            f"{workers} worker(s) sharing the machine)"},
         "sim_config": settings,
-        "skill_timing": dataclasses.asdict(episode_timing(GeneratorConfig(
-            **{k: v for k, v in settings.items() if not k.startswith("_")}))),
+        "skill_timing": dataclasses.asdict(episode_timing(_generator_config(settings))),
         "machine": describe_machine(),
         "episodes": episodes,
     }
