@@ -15,12 +15,12 @@ os.environ["ROS_DOMAIN_ID"] = str(os.environ.get("VLA_TEST_DOMAIN_ID") or 1 + os
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 
 import rclpy  # noqa: E402  (after the domain id is set)
-from rclpy.action import ActionClient  # noqa: E402
 from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch  # noqa: E402
+from vla_bringup.nodes.goal_client import GoalClient  # noqa: E402
 
 pytestmark = pytest.mark.integration
 ARTIFACTS = os.path.join(os.path.dirname(__file__), "..", "..", "artifacts")
@@ -53,13 +53,14 @@ class Probe:
             except InvalidHandle:
                 continue
 
-    def action_client(self, action_type, name: str) -> ActionClient:
-        """An action client on the probe node. rclpy's ActionClient joins the node's waitables
-        before its constructor has finished; an executor building its wait set in between
-        fails with AttributeError ('_lock') and the spin thread dies (CI run of session 9).
-        So the client is made while the spin loop is between two spin_once calls."""
+    def action_client(self, action_type, name: str) -> GoalClient:
+        """An action client on the probe node (nodes/goal_client.py says why not rclpy's own).
+        rclpy's ActionClient joins the node's waitables before its constructor has finished; an
+        executor building its wait set in between fails with AttributeError ('_lock') and the
+        spin thread dies (CI run of session 9). So the client is made while the spin loop is
+        between two spin_once calls."""
         with self.spin_lock:
-            return ActionClient(self.node, action_type, name)
+            return GoalClient(self.node, action_type, name)
 
     @staticmethod
     def wait(predicate, timeout_s: float, period_s: float = 0.02) -> bool:
@@ -79,19 +80,13 @@ class Probe:
         return self.send_goal(self.instruction_client, ExecuteInstruction.Goal(instruction=text),
                               feedback_callback)
 
-    def send_goal(self, client: ActionClient, goal, feedback_callback=None):
-        """Send a goal and return its accepted handle, with one resend: a goal request sent
-        right after the server was discovered can have its response lost before DDS has
-        matched the reply path, which would otherwise leave the test waiting on a future that
-        never completes."""
+    def send_goal(self, client: GoalClient, goal, feedback_callback=None):
+        """Send a goal and return its accepted handle."""
         assert client.wait_for_server(timeout_sec=60.0), "action server missing"
-        for _ in range(2):
-            send = client.send_goal_async(goal, feedback_callback=feedback_callback)
-            if self.wait(send.done, 10.0):
-                handle = send.result()
-                assert handle.accepted, f"goal rejected: {goal}"
-                return handle
-        raise AssertionError(f"no answer to the goal {goal} after two tries")
+        handle = client.send_goal(goal, feedback_callback=feedback_callback, timeout_s=20.0)
+        assert handle is not None, f"no answer to the goal {goal} within 20 s"
+        assert handle.accepted, f"goal rejected: {goal}"
+        return handle
 
     def wait_future(self, future, timeout_s: float):
         assert self.wait(future.done, timeout_s), f"future not done within {timeout_s} s"

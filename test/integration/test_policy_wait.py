@@ -11,7 +11,9 @@ import signal
 import subprocess
 
 from vla_bringup.cli.launch_embedded import executable_path
+from vla_bringup.nodes.common import CHUNK_QOS, LATCHED_QOS
 from vla_msgs.action import ExecuteSkill
+from vla_msgs.msg import ActionChunk, SkillCommand
 
 
 def _lone_controller(probe, policy_wait_s: float):
@@ -67,3 +69,34 @@ def test_ctrl_c_while_a_skill_waits_ends_the_controller_without_a_traceback(prob
             controller.kill()
     assert controller.returncode in (0, -signal.SIGINT), output
     assert "Traceback" not in output, output
+
+
+def test_cancelling_a_preempted_skill_leaves_its_successor_running(probe):
+    # A client that resends a goal cancels the try it does not keep (nodes/goal_client.py), and
+    # that cancel can reach the skill controller just after the newer try has started. The
+    # controller once answered it by cancelling whatever skill ran: the newer one.
+    controller, client = _lone_controller(probe, 30.0)
+    # A policy node that is up (its chunk publisher exists) but has not answered yet.
+    started = []
+    with probe.spin_lock:
+        policy = probe.node.create_publisher(ActionChunk, "/vla/action_chunk", CHUNK_QOS)
+        announcements = probe.node.create_subscription(SkillCommand, "/vla/active_skill",
+                                                       started.append, LATCHED_QOS)
+    try:
+        goal = ExecuteSkill.Goal(skill="pick", instruction="pick up the red cube",
+                                 target_object="red_cube", timeout_s=30.0)
+        first = probe.send_goal(client, goal)
+        assert probe.wait(lambda: started and started[-1].active, 10.0), "first skill not started"
+        second = probe.send_goal(client, goal)
+        client.cancel_goal_async(first)
+        replaced = probe.wait_future(first.get_result_async(), 10.0).result
+        assert not replaced.success
+        result = probe.wait_future(second.get_result_async(), 30.0).result
+        # It ends on its first-chunk timeout, as a skill with a silent policy does.
+        assert "no action chunk from the policy" in result.message, result.message
+    finally:
+        with probe.spin_lock:
+            probe.node.destroy_publisher(policy)
+            probe.node.destroy_subscription(announcements)
+        controller.terminate()
+        controller.communicate(timeout=10.0)

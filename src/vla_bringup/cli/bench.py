@@ -66,9 +66,10 @@ def summary(values) -> dict:
 
 
 def start_task(obs: BenchObserver, text: str):
-    send = obs.tasks.send_goal_async(ExecuteInstruction.Goal(instruction=text))
-    wait_until(send.done, 10.0)
-    return send.result()
+    handle = obs.tasks.send_goal(ExecuteInstruction.Goal(instruction=text), timeout_s=10.0)
+    if handle is None or not handle.accepted:
+        raise RuntimeError(f"the instruction '{text}' was not accepted")
+    return handle
 
 
 def bench_estop(obs: BenchObserver, trials: int) -> list:
@@ -108,7 +109,7 @@ def bench_teleop(obs: BenchObserver, trials: int) -> list:
         with obs.lock:
             takeover = next((t for t, s, _ in obs.statuses if t >= started and s == "teleop"), None)
         results.append(None if takeover is None else takeover - started)
-        cancel = handle.cancel_goal_async()
+        cancel = obs.tasks.cancel_goal_async(handle)
         wait_until(cancel.done, 5.0)
         time.sleep(2.0)
     return results
@@ -129,7 +130,7 @@ def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: in
         killed = time.time()
         last_chunk = obs.last_chunk
         launch.kill(node, signal.SIGKILL)
-        result = handle.get_result_async()
+        result = obs.tasks.get_result_async(handle)
         wait_until(result.done, 30.0)
         until = time.time()
         stop = obs.first_rest(killed, until)

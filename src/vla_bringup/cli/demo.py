@@ -113,13 +113,14 @@ def run_demo(args) -> dict:
         sim_start, run_start = observer.sim_clock, time.monotonic()
         commands_before = len(observer.command_times)
         chunks_before = len(observer.chunk_arrivals)
-        send = observer.client.send_goal_async(
-            ExecuteInstruction.Goal(instruction=args.instruction), feedback_callback=on_feedback)
-        if not wait_until(send.done, 10.0) or not send.result().accepted:
+        handle = observer.client.send_goal(
+            ExecuteInstruction.Goal(instruction=args.instruction), feedback_callback=on_feedback,
+            timeout_s=10.0)
+        if handle is None or not handle.accepted:
             raise RuntimeError("instruction goal was not accepted")
-        result_future = send.result().get_result_async()
+        result_future = observer.client.get_result_async(handle)
         if not wait_until(result_future.done, args.timeout):
-            send.result().cancel_goal_async()
+            observer.client.cancel_goal_async(handle)
             raise RuntimeError(f"no result within {args.timeout} s")
         action_result = result_future.result().result
         run_wall = time.monotonic() - run_start

@@ -141,7 +141,10 @@ def quiet_on_shutdown(result_type):
 
 
 def run(make_node: Callable[[], Node], threads: int = 2) -> None:
-    """Start rclpy, spin the node on a multi-threaded executor, shut down cleanly on Ctrl-C."""
+    """Start rclpy, spin the node on a multi-threaded executor, shut down cleanly on Ctrl-C.
+
+    A node that takes itself down after a fatal error sets `node.exit_code` first, so that the
+    process exits with it (a launcher's respawn and CI see the failure), not with 0."""
     rclpy.init(args=sys.argv)
     node = None
     try:
@@ -170,14 +173,31 @@ def run(make_node: Callable[[], Node], threads: int = 2) -> None:
             node.destroy_node()
         if rclpy.ok():
             rclpy.try_shutdown()
+    if node is not None and getattr(node, "exit_code", 0):
+        sys.exit(node.exit_code)
 
 
 def is_shutdown_race(error: BaseException, context: Optional[rclpy.Context] = None) -> bool:
     """rclpy's SIGINT handler can shut the context down while the executor builds its wait set;
     that surfaces as an RCLError ("the given context is not valid") instead of
     ExternalShutdownException. It is the same clean stop (the demo saw it as the simulator's
-    exit code 1 in 2 of 10 runs); any other error, or one while the context is valid, is not."""
-    return isinstance(error, rclpy_implementation.RCLError) and not rclpy.ok(context=context)
+    exit code 1 in 2 of 10 runs). rclpy's bindings can also raise a plain RuntimeError from a
+    handle torn down mid-take ("Unable to convert call argument '0' to Python object", the safety
+    checker in a test run of session 21): one raised inside rclpy's own code counts too. Any
+    other error, such as one from a callback of ours, or one while the context is valid, is not."""
+    if rclpy.ok(context=context):
+        return False
+    if isinstance(error, rclpy_implementation.RCLError):
+        return True
+    return isinstance(error, RuntimeError) and _raised_inside_rclpy(error)
+
+
+def _raised_inside_rclpy(error: BaseException) -> bool:
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return (frame is not None
+            and f"{os.sep}rclpy{os.sep}" in frame.tb_frame.f_code.co_filename)
 
 
 def serve_lifeline(node: Node) -> LifelineServer:

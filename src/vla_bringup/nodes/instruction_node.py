@@ -18,6 +18,7 @@ from std_msgs.msg import Header, String
 from vla_bringup.core.instruction import InstructionError, plan, validate
 from vla_bringup.nodes.common import (COMMAND_QOS, LATCHED_QOS, declare_parameters,
                                       quiet_on_shutdown, run)
+from vla_bringup.nodes.goal_client import GoalClient
 from vla_msgs.action import ExecuteInstruction, ExecuteSkill
 from vla_msgs.msg import TaskPlan
 
@@ -41,8 +42,7 @@ class InstructionNode(Node):
         self.params = declare_parameters(self, "instruction")
         group = ReentrantCallbackGroup()
         self.plan_pub = self.create_publisher(TaskPlan, "/vla/task_plan", LATCHED_QOS)
-        self.skill_client = ActionClient(self, ExecuteSkill, "/vla/execute_skill",
-                                         callback_group=group)
+        self.skill_client = GoalClient(self, ExecuteSkill, "/vla/execute_skill")
         self.server = ActionServer(
             self, ExecuteInstruction, "/vla/execute_instruction", self.execute,
             goal_callback=lambda _: GoalResponse.ACCEPT,
@@ -113,16 +113,14 @@ class InstructionNode(Node):
                                  target_object=skill.target_object,
                                  destination=skill.destination,
                                  timeout_s=float(self.params["skill_timeout_s"]))
-        send = self.skill_client.send_goal_async(
-            goal, feedback_callback=lambda msg: publish(float(msg.feedback.progress)))
-        # The first goal after start-up can wait several seconds for discovery on a busy
-        # machine (a 5 s wait failed once on the 2-core CI VM): wait longer, and say which.
-        if not wait_for(send, GOAL_ANSWER_S):
+        skill_handle = self.skill_client.send_goal(
+            goal, feedback_callback=lambda msg: publish(float(msg.feedback.progress)),
+            timeout_s=GOAL_ANSWER_S)
+        if skill_handle is None:
             return False, f"got no answer from the skill controller within {GOAL_ANSWER_S:.0f} s"
-        if not send.result().accepted:
+        if not skill_handle.accepted:
             return False, "was refused by the skill controller"
-        skill_handle = send.result()
-        result_future = skill_handle.get_result_async()
+        result_future = self.skill_client.get_result_async(skill_handle)
         deadline_s = self.params["skill_timeout_s"] + 5.0
         waited = 0.0
         while not wait_for(result_future, 0.05):
@@ -131,17 +129,17 @@ class InstructionNode(Node):
             # never answers, and DDS may report its server alive for many seconds more.
             silent = time.monotonic() - last_heard[0]
             if silent > self.params["skill_feedback_timeout_s"]:
-                skill_handle.cancel_goal_async()
+                self.skill_client.cancel_goal_async(skill_handle)
                 return False, (f"failed: the skill controller stopped responding "
                                f"(no feedback for {silent:.1f} s)")
             if goal_handle.is_cancel_requested or goal_key(goal_handle) in self.preempted:
-                cancel = skill_handle.cancel_goal_async()
+                cancel = self.skill_client.cancel_goal_async(skill_handle)
                 wait_for(cancel, 2.0)
                 wait_for(result_future, 2.0)
                 return False, ("was cancelled" if goal_handle.is_cancel_requested
                                else "was preempted")
             if waited > deadline_s:
-                skill_handle.cancel_goal_async()
+                self.skill_client.cancel_goal_async(skill_handle)
                 return False, "timed out waiting for the skill controller"
         result = result_future.result().result
         return bool(result.success), result.message

@@ -12,7 +12,6 @@ from typing import Callable
 
 import numpy as np
 import rclpy
-from rclpy.action import ActionClient
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -23,6 +22,7 @@ from trajectory_msgs.msg import JointTrajectory
 
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       image_msg_to_rgb, make_executor, stamp_to_sec)
+from vla_bringup.nodes.goal_client import GoalClient
 from vla_msgs.action import ExecuteInstruction
 from vla_msgs.msg import ActionChunk, JointJog, SafetyStatus, SceneState
 
@@ -76,7 +76,7 @@ class DemoObserver(Node):
         self.chunk_arrivals = []
         self.command_times = []  # wall receive times of /safety/joint_command
         self.latencies = {}  # chunk stamp -> first-arrival latency (s) on /safety/joint_command
-        self.client = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction")
+        self.client = GoalClient(self, ExecuteInstruction, "/vla/execute_instruction")
         self.create_subscription(Image, "/camera/image_raw", self.on_image, SENSOR_QOS)
         self.create_subscription(SceneState, "/sim/scene_state", self.on_scene, COMMAND_QOS)
         self.create_subscription(Clock, "/clock", self.on_clock, 10)
@@ -137,7 +137,7 @@ class BenchObserver(Node):
         self.enable = self.create_publisher(Bool, "/teleop/enable", COMMAND_QOS)
         self.jog_pub = self.create_publisher(JointJog, "/teleop/joint_jog", COMMAND_QOS)
         self.reset = self.create_client(Trigger, "/safety/reset")
-        self.tasks = ActionClient(self, ExecuteInstruction, "/vla/execute_instruction")
+        self.tasks = GoalClient(self, ExecuteInstruction, "/vla/execute_instruction")
 
     def on_command(self, msg: JointTrajectory) -> None:
         speed = float(np.max(np.abs(msg.points[0].velocities))) if msg.points[0].velocities else 0.0

@@ -97,6 +97,7 @@ class SimNode(Node):
             if self.running and rclpy.ok():
                 # A dead simulator must be visible: log it and take the node down.
                 self.get_logger().fatal(f"physics thread failed: {error!r}")
+                self.exit_code = 1
                 rclpy.try_shutdown()
             # else: shutting down; publishers may already be gone
 

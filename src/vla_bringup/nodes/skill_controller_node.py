@@ -224,12 +224,13 @@ class SkillControllerNode(Node):
         status = self.executor_core.status()
         while rclpy.ok():
             time.sleep(0.05)
-            if goal_handle.is_cancel_requested:
-                with self.core_lock:
-                    self.executor_core.cancel()
             with self.core_lock:
-                status = self.executor_core.status()
                 preempted = self.executor_core.skill_id != skill_id
+                # Only this goal's own skill: a cancel that reaches a goal already preempted
+                # (a client cancelling its stale try) must not stop the skill that replaced it.
+                if goal_handle.is_cancel_requested and not preempted:
+                    self.executor_core.cancel()
+                status = self.executor_core.status()
             if preempted:
                 goal_handle.abort()
                 return ExecuteSkill.Result(success=False, message="preempted by a new skill")

@@ -1,0 +1,131 @@
+"""An action client whose answers cannot be lost to a race between threads.
+
+rclpy's ActionClient sends a request first and records afterwards which future its answer will
+complete (ros2/rclpy#1123). In ros-rclpy 9.1.2, the Kilted wheel this project runs on,
+`send_goal_async` records the goal's future twice, the second time outside its lock: if an
+executor thread handles the server's answer in between, it completes the first future and
+the caller waits forever on the second, while the goal runs. On the 2-core CI VM this failed
+a fault test: the arm moved, and the instruction node never heard that its skill goal was
+accepted ("got no answer from the skill controller within 15 s").
+
+Here every request is sent from a callback in the client's own mutually exclusive callback
+group. The executor handles the client's answers (and feedback) in that same group, so no
+answer is handled before the request's future is recorded, whichever rclpy is installed.
+The node must be spinning: requests wait for the executor to pick them up.
+
+A request can also be lost in DDS while the server is only just being discovered. A server
+that was killed stays in the graph for a while, so `wait_for_server` says yes before its
+replacement is up. The session-21 probe saw the first goal to a restarted skill controller go
+unanswered every time; resent every second, the third try (2.3 s after the restart) was
+answered. `send_goal` therefore resends until one try is answered.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from typing import Callable
+
+from rclpy.action import ActionClient
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.task import Future
+
+
+class GoalClient:
+    def __init__(self, node: Node, action_type, action_name: str) -> None:
+        self.group = MutuallyExclusiveCallbackGroup()
+        self.client = ActionClient(node, action_type, action_name, callback_group=self.group)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
+        self._wake = node.create_guard_condition(self._send_requests, callback_group=self.group)
+
+    def wait_for_server(self, timeout_sec: float | None = None) -> bool:
+        return self.client.wait_for_server(timeout_sec=timeout_sec)
+
+    def send_goal(self, goal, feedback_callback=None, timeout_s: float = 15.0,
+                  resend_s: float = 2.0):
+        """Send `goal`, resending every `resend_s` until the server answers; the answered goal
+        handle (accepted or refused), or None after `timeout_s` without an answer. Blocks: call
+        it from a thread the executor does not need.
+
+        Each try carries its own goal id, and a server takes requests in the order they were
+        sent. Our servers let a newer goal preempt an older one, so the latest answered try is
+        kept: if an earlier try is answered while its resend is on the way, the resend gets
+        `resend_s` to answer too. Every other try that the server accepted is cancelled."""
+        answered = threading.Event()
+        tries: list[Future] = []
+
+        def any_answer() -> bool:
+            return any(t.done() for t in tries)
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not any_answer():
+            send = self.send_goal_async(goal, feedback_callback)
+            send.add_done_callback(lambda _: answered.set())
+            tries.append(send)
+            _wait_until(any_answer, min(resend_s, deadline - time.monotonic()), answered)
+        if any_answer() and not tries[-1].done():
+            _wait_until(tries[-1].done, resend_s, answered)
+        done = [t for t in tries if t.done() and not t.cancelled()]
+        kept = done[-1] if done else None
+        for send in tries:
+            if send is not kept:
+                send.add_done_callback(self._cancel_if_accepted)
+        return None if kept is None else kept.result()  # raises the error of a failed send
+
+    def _cancel_if_accepted(self, send: Future) -> None:
+        if not send.cancelled() and send.exception() is None and send.result().accepted:
+            self.cancel_goal_async(send.result())
+
+    def send_goal_async(self, goal, feedback_callback=None) -> Future:
+        """A future of the goal handle (accepted or not), as ActionClient.send_goal_async."""
+        return self._in_group(
+            lambda: self.client.send_goal_async(goal, feedback_callback=feedback_callback))
+
+    def get_result_async(self, goal_handle) -> Future:
+        return self._in_group(goal_handle.get_result_async)
+
+    def cancel_goal_async(self, goal_handle) -> Future:
+        return self._in_group(goal_handle.cancel_goal_async)
+
+    def _in_group(self, send: Callable[[], Future]) -> Future:
+        answer = Future()
+        self._requests.put((send, answer))
+        self._wake.trigger()
+        return answer
+
+    def _send_requests(self) -> None:
+        # One wake-up may stand for several triggers: drain the queue.
+        while True:
+            try:
+                send, answer = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                sent = send()
+            except Exception as error:  # e.g. the context shut down: the caller hears why
+                answer.set_exception(error)
+                continue
+            sent.add_done_callback(lambda done, answer=answer: _relay(done, answer))
+
+
+def _wait_until(predicate: Callable[[], bool], timeout_s: float,
+                changed: threading.Event) -> bool:
+    end = time.monotonic() + timeout_s
+    while True:
+        changed.clear()  # before the check, so that an answer in between still wakes the wait
+        if predicate():
+            return True
+        left = end - time.monotonic()
+        if left <= 0.0:
+            return False
+        changed.wait(left)
+
+
+def _relay(done: Future, answer: Future) -> None:
+    if done.cancelled():
+        answer.cancel()
+    elif done.exception() is not None:
+        answer.set_exception(done.exception())
+    else:
+        answer.set_result(done.result())
