@@ -30,7 +30,7 @@ REACHED = 0.01  # m, a via point in free space counts as reached
 # is harmless (the open fingers span 8 cm around a 5 cm cube, the push pad is 6 cm wide), and a
 # cube may drop anywhere well inside the tray. A learned policy that localises objects to about
 # a centimetre from pixels then still meets the trigger it was shown, instead of hovering at
-# its edge (docs/training.md, runs 14-16).
+# its edge (docs/training_history.md, runs 14-16).
 CONTACT_HEIGHT = 0.008  # m above the via point
 CONTACT_ACROSS = 0.012  # m
 TRAY_ACROSS = 0.03  # m from the tray's release point (the floor is 18 cm wide)

@@ -2,10 +2,11 @@
 
 A policy that re-plans every frame and whose chunks say "close the gripper in 0.8 s" can say the
 same thing at every frame: only the first rows of each chunk are ever executed, so the grasp
-never comes (docs/training.md, run 12). Ensembling makes each chunk a commitment: the target for
-a time t is the weighted mean of what every recent chunk predicted for t, so a prediction made
-0.8 s ago for "now" counts as much as the newest one. Chunks are aligned by their stamps, with
-linear interpolation between rows, so inference that runs late or irregularly still lines up.
+never comes (docs/training_history.md, run 12). Ensembling makes each chunk a commitment: the
+target for a time t is the weighted mean of what every recent chunk predicted for t, so a
+prediction made 0.8 s ago for "now" counts as much as the newest one. Chunks are aligned by their
+stamps, with linear interpolation between rows, so inference that runs late or irregularly still
+lines up.
 
 Plain numpy, no torch and no ROS: any backend can wrap its chunks in it.
 """

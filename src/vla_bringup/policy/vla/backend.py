@@ -38,7 +38,8 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
 # A start_memory model's latched start is the median of its predictions on a skill's first
 # START_FRAMES frames, not the first alone: on the first frame of an episode (arm at home, 35 cm
 # above the table) the detector's world map was off by 8-10 cm in some scenes, and one frame
-# later it was within 1 cm (docs/training.md, run 19). Nothing moves in a skill's first frames.
+# later it was within 1 cm (docs/training_history.md, run 19). Nothing moves in a skill's first
+# frames.
 START_FRAMES = 5
 
 

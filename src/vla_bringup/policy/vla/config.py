@@ -39,8 +39,8 @@ CUBE_PLACES = ("model", "target_detector")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
-# Options tried and removed (their results stay in docs/training.md), with the value that meant
-# "off": a saved config.json that carries one at that value still loads.
+# Options tried and removed (their results stay in docs/training_history.md), with the value that
+# meant "off": a saved config.json that carries one at that value still loads.
 # place_blend_noise: noise on the detector's place in the place_relative blend (14th session);
 # skill_input: the skill primitive as an input (13th); head_language False: a head that reads
 # no words (14th).
@@ -89,7 +89,8 @@ class VLAConfig:
     # rows for padding, read by learned attention pools
     # (one per fusion token, one for the keypoint detector). Why: in the pooled vector, "to the
     # left" and "to the right" differ by cosine 0.97-0.99 and a push went the wrong way; the
-    # direction word's own token state separates them, paraphrases included (docs/training.md).
+    # direction word's own token state separates them, paraphrases included
+    # (docs/training_history.md).
     language_input: str = "sentence"
     language_max_tokens: int = 16  # "tokens": rows; longer instructions are truncated
     # --- fusion
@@ -111,7 +112,7 @@ class VLAConfig:
     done_threshold: float = 0.5
     # Inference only: decay of the temporal ensembling of successive chunks (see
     # policy/temporal_ensemble.py; 0 = plain mean), or None to execute each chunk as predicted.
-    # A model trained on executed chunk labels needs it: see docs/training.md, run 12.
+    # A model trained on executed chunk labels needs it: see docs/training_history.md, run 12.
     temporal_ensemble: Optional[float] = None
     # Auxiliary head for training: the target object's and the place position (world frame,
     # from the generator's privileged columns), read from the fused tokens. It teaches the
@@ -124,14 +125,15 @@ class VLAConfig:
     # was when the skill started (the backend latches its own first prediction of the skill;
     # training uses the true one, jittered). One frame cannot tell "about to push" from "pushed
     # and backed away": both show the arm above and behind the cube. How far the cube has moved
-    # since the start can, and it says when a push has gone far enough (docs/training.md, run 16).
+    # since the start can, and it says when a push has gone far enough (docs/training_history.md,
+    # run 16).
     start_memory: bool = False
     # With start_memory: the place position is latched on the skill's first frame too, and the
     # token reads that instead of each frame's prediction. The place does not move during a
     # skill, but a push's destination is an empty patch of table that a single frame cannot
     # find once the cube has left its start: the live prediction crept along just ahead of the
-    # cube and the push stalled (docs/training.md, run 18). The arm also hides a stack's lower
-    # cube at the release.
+    # cube and the push stalled (docs/training_history.md, run 18). The arm also hides a stack's
+    # lower cube at the release.
     place_memory: bool = False
     # With place_memory: the predicted place is a learned blend of the detector's place and
     # "the target's start plus an offset", weight and offset read from the instruction alone.
@@ -146,7 +148,7 @@ class VLAConfig:
     # the skill (SkillSpec.destination; in the graph, SkillCommand.destination). Why: a push's
     # destination is an empty patch of table. In traces of the committed checkpoint the
     # detector found the cube to about 1 cm but latched that patch 6-19 cm off in the failed
-    # pushes, and with the true place the same network pushed 14 of 16 (docs/training.md,
+    # pushes, and with the true place the same network pushed 14 of 16 (docs/training_history.md,
     # seventeenth session). The planner has already read the direction from the words.
     push_place: str = "model"
     # destination ("left" / "right") -> (x, y, z) m: where the training pushes' place lay from
@@ -157,7 +159,7 @@ class VLAConfig:
     # Inference only, m: how much further than its offset a planned place lies. The network
     # stops short of the place it is given (pushes of 9-10 cm for a 12 cm place), so a place
     # 2 cm further brings the cube past the check's 8 cm with a margin (chosen on validation
-    # seeds, never on the evaluation's: docs/training.md, seventeenth session).
+    # seeds, never on the evaluation's: docs/training_history.md, seventeenth session).
     push_extra_m: float = 0.0
     # Inference only, with place_memory and the "pixels" detector: where a place skill onto a
     # cube latches its place. "model": the detector's place map. "target_detector": the
@@ -165,14 +167,14 @@ class VLAConfig:
     # blue cube", the cube being SkillSpec.destination) and an open-gripper cue. Why: the
     # target map learns from every frame of every skill and found cubes to 0.9 cm (median, xy)
     # where the place map, trained on the stack frames alone, was 1.6 cm off, and 2-5 cm in
-    # many failed stacks (docs/training.md, seventeenth session).
+    # many failed stacks (docs/training_history.md, seventeenth session).
     cube_place: str = "model"
     # Inference only, with cube_place "target_detector": how far beyond the lower cube the
     # latched place lies, as a fraction of the horizontal distance from the held cube (latched
     # target) to it, along that line. Why: traced stacks descended vertically onto a point short
     # of the given place on the side the arm came from, by about a fifth of the approach
     # (1.8-5.6 cm in the failures, the cube then tipping off), like the pushes' undershoot
-    # (chosen on validation seeds, never on the evaluation's: docs/training.md, eighteenth
+    # (chosen on validation seeds, never on the evaluation's: docs/training_history.md, eighteenth
     # session).
     cube_place_extra_ratio: float = 0.0
     # Inference only: the least time (s) between two camera frames the policy reads. The policy
@@ -180,7 +182,7 @@ class VLAConfig:
     # it unless told otherwise. Why: the model was tuned at this CPU's pace, where a frame is
     # read about every 0.3 s (an inference and its delivery take about 0.25 s). On a device fast
     # enough to read every frame it succeeded on far fewer episodes: places stayed hovering
-    # with the cube released, never saying done (docs/training.md, eighteenth and nineteenth
+    # with the cube released, never saying done (docs/training_history.md, eighteenth and nineteenth
     # sessions). 0: no floor.
     inference_period_s: float = 0.0
     # Inference only: the least time (s) from a camera frame to the first moment of its chunk
@@ -189,7 +191,7 @@ class VLAConfig:
     # arrives about 0.25 s after its frame, and the model was tuned with that; run from the
     # start (a fast device), its places hovered and its stacks fell short. On validation seeds
     # with a frame every 0.3 s and no delay, dropping the first 2-3 rows of each chunk gave
-    # back what the delay gave (docs/training.md, nineteenth session). 0: run chunks as they
+    # back what the delay gave (docs/training_history.md, nineteenth session). 0: run chunks as they
     # come.
     action_lead_s: float = 0.0
     # With start_memory: each chunk row's grasp-point offset is a learned weighting of anchor
@@ -197,15 +199,15 @@ class VLAConfig:
     # start, the place) plus a residual, instead of a number the head must produce on its own.
     # Why: the expert's via points are "12 cm above the cube", "6.5 cm behind the cube's start",
     # "on the lower cube"; the head read where the cube was from the position token only to a
-    # few centimetres, and stacks were released off the lower cube (docs/training.md, eleventh
-    # session). With anchors, the precision of a via point is the detector's.
+    # few centimetres, and stacks were released off the lower cube (docs/training_history.md,
+    # eleventh session). With anchors, the precision of a via point is the detector's.
     action_anchors: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
     # which is right for most frames of a demonstration), "keypoints" (a spatial softmax per
     # position over the image grid, conditioned on the instruction: an expected image point,
     # finer than a cell) or "fused" (the fused tokens, state included: the third training run,
-    # see docs/training.md).
+    # see docs/training_history.md).
     # "pixels": a separate small CNN on `keypoint_crop` of the model input at full resolution,
     # conditioned on the instruction (keypoints.py): a heat map per position, sub-pixel.
     position_from: str = "vision_language"
@@ -220,7 +222,7 @@ class VLAConfig:
     # each get their own attention pool and their own pass through the conditioned blocks.
     # Why: a stack instruction names two colours, and with one vector for both maps the place
     # map latched onto a cube of neither colour in traces ("place the blue cube on the yellow
-    # cube" found the red one; docs/training.md, eleventh session).
+    # cube" found the red one; docs/training_history.md, eleventh session).
     detector_language: str = "shared"
     # --- dataset statistics (None: identity / defaults until `with_stats`)
     state_mean: Optional[list[float]] = None
@@ -460,9 +462,10 @@ class VLAConfig:
         data = dict(data)
         for name, default in REMOVED_FIELDS.items():
             if name in data and data.pop(name) != default:
-                raise ValueError(f"{name} was removed after it did not help (docs/training.md, "
-                                 f"fifteenth session): this checkpoint sets it, so it needs "
-                                 f"the code of commit 1522412 or earlier")
+                raise ValueError(f"{name} was removed after it did not help "
+                                 f"(docs/training_history.md, fifteenth session): this "
+                                 f"checkpoint sets it, so it needs the code of commit 1522412 "
+                                 f"or earlier")
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown VLAConfig fields {unknown}")

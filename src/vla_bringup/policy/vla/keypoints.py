@@ -4,7 +4,7 @@ camera's own resolution.
 Why a second vision path: seen from the scene camera a cube is about 8 px wide, and one pixel is
 about 1 cm on the table, while grasping needs about 1 cm. Lite0's coarsest useful token grid
 (stride 16) is 16 cm a cell along the table, and seven training runs showed that the fused tokens
-could not recover the cube's position to better than 3.6 cm (docs/training.md). This module
+could not recover the cube's position to better than 3.6 cm (docs/training_history.md). This module
 looks only at a fixed crop of the workspace, at native resolution (no resizing below the
 sensor's pixels), with a small CNN trained from scratch whose features are modulated by the
 instruction (FiLM, as RT-1 conditions its EfficientNet). It outputs one heat map per position

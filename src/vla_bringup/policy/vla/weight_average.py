@@ -1,8 +1,8 @@
 """An exponential moving average of a model's trainable weights, for training (no rclpy).
 
 Why: two trainings of the same recipe that differ only in their seed scored 29 and 14 of 48
-closed-loop episodes (docs/training.md, ninth session), with validation losses 0.03 apart. The
-last iterate of a noisy optimiser is one draw around the weights it is converging to; the
+closed-loop episodes (docs/training_history.md, ninth session), with validation losses 0.03 apart.
+The last iterate of a noisy optimiser is one draw around the weights it is converging to; the
 average over the last few hundred steps is a steadier estimate of them, which is why diffusion
 policies and ACT-style trainers evaluate averaged weights. The average costs one extra copy of
 the trainable weights (4.4 M parameters here) and one lerp per step.
