@@ -96,7 +96,12 @@ def bench_teleop(obs: BenchObserver, trials: int) -> list:
     results = []
     for trial in range(trials):
         side = "left" if trial % 2 == 0 else "right"
-        handle = start_task(obs, f"push the blue cube to the {side}")
+        try:
+            handle = start_task(obs, f"push the blue cube to the {side}")
+        except RuntimeError as error:
+            print(f"[bench] teleop trial {trial}: {error}; skipped", flush=True)
+            results.append(None)
+            continue
         wait_until(lambda: any(s == "autonomy" for _, s, _ in obs.statuses[-3:]), 15.0)
         # The operator holds the deadman first, as with a joystick's enable button.
         for _ in range(5):
@@ -121,8 +126,13 @@ def bench_kill(obs: BenchObserver, launch: EmbeddedLaunch, node: str, trials: in
         wait_until(lambda: node not in launch.dead(), 15.0)
         time.sleep(3.0)  # the respawned node needs its start-up
         started = time.time()
-        handle = start_task(obs, ["put the red cube in the tray", "put the green cube in the tray",
-                                  "put the yellow cube in the tray"][trial % 3])
+        try:
+            handle = start_task(obs, ["put the red cube in the tray",
+                                      "put the green cube in the tray",
+                                      "put the yellow cube in the tray"][trial % 3])
+        except RuntimeError as error:
+            notes.append(f"trial {trial}: {error}; skipped")
+            continue
         # Killed while the arm is moving now, not merely after it once moved.
         if not wait_until(lambda: obs.moving_since(started + 1.0) and obs.moving_now(), 20.0):
             notes.append(f"trial {trial}: the arm did not move within 20 s; skipped")

@@ -120,7 +120,8 @@ def run_demo(args) -> dict:
             raise RuntimeError("instruction goal was not accepted")
         result_future = observer.client.get_result_async(handle)
         if not wait_until(result_future.done, args.timeout):
-            observer.client.cancel_goal_async(handle)
+            # The cancel leaves from the observer's executor: give it time before teardown.
+            wait_until(observer.client.cancel_goal_async(handle).done, 2.0)
             raise RuntimeError(f"no result within {args.timeout} s")
         action_result = result_future.result().result
         run_wall = time.monotonic() - run_start

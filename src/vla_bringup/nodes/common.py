@@ -183,8 +183,9 @@ def is_shutdown_race(error: BaseException, context: Optional[rclpy.Context] = No
     ExternalShutdownException. It is the same clean stop (the demo saw it as the simulator's
     exit code 1 in 2 of 10 runs). rclpy's bindings can also raise a plain RuntimeError from a
     handle torn down mid-take ("Unable to convert call argument '0' to Python object", the safety
-    checker in a test run of session 21): one raised inside rclpy's own code counts too. Any
-    other error, such as one from a callback of ours, or one while the context is valid, is not."""
+    checker in a test run of session 21): a RuntimeError whose innermost frame is rclpy's own
+    code counts too (also when our callback called that code, e.g. a publish after shutdown).
+    One raised by our code, or any error while the context is valid, does not."""
     if rclpy.ok(context=context):
         return False
     if isinstance(error, rclpy_implementation.RCLError):
@@ -196,8 +197,9 @@ def _raised_inside_rclpy(error: BaseException) -> bool:
     frame = error.__traceback__
     while frame is not None and frame.tb_next is not None:
         frame = frame.tb_next
+    rclpy_dir = os.path.dirname(os.path.abspath(rclpy.__file__)) + os.sep
     return (frame is not None
-            and f"{os.sep}rclpy{os.sep}" in frame.tb_frame.f_code.co_filename)
+            and os.path.abspath(frame.tb_frame.f_code.co_filename).startswith(rclpy_dir))
 
 
 def serve_lifeline(node: Node) -> LifelineServer:

@@ -9,9 +9,9 @@ a fault test: the arm moved, and the instruction node never heard that its skill
 accepted ("got no answer from the skill controller within 15 s").
 
 Here every request is sent from a callback in the client's own mutually exclusive callback
-group. The executor handles the client's answers (and feedback) in that same group, so no
-answer is handled before the request's future is recorded, whichever rclpy is installed.
-The node must be spinning: requests wait for the executor to pick them up.
+group. rclpy's executors (9.1.2's single- and multi-threaded ones) take a waitable's answers
+only once they may enter its callback group, so no answer is handled before the request's
+future is recorded. The node must be spinning: requests wait for the executor to pick them up.
 
 A request can also be lost in DDS while the server is only just being discovered. A server
 that was killed stays in the graph for a while, so `wait_for_server` says yes before its
@@ -34,6 +34,7 @@ from rclpy.task import Future
 
 class GoalClient:
     def __init__(self, node: Node, action_type, action_name: str) -> None:
+        self.node = node
         self.group = MutuallyExclusiveCallbackGroup()
         self.client = ActionClient(node, action_type, action_name, callback_group=self.group)
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -44,38 +45,46 @@ class GoalClient:
 
     def send_goal(self, goal, feedback_callback=None, timeout_s: float = 15.0,
                   resend_s: float = 2.0):
-        """Send `goal`, resending every `resend_s` until the server answers; the answered goal
-        handle (accepted or refused), or None after `timeout_s` without an answer. Blocks: call
-        it from a thread the executor does not need.
+        """Send `goal`, resending every `resend_s` until the server answers; the kept goal
+        handle (accepted or refused), or None when no try was answered within `timeout_s`.
+        Blocks: call it from a thread the executor does not need.
 
-        Each try carries its own goal id, and a server takes requests in the order they were
-        sent. Our servers let a newer goal preempt an older one, so the latest answered try is
-        kept: if an earlier try is answered while its resend is on the way, the resend gets
-        `resend_s` to answer too. Every other try that the server accepted is cancelled."""
+        Each try carries its own goal id, a server takes requests in the order they were sent,
+        and our servers let a newer goal preempt an older one. So once one try is answered,
+        the link works and the tries sent after it are waited for too (up to `timeout_s`): the
+        last one sent is the goal that runs, and it is kept. A slow server may so accept several
+        tries, each restarting the skill. Every other accepted try is cancelled, and only the
+        kept goal's feedback reaches `feedback_callback`."""
         answered = threading.Event()
         tries: list[Future] = []
+        kept_id: list = []  # the kept goal's id, once chosen
+
+        def feedback_of_kept(message) -> None:
+            if not kept_id or bytes(message.goal_id.uuid) == kept_id[0]:
+                feedback_callback(message)
 
         def any_answer() -> bool:
             return any(t.done() for t in tries)
 
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not any_answer():
-            send = self.send_goal_async(goal, feedback_callback)
+        while time.monotonic() < deadline and not any_answer() and self._running():
+            send = self.send_goal_async(goal, feedback_callback and feedback_of_kept)
             send.add_done_callback(lambda _: answered.set())
             tries.append(send)
             _wait_until(any_answer, min(resend_s, deadline - time.monotonic()), answered)
-        if any_answer() and not tries[-1].done():
-            _wait_until(tries[-1].done, resend_s, answered)
-        done = [t for t in tries if t.done() and not t.cancelled()]
+        first = next((i for i, t in enumerate(tries) if t.done()), None)
+        if first is not None:
+            later = tries[first + 1:]
+            _wait_until(lambda: all(t.done() for t in later),
+                        deadline - time.monotonic(), answered)
+        done = [t for t in tries if t.done()]
         kept = done[-1] if done else None
+        if kept is not None and kept.exception() is None:
+            kept_id.append(bytes(kept.result().goal_id.uuid))
         for send in tries:
             if send is not kept:
                 send.add_done_callback(self._cancel_if_accepted)
         return None if kept is None else kept.result()  # raises the error of a failed send
-
-    def _cancel_if_accepted(self, send: Future) -> None:
-        if not send.cancelled() and send.exception() is None and send.result().accepted:
-            self.cancel_goal_async(send.result())
 
     def send_goal_async(self, goal, feedback_callback=None) -> Future:
         """A future of the goal handle (accepted or not), as ActionClient.send_goal_async."""
@@ -88,21 +97,36 @@ class GoalClient:
     def cancel_goal_async(self, goal_handle) -> Future:
         return self._in_group(goal_handle.cancel_goal_async)
 
-    def _in_group(self, send: Callable[[], Future]) -> Future:
+    def _cancel_if_accepted(self, send: Future) -> None:
+        if send.exception() is None and send.result().accepted and self._running():
+            self.cancel_goal_async(send.result())
+
+    def _running(self) -> bool:
+        return self.node.context.ok()
+
+    def _in_group(self, request: Callable[[], Future]) -> Future:
         answer = Future()
-        self._requests.put((send, answer))
-        self._wake.trigger()
+        if not self._running():  # nothing would send it: say so at once
+            answer.set_exception(RuntimeError("the node is shutting down"))
+            return answer
+        self._requests.put((request, answer))
+        try:
+            self._wake.trigger()
+        except Exception as error:  # the node was destroyed since the check above
+            answer.set_exception(RuntimeError(f"the node is shutting down ({error})"))
         return answer
 
     def _send_requests(self) -> None:
         # One wake-up may stand for several triggers: drain the queue.
         while True:
             try:
-                send, answer = self._requests.get_nowait()
+                request, answer = self._requests.get_nowait()
             except queue.Empty:
                 return
+            if answer.done():  # failed at once in _in_group
+                continue
             try:
-                sent = send()
+                sent = request()
             except Exception as error:  # e.g. the context shut down: the caller hears why
                 answer.set_exception(error)
                 continue
