@@ -18,8 +18,8 @@ from types import SimpleNamespace
 import pytest
 import rclpy
 from action_msgs.msg import GoalStatus
-from rclpy.action import ActionClient, ActionServer, CancelResponse
-from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.action import ActionClient, ActionServer, CancelResponse, GoalResponse
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
@@ -28,6 +28,7 @@ from vla_msgs.action import ExecuteInstruction
 
 ACTION = "/test/goal_client"
 LATE_ACTION = "/test/goal_client_late"  # its server starts after the first goal
+SLOW_ACTION = "/test/goal_client_slow"  # its server answers the first goal late
 STALL_S = 0.2  # longer than a local answer takes on a loaded 2-core VM
 
 
@@ -59,6 +60,32 @@ class Server(Node):
         return ExecuteInstruction.Result(success=True, message="done")
 
 
+class SlowFirstAnswer(Node):
+    """Takes 1.5 s to accept its first goal, and handles goal requests one at a time, in the
+    order they came: a try resent meanwhile is accepted after the first, and would preempt it
+    on a server of ours."""
+
+    def __init__(self, context) -> None:
+        super().__init__("goal_client_slow_server", context=context)
+        self.accepted_ids = []
+        ActionServer(self, ExecuteInstruction, SLOW_ACTION, self.execute,
+                     goal_callback=self.on_goal, handle_accepted_callback=self.on_accepted,
+                     callback_group=MutuallyExclusiveCallbackGroup())
+
+    def on_goal(self, goal) -> GoalResponse:
+        if not self.accepted_ids:
+            time.sleep(1.5)
+        return GoalResponse.ACCEPT
+
+    def on_accepted(self, goal_handle) -> None:
+        self.accepted_ids.append(bytes(goal_handle.goal_id.uuid))
+        goal_handle.execute()
+
+    def execute(self, goal_handle):
+        goal_handle.succeed()
+        return ExecuteInstruction.Result(success=True, message="done")
+
+
 @pytest.fixture(scope="module")
 def nodes():
     # A context and DDS domain of its own: these test actions must not show up in the graph
@@ -74,9 +101,12 @@ def nodes():
         goals=GoalClient(client_node, ExecuteInstruction, ACTION),
         late=GoalClient(client_node, ExecuteInstruction, LATE_ACTION),
         nobody=GoalClient(client_node, ExecuteInstruction, "/test/goal_client_nobody"),
+        slow=GoalClient(client_node, ExecuteInstruction, SLOW_ACTION),
         rclpy_client=ActionClient(client_node, ExecuteInstruction, ACTION),
         executor=MultiThreadedExecutor(num_threads=4, context=context))
+    ns.slow_server = SlowFirstAnswer(context)
     ns.executor.add_node(server)
+    ns.executor.add_node(ns.slow_server)
     ns.executor.add_node(client_node)
     thread = threading.Thread(target=ns.executor.spin, daemon=True)
     thread.start()
@@ -85,6 +115,7 @@ def nodes():
     ns.executor.shutdown()
     thread.join(timeout=5.0)
     server.destroy_node()
+    ns.slow_server.destroy_node()
     client_node.destroy_node()
     rclpy.shutdown(context=context)
 
@@ -194,3 +225,14 @@ def test_no_answer_at_all_gives_none_after_the_timeout(nodes):
     assert nodes.nobody.send_goal(ExecuteInstruction.Goal(instruction="quick"), timeout_s=1.5,
                                   resend_s=0.5) is None
     assert 1.4 < time.monotonic() - started < 3.0
+
+
+def test_a_slow_first_answer_keeps_the_try_sent_last(nodes):
+    # The first try is answered after its resend went out; the resend is the newer goal on the
+    # server (it would preempt the first), so it is the one kept.
+    handle = nodes.slow.send_goal(ExecuteInstruction.Goal(instruction="quick"), timeout_s=10.0,
+                                  resend_s=1.0)
+    assert handle is not None and handle.accepted
+    accepted = nodes.slow_server.accepted_ids
+    assert len(accepted) == 2, f"{len(accepted)} tries accepted"
+    assert bytes(handle.goal_id.uuid) == accepted[-1]

@@ -53,8 +53,11 @@ class GoalClient:
         and our servers let a newer goal preempt an older one. So once one try is answered,
         the link works and the tries sent after it are waited for too (up to `timeout_s`): the
         last one sent is the goal that runs, and it is kept. A slow server may so accept several
-        tries, each restarting the skill. Every other accepted try is cancelled, and only the
-        kept goal's feedback reaches `feedback_callback`."""
+        tries, each restarting the skill. Every other accepted try is cancelled. Until the choice,
+        every try's feedback reaches `feedback_callback` (a caller may watch it for liveness);
+        after it, only the kept goal's. A server that handles goal requests on several threads
+        may accept them out of order; then the try kept is not the one that runs (not seen here).
+        Returns at the deadline, or as soon as the node shuts down."""
         answered = threading.Event()
         tries: list[Future] = []
         kept_id: list = []  # the kept goal's id, once chosen
@@ -64,10 +67,10 @@ class GoalClient:
                 feedback_callback(message)
 
         def any_answer() -> bool:
-            return any(t.done() for t in tries)
+            return any(t.done() for t in tries) or not self._running()
 
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not any_answer() and self._running():
+        while time.monotonic() < deadline and not any_answer():
             send = self.send_goal_async(goal, feedback_callback and feedback_of_kept)
             send.add_done_callback(lambda _: answered.set())
             tries.append(send)
@@ -75,12 +78,12 @@ class GoalClient:
         first = next((i for i, t in enumerate(tries) if t.done()), None)
         if first is not None:
             later = tries[first + 1:]
-            _wait_until(lambda: all(t.done() for t in later),
+            _wait_until(lambda: all(t.done() for t in later) or not self._running(),
                         deadline - time.monotonic(), answered)
         done = [t for t in tries if t.done()]
         kept = done[-1] if done else None
-        if kept is not None and kept.exception() is None:
-            kept_id.append(bytes(kept.result().goal_id.uuid))
+        kept_id.append(bytes(kept.result().goal_id.uuid)
+                       if kept is not None and kept.exception() is None else b"")
         for send in tries:
             if send is not kept:
                 send.add_done_callback(self._cancel_if_accepted)
@@ -99,7 +102,9 @@ class GoalClient:
 
     def _cancel_if_accepted(self, send: Future) -> None:
         if send.exception() is None and send.result().accepted and self._running():
-            self.cancel_goal_async(send.result())
+            # Nobody waits for this cancel: read its error, if any, so that rclpy does not
+            # print it as never retrieved (a cancel that meets the node's shutdown).
+            self.cancel_goal_async(send.result()).add_done_callback(lambda done: done.exception())
 
     def _running(self) -> bool:
         return self.node.context.ok()
@@ -143,7 +148,7 @@ def _wait_until(predicate: Callable[[], bool], timeout_s: float,
         left = end - time.monotonic()
         if left <= 0.0:
             return False
-        changed.wait(left)
+        changed.wait(min(left, 0.2))  # also re-checks a predicate that no answer wakes
 
 
 def _relay(done: Future, answer: Future) -> None:
