@@ -23,19 +23,13 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
-from vla_bringup.nodes.goal_client import GoalClient
+from vla_bringup.nodes.goal_client import GoalClient, wait_for
 from vla_msgs.action import ExecuteInstruction
 
 ACTION = "/test/goal_client"
 LATE_ACTION = "/test/goal_client_late"  # its server starts after the first goal
 SLOW_ACTION = "/test/goal_client_slow"  # its server answers the first goal late
 STALL_S = 0.2  # longer than a local answer takes on a loaded 2-core VM
-
-
-def wait_done(future, timeout_s: float) -> bool:
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    return done.wait(timeout_s)
 
 
 class Server(Node):
@@ -147,7 +141,7 @@ def test_control_rclpys_own_client_loses_the_answer_when_the_sender_stalls(nodes
     with stalled_after_sending(nodes.rclpy_client):
         send = nodes.rclpy_client.send_goal_async(ExecuteInstruction.Goal(instruction="quick"),
                                                   feedback_callback=lambda msg: None)
-        assert not wait_done(send, 3.0)
+        assert not wait_for(send, 3.0)
 
 
 def test_answers_reach_a_sender_that_stalls_after_sending(nodes):
@@ -159,7 +153,7 @@ def test_answers_reach_a_sender_that_stalls_after_sending(nodes):
             if index < 2:
                 send = goals.send_goal_async(ExecuteInstruction.Goal(instruction="quick"),
                                              feedback_callback=feedback.append)
-                assert wait_done(send, 10.0), f"goal {index}: no answer within 10 s"
+                assert wait_for(send, 10.0), f"goal {index}: no answer within 10 s"
                 handle = send.result()
             else:
                 handle = goals.send_goal(ExecuteInstruction.Goal(instruction="quick"),
@@ -168,7 +162,7 @@ def test_answers_reach_a_sender_that_stalls_after_sending(nodes):
                 assert handle is not None, f"goal {index}: no answer within 10 s"
             assert handle.accepted
             result = goals.get_result_async(handle)
-            assert wait_done(result, 10.0), f"goal {index}: no result within 10 s"
+            assert wait_for(result, 10.0), f"goal {index}: no result within 10 s"
             assert result.result().status == GoalStatus.STATUS_SUCCEEDED
             assert result.result().result.message == "done"
     # Feedback and result travel apart, and rclpy drops a goal's feedback once its result is
@@ -179,20 +173,20 @@ def test_answers_reach_a_sender_that_stalls_after_sending(nodes):
 def test_a_cancel_goes_through_the_same_group(nodes):
     goals = nodes.goals
     send = goals.send_goal_async(ExecuteInstruction.Goal(instruction="hold"))
-    assert wait_done(send, 10.0)
+    assert wait_for(send, 10.0)
     handle = send.result()
     result = goals.get_result_async(handle)
     cancel = goals.cancel_goal_async(handle)
-    assert wait_done(cancel, 10.0)
+    assert wait_for(cancel, 10.0)
     assert len(cancel.result().goals_canceling) == 1
-    assert wait_done(result, 10.0)
+    assert wait_for(result, 10.0)
     assert result.result().status == GoalStatus.STATUS_CANCELED
 
 
 def test_a_request_that_cannot_be_sent_fails_its_future(nodes):
     wrong_goal = ExecuteInstruction.Result()  # not a Goal: rclpy raises TypeError when sending
     send = nodes.goals.send_goal_async(wrong_goal)
-    assert wait_done(send, 10.0)
+    assert wait_for(send, 10.0)
     assert isinstance(send.exception(), TypeError)
 
 
@@ -212,7 +206,7 @@ def test_a_goal_sent_before_its_server_is_up_is_resent_until_answered(nodes):
         assert time.monotonic() - started > 1.0  # the first try went out to no server at all
         assert handle.accepted
         result = nodes.late.get_result_async(handle)
-        assert wait_done(result, 10.0)
+        assert wait_for(result, 10.0)
         assert result.result().status == GoalStatus.STATUS_SUCCEEDED
     finally:
         for server in servers:

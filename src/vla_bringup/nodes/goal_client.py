@@ -138,6 +138,13 @@ class GoalClient:
             sent.add_done_callback(lambda done, answer=answer: _relay(done, answer))
 
 
+def wait_for(future: Future, timeout_s: float) -> bool:
+    """Block this (worker) thread until `future` is done; the executor keeps spinning elsewhere."""
+    done = threading.Event()
+    future.add_done_callback(lambda _: done.set())
+    return done.wait(timeout_s)
+
+
 def _wait_until(predicate: Callable[[], bool], timeout_s: float,
                 changed: threading.Event) -> bool:
     end = time.monotonic() + timeout_s

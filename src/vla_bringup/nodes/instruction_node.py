@@ -18,18 +18,11 @@ from std_msgs.msg import Header, String
 from vla_bringup.core.instruction import InstructionError, plan, validate
 from vla_bringup.nodes.common import (COMMAND_QOS, LATCHED_QOS, declare_parameters,
                                       quiet_on_shutdown, run)
-from vla_bringup.nodes.goal_client import GoalClient
+from vla_bringup.nodes.goal_client import GoalClient, wait_for
 from vla_msgs.action import ExecuteInstruction, ExecuteSkill
 from vla_msgs.msg import TaskPlan
 
 GOAL_ANSWER_S = 15.0  # s to wait for the skill controller to accept or reject a skill goal
-
-
-def wait_for(future, timeout_s: float) -> bool:
-    """Block this (worker) thread until `future` is done; the executor keeps spinning elsewhere."""
-    done = threading.Event()
-    future.add_done_callback(lambda _: done.set())
-    return done.wait(timeout_s)
 
 
 def goal_key(goal_handle) -> bytes:
