@@ -6,6 +6,7 @@ machine (two checkouts, CI beside a developer) do not hear each other.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 import time
 
@@ -19,7 +20,7 @@ from rclpy.exceptions import InvalidHandle  # noqa: E402
 from rclpy.executors import MultiThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 
-from vla_bringup.cli.launch_embedded import EmbeddedLaunch  # noqa: E402
+from vla_bringup.cli.launch_embedded import EmbeddedLaunch, executable_path  # noqa: E402
 from vla_bringup.nodes.goal_client import GoalClient  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -87,6 +88,21 @@ class Probe:
         assert handle is not None, f"no answer to the goal {goal} within 20 s"
         assert handle.accepted, f"goal rejected: {goal}"
         return handle
+
+    def lone_skill_controller(self, **params):
+        """A skill controller process with no policy node beside it (the test may act as one),
+        started with these parameters, and a client of its skills."""
+        from vla_msgs.action import ExecuteSkill
+        arguments = [f"{name}:={value}" for name, value in params.items()]
+        controller = subprocess.Popen(
+            [executable_path("skill_controller"), "--ros-args"]
+            + [item for argument in arguments for item in ("-p", argument)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        client = self.action_client(ExecuteSkill, "/vla/execute_skill")
+        if not client.wait_for_server(timeout_sec=30.0):
+            controller.kill()
+            raise AssertionError("skill controller did not come up")
+        return controller, client
 
     def wait_future(self, future, timeout_s: float):
         assert self.wait(future.done, timeout_s), f"future not done within {timeout_s} s"

@@ -8,25 +8,14 @@ after policy_wait_s fail saying why, never start the first-chunk timer or move a
 from __future__ import annotations
 
 import signal
-import subprocess
 
-from vla_bringup.cli.launch_embedded import executable_path
 from vla_bringup.nodes.common import CHUNK_QOS, LATCHED_QOS
 from vla_msgs.action import ExecuteSkill
 from vla_msgs.msg import ActionChunk, SkillCommand
 
 
 def _lone_controller(probe, policy_wait_s: float):
-    """A skill controller process with no policy node beside it, and a client of its skills."""
-    controller = subprocess.Popen(
-        [executable_path("skill_controller"), "--ros-args", "-p",
-         f"policy_wait_s:={policy_wait_s}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = probe.action_client(ExecuteSkill, "/vla/execute_skill")
-    if not client.wait_for_server(timeout_sec=30.0):
-        controller.kill()
-        raise AssertionError("skill controller did not come up")
-    return controller, client
+    return probe.lone_skill_controller(policy_wait_s=policy_wait_s)
 
 
 def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):

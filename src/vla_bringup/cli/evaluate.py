@@ -119,13 +119,16 @@ def _generator_config(settings: dict):
     return GeneratorConfig(**{k: v for k, v in settings.items() if not k.startswith("_")})
 
 
-def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool) -> None:
+def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool,
+                 regrasp_attempts: int = -1) -> None:
     import torch
     torch.set_num_threads(1)
+    from vla_bringup.core.skill_executor import GraspCheck
     from vla_bringup.policy.scripted_expert import ScriptedExpert
     config = _generator_config(settings)
     _STATE.clear()
     _STATE["config"] = config
+    _STATE["grasp"] = GraspCheck(attempts=regrasp_attempts) if regrasp_attempts >= 0 else None
     _STATE["expert"] = ScriptedExpert(config.chunk_horizon, config.chunk_dt, config.max_speed)
     if need_policy:
         from vla_bringup.policy.vla.backend import VLAPolicy
@@ -141,18 +144,19 @@ def _run_job(job: tuple[str, str, str, int]) -> dict:
     backend = _STATE["policy" if backend_name == "policy" else "expert"]
     started = time.perf_counter()
     try:
-        data = run_episode(spec, config, backend, record=False)
+        data = run_episode(spec, config, backend, record=False, grasp=_STATE["grasp"])
         success, error, frames = bool(data.success), data.error, data.length
+        regrasps = data.regrasps
         task_met, measures = data.task_met_at_failure, data.measures
     except Exception as exc:  # noqa: BLE001 - an episode that crashes counts as a failure
         success, error, frames = False, f"crash {type(exc).__name__}: {exc}", 0
-        task_met, measures = None, {}
+        task_met, measures, regrasps = None, {}, 0
     return {"backend": backend_name, "family": family, "phrasing": phrasing,
             "index": index, "seed": spec.seed, "success": success, "frames": frames,
             "seconds": round(time.perf_counter() - started, 3), "error": error[:300],
             "instruction": spec.instruction, "skills": [s.instruction for s in spec.skills],
             "crashed": error.startswith("crash "), "task_met_at_failure": task_met,
-            "measures": {k: round(v, 4) for k, v in measures.items()}}
+            "measures": {k: round(v, 4) for k, v in measures.items()}, "regrasps": regrasps}
 
 
 def _rate(episodes: list[dict]) -> dict:
@@ -271,10 +275,15 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
              phrasings: list[str], out: str | Path, workers: int = 1, device: str = "cpu",
              sim_overrides: Optional[dict] = None, skill_timeout: Optional[float] = None,
              expert_per_phrasing: bool = False, progress: bool = True, log=print,
-             validation: bool = False) -> dict:
+             validation: bool = False, regrasp_attempts: Optional[int] = None) -> dict:
+    """`regrasp_attempts`: the skill controller's regrasps after a pick said done with empty
+    fingers (None: its default, GraspCheck; negative: no check at all)."""
     from vla_bringup.sim.demonstrations import (EVAL_SEED_BASE, VALIDATION_SEED_BASE,
                                                 episode_timing)
+    from vla_bringup.core.skill_executor import GraspCheck
     seed_base = VALIDATION_SEED_BASE if validation else EVAL_SEED_BASE
+    if regrasp_attempts is None:
+        regrasp_attempts = GraspCheck.attempts
     checkpoint, out = Path(checkpoint), Path(out)
     if seeds < 1 or workers < 1:
         raise ValueError("--seeds and --workers must be >= 1")
@@ -316,7 +325,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
             print(f"[evaluate] {len(episodes)}/{len(jobs)} {result['backend']} "
                   f"{result['family']} seed {result['seed']}: "
                   f"{'success' if result['success'] else 'failure'}", file=sys.stderr)
-    init_args = (str(checkpoint), settings, device, True)
+    init_args = (str(checkpoint), settings, device, True, int(regrasp_attempts))
     try:
         if workers == 1:
             import torch
@@ -371,6 +380,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                    "note": "seconds per episode are measured inside the workers (with "
                            f"{workers} worker(s) sharing the machine)"},
         "sim_config": settings,
+        "regrasp_attempts": int(regrasp_attempts),
         "skill_timing": dataclasses.asdict(episode_timing(_generator_config(settings))),
         "machine": describe_machine(),
         "episodes": episodes,
@@ -424,6 +434,10 @@ def main(argv=None) -> int:
     parser.add_argument("--validation", action="store_true",
                         help="run the validation seeds (for choosing settings), not the "
                              "evaluation's")
+    parser.add_argument("--regrasp-attempts", type=int,
+                        help="regrasps after a pick says done with empty fingers, as the skill "
+                             "controller's regrasp_attempts (default: its default; -1: no "
+                             "check, the pick's done is taken as it comes)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint
@@ -441,7 +455,8 @@ def main(argv=None) -> int:
         evaluate(checkpoint, args.seeds, list(dict.fromkeys(args.families)),
                  list(dict.fromkeys(args.phrasings)), args.out, args.workers, args.device,
                  overrides, args.skill_timeout, args.expert_per_phrasing,
-                 progress=not args.no_progress, validation=args.validation)
+                 progress=not args.no_progress, validation=args.validation,
+                 regrasp_attempts=args.regrasp_attempts)
     except (FileNotFoundError, ValueError) as error:
         print(f"[evaluate] ERROR: {error}", file=sys.stderr)
         return 2

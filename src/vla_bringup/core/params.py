@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence, Union
 
-from vla_bringup.core.skill_executor import SkillTiming
+from vla_bringup.core.skill_executor import GraspCheck, SkillTiming
 
 Value = Union[bool, int, float, str]
 
@@ -121,6 +121,15 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
               "wait for the first chunk of a skill", "s", 0.1, 120.0),
         _spec("default_skill_timeout_s", SkillTiming.timeout_s,
               "skill time limit when the goal names none", "s", 1.0, 600.0),
+        _spec("regrasp_attempts", GraspCheck.attempts,
+              "a pick that reports done with empty fingers (measured closed within empty_grip_m, "
+              "or still open) is started again with the fingers open, this many times, then "
+              "fails; -1: no check, the pick's done is taken as it comes",
+              "", -1, 10),
+        _spec("empty_grip_m", GraspCheck.empty_grip_m,
+              "fingers (their mean, measured) closed this far hold nothing", "m", 0.001, 0.03),
+        _spec("regrasp_open_s", GraspCheck.reopen_s,
+              "time the fingers get to open before a regrasp's chunks count", "s", 0.0, 5.0),
     ),
     "safety": (
         _spec("robot", "arm", "robot kind: arm = joint positions, base = velocities",

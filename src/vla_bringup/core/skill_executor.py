@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vla_bringup.core.chunk_schedule import ChunkScheduler, TimedChunk
+from vla_bringup.core.robot import PANDA_FINGER_OPEN
 
 
 class SkillState(enum.Enum):
@@ -56,12 +57,57 @@ class SkillTiming:
     starvation_timeout_s: float = 2.0  # silence after which the skill fails
 
 
+@dataclasses.dataclass(frozen=True)
+class GraspCheck:
+    """A pick counts as done only with something between the fingers (measured joints): not
+    closed to within `empty_grip_m` of shut, nor still within `open_margin_m` of open.
+
+    A learned policy can report a pick done after its fingers closed on nothing (the cube was
+    missed by a centimetre, or slipped). Going on to the place would carry an empty hand to the
+    tray and report the task done. Instead the arm holds, the fingers open, and the policy
+    starts the pick again from what it now sees (a new policy skill id resets it), up to
+    `attempts` times; then the skill fails, saying why.
+    """
+    empty_grip_m: float = 0.01  # m, mean finger opening: closed further, nothing is held
+    reopen_s: float = 0.8  # s the fingers get to open before the policy's chunks count again
+    # Regrasps before the skill fails; by default none, the miss fails the pick at once: the
+    # committed checkpoint repeated its miss in all 40 regrasps of the twenty-second session's
+    # evaluation (20 episodes). A policy whose misses are chance (sampling, slips) may do
+    # better with some.
+    attempts: int = 0
+    open_m: float = PANDA_FINGER_OPEN  # m per finger, commanded while reopening
+    # m: fingers this near open never closed. Small, because a cube gripped across a diagonal
+    # keeps them wide: a 5 cm cube turned 20 degrees holds each finger 3.2 cm out of 4.
+    open_margin_m: float = 0.002
+    finger_indices: tuple[int, int] = (7, 8)  # where the finger joints are in the positions
+
+    def __post_init__(self) -> None:
+        if not (0.0 < self.empty_grip_m < self.open_m - self.open_margin_m
+                and self.open_margin_m >= 0.0 and self.reopen_s >= 0.0 and self.attempts >= 0):
+            raise ValueError("GraspCheck needs 0 < empty_grip_m < open_m - open_margin_m, "
+                             "open_margin_m >= 0, reopen_s >= 0 and attempts >= 0")
+
+    def holding(self, measured_positions: Sequence[float]) -> bool:
+        """Something keeps the fingers apart: their mean opening (a cube off centre counts) is
+        neither closed on nothing nor still open (a hand that never closed holds nothing)."""
+        fingers = [float(measured_positions[i]) for i in self.finger_indices]
+        opening = sum(fingers) / len(fingers)
+        return self.empty_grip_m < opening < self.open_m - self.open_margin_m
+
+
 class SkillExecutor:
     def __init__(self, joint_names: Sequence[str], blend_time_s: float = 0.1,
                  max_chunk_age_s: float = 1.0) -> None:
         self.joint_names = tuple(joint_names)
         self.scheduler = ChunkScheduler(self.joint_names, blend_time_s, max_chunk_age_s)
         self.skill_id: Optional[str] = None
+        # The id the policy's chunks must carry: the skill's own, or a regrasp's
+        # ("<skill_id>~regrasp1"), so that the policy starts the pick again from scratch.
+        self.policy_skill_id: Optional[str] = None
+        self.grasp: Optional[GraspCheck] = None
+        self.regrasps = 0
+        self.waiting_since = 0.0  # when the executor began to wait for a first chunk
+        self.reopen_until = -math.inf  # chunks from frames before this are refused (regrasp)
         self.state = SkillState.IDLE
         self.message = ""
         self.progress = 0.0
@@ -75,13 +121,17 @@ class SkillExecutor:
         self.released = False
 
     def start(self, skill_id: str, now: float, timing: SkillTiming,
-              measured_positions: Optional[Sequence[float]] = None) -> None:
+              measured_positions: Optional[Sequence[float]] = None,
+              grasp: Optional[GraspCheck] = None) -> None:
+        """`grasp`: for a pick, what a held cube looks like in the joints (None: no check)."""
         self.scheduler.set_skill(skill_id)
         if measured_positions is not None and (self.released
                                                or self.scheduler.sample(now) is None):
             self.scheduler.set_anchor(measured_positions)
         self.released = False
         self.skill_id, self.timing, self.started_at = skill_id, timing, now
+        self.policy_skill_id, self.grasp, self.regrasps = skill_id, grasp, 0
+        self.waiting_since, self.reopen_until = now, -math.inf
         self.state, self.message, self.progress, self.chunks_received = (
             SkillState.WAITING_FOR_POLICY, "waiting for the first action chunk", 0.0, 0)
 
@@ -94,6 +144,13 @@ class SkillExecutor:
             return False, "from_lost_policy"
         if self.released and measured_positions is None:
             return False, "released_needs_measured_positions"
+        if chunk.skill_id == self.policy_skill_id and chunk.start_time < self.reopen_until:
+            return False, "regrasp_reopening"  # seen before the fingers had opened
+        if (chunk.skill_done and self.grasp is not None and measured_positions is not None
+                and chunk.skill_id == self.policy_skill_id
+                and not self.grasp.holding(measured_positions)):
+            self._regrasp(now, measured_positions)
+            return False, "grasp_missed"
         if self.released:
             self.scheduler.hold()
             self.scheduler.set_anchor(measured_positions)
@@ -108,6 +165,26 @@ class SkillExecutor:
         elif self.state is not SkillState.EXECUTING:
             self.state, self.message = SkillState.EXECUTING, "executing"
         return True, "ok"
+
+    def _regrasp(self, now: float, measured_positions: Sequence[float]) -> None:
+        """The pick said done with empty fingers: open them and let the policy start again."""
+        if self.regrasps >= self.grasp.attempts:
+            grasps = self.regrasps + 1
+            self._finish(SkillState.FAILED, "the pick said done with nothing between the "
+                         f"fingers ({grasps} grasp{'s' if grasps > 1 else ''})")
+            return
+        self.regrasps += 1
+        self.policy_skill_id = f"{self.skill_id}~regrasp{self.regrasps}"
+        self.scheduler.set_skill(self.policy_skill_id)
+        held = self.scheduler.sample(now)
+        # The arm holds its last command (where it is), the fingers open.
+        held = np.array(measured_positions if held is None else held, dtype=np.float64)
+        held[list(self.grasp.finger_indices)] = self.grasp.open_m
+        self.scheduler.set_anchor(held)
+        self.waiting_since, self.reopen_until = now, now + self.grasp.reopen_s
+        self.state = SkillState.WAITING_FOR_POLICY
+        self.message = (f"regrasping ({self.regrasps} of {self.grasp.attempts}): "
+                        "the pick reported done with nothing between the fingers")
 
     def command(self, now: float) -> Optional[np.ndarray]:
         """The target to stream now (None until a skill ever produced one); updates timeouts."""
@@ -149,7 +226,7 @@ class SkillExecutor:
         if elapsed > self.timing.timeout_s:
             self._finish(SkillState.FAILED, f"timed out after {self.timing.timeout_s:.1f} s")
         elif self.state is SkillState.WAITING_FOR_POLICY:
-            if elapsed > self.timing.first_chunk_timeout_s:
+            if now - self.waiting_since > self.timing.first_chunk_timeout_s:
                 self._finish(SkillState.FAILED,
                              f"no action chunk from the policy within "
                              f"{self.timing.first_chunk_timeout_s:.1f} s")

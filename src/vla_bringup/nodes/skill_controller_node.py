@@ -24,7 +24,7 @@ from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_bringup.core.chunk_schedule import TimedChunk
-from vla_bringup.core.skill_executor import SkillExecutor, SkillState, SkillTiming
+from vla_bringup.core.skill_executor import GraspCheck, SkillExecutor, SkillState, SkillTiming
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       declare_parameters, node_stopping, now_sec,
                                       quiet_on_shutdown, run, sec_to_stamp, serve_lifeline,
@@ -48,6 +48,10 @@ class SkillControllerNode(Node):
                 "skill_controller: robot:=base is not implemented yet; use robot:=arm")
         self.executor_core = SkillExecutor(PANDA_JOINT_NAMES, p["blend_time_s"],
                                            p["max_chunk_age_s"])
+        # A pick's "done" counts only with something between the fingers (core/skill_executor).
+        self.grasp_check = GraspCheck(empty_grip_m=p["empty_grip_m"], reopen_s=p["regrasp_open_s"],
+                                      attempts=p["regrasp_attempts"]) \
+            if p["regrasp_attempts"] >= 0 else None
         self.core_lock = threading.Lock()  # the core is shared by timer, chunk and goal callbacks
         self.step_lock = threading.Lock()
         self.measured = None
@@ -105,7 +109,9 @@ class SkillControllerNode(Node):
             return
         with self.core_lock:
             accepted, reason = self.executor_core.on_chunk(chunk, now, self.measured)
-        if not accepted and reason not in ("stale_skill", "no_active_skill"):
+        # A regrasp is reported by the skill's goal (execute), not per chunk.
+        if not accepted and reason not in ("stale_skill", "no_active_skill", "grasp_missed",
+                                           "regrasp_reopening"):
             self.get_logger().warning(f"action chunk {msg.chunk_id} dropped: {reason}",
                                       throttle_duration_sec=1.0)
 
@@ -215,17 +221,23 @@ class SkillControllerNode(Node):
                              policy_timeout_s=p["policy_timeout_s"],
                              starvation_timeout_s=p["starvation_timeout_s"])
         with self.core_lock:
-            self.executor_core.start(skill_id, now_sec(self), timing, self.measured)
-        self.announce(SkillCommand(
-            header=Header(stamp=self.get_clock().now().to_msg()), active=True,
-            skill_id=skill_id, skill=goal.skill, instruction=goal.instruction,
-            target_object=goal.target_object, destination=goal.destination))
+            self.executor_core.start(skill_id, now_sec(self), timing, self.measured,
+                                     self.grasp_check if goal.skill == "pick" else None)
+
+        def announce_active(policy_skill_id: str) -> None:
+            self.announce(SkillCommand(
+                header=Header(stamp=self.get_clock().now().to_msg()), active=True,
+                skill_id=policy_skill_id, skill=goal.skill, instruction=goal.instruction,
+                target_object=goal.target_object, destination=goal.destination))
+        announce_active(skill_id)
+        announced = skill_id
         self.get_logger().info(f"skill '{goal.instruction}' started ({skill_id})")
         status = self.executor_core.status()
         while rclpy.ok():
             time.sleep(0.05)
             with self.core_lock:
                 preempted = self.executor_core.skill_id != skill_id
+                policy_skill_id = self.executor_core.policy_skill_id
                 # Only this goal's own skill: a cancel that reaches a goal already preempted
                 # (a client cancelling its stale try) must not stop the skill that replaced it.
                 if goal_handle.is_cancel_requested and not preempted:
@@ -234,6 +246,11 @@ class SkillControllerNode(Node):
             if preempted:
                 goal_handle.abort()
                 return ExecuteSkill.Result(success=False, message="preempted by a new skill")
+            if policy_skill_id != announced and status.state.active:
+                # A regrasp: the policy starts the pick again under a new id (it resets).
+                announce_active(policy_skill_id)
+                announced = policy_skill_id
+                self.get_logger().warning(f"skill '{goal.instruction}' {status.message}")
             if status.state.finished or not goal_handle.is_active:
                 break
             goal_handle.publish_feedback(ExecuteSkill.Feedback(

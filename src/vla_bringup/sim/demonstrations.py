@@ -38,7 +38,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vla_bringup.core.instruction import plan
-from vla_bringup.core.skill_executor import SkillExecutor, SkillState, SkillTiming
+from vla_bringup.core.skill_executor import GraspCheck, SkillExecutor, SkillState, SkillTiming
 from vla_bringup.core.chunk_schedule import TimedChunk, advance_rows, lead_shift
 from vla_bringup.policy.base import Observation, PolicyBackend, SkillSpec
 from vla_bringup.policy.scripted_expert import ScriptedExpert
@@ -223,6 +223,7 @@ class EpisodeData:
     measures: dict[str, float] = dataclasses.field(default_factory=dict)
     columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     instructions: list[str] = dataclasses.field(default_factory=list)  # per frame
+    regrasps: int = 0  # picks started again after saying done with empty fingers
 
     @property
     def length(self) -> int:
@@ -247,12 +248,13 @@ def _place_position(world: TabletopWorld, skill: SkillSpec, start: dict) -> np.n
 
 
 def _deliver(executor: SkillExecutor, in_flight: Optional[tuple[float, TimedChunk]],
-             now: float) -> Optional[tuple[float, TimedChunk]]:
+             world: TabletopWorld) -> Optional[tuple[float, TimedChunk]]:
     """Hand a delayed chunk to the executor once its arrival time has come; what is left."""
+    now = world.sim_time
     if in_flight is None or now < in_flight[0]:
         return in_flight
-    if executor.state.active:
-        executor.on_chunk(in_flight[1], now)
+    if executor.state.active:  # with the joints as measured now (the regrasp check reads them)
+        executor.on_chunk(in_flight[1], now, world.joint_state()[1])
     return None
 
 
@@ -270,12 +272,14 @@ def episode_timing(config: GeneratorConfig) -> SkillTiming:
 
 
 def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
-                expert: Optional[PolicyBackend] = None, record: bool = True) -> EpisodeData:
+                expert: Optional[PolicyBackend] = None, record: bool = True,
+                grasp: Optional[GraspCheck] = GraspCheck()) -> EpisodeData:
     """Run one attempt closed loop and record it (frames as PNG bytes).
 
     `expert` may be any backend (for closed-loop evaluation of a learned policy, with
     `record=False`): it gets the camera image, and the ground-truth scene only if it is
-    privileged. `data.success` is the simulator's verdict on the task.
+    privileged. `data.success` is the simulator's verdict on the task. `grasp`: the skill
+    controller's check of a pick's "done" (its defaults; None: no check), as in the graph.
     """
     expert = expert or ScriptedExpert(config.chunk_horizon, config.chunk_dt, config.max_speed)
     privileged = expert.requires_ground_truth
@@ -299,7 +303,9 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
         shift = lead_shift(expert.min_action_lead_s, config.inference_latency_s)
         for index, skill in enumerate(spec.skills):
             expert.reset(skill)
-            executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1])
+            executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1],
+                           grasp if skill.skill == "pick" else None)
+            policy_skill_id = executor.policy_skill_id
             held, chunk_id, start = 0, 0, world.object_poses()
             in_flight: Optional[tuple[float, TimedChunk]] = None  # (arrival time, chunk)
             next_read = world.sim_time  # the policy reads no frame before this (period)
@@ -307,6 +313,9 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                 # While a chunk is in flight the policy is busy: no frame is read, time goes on.
                 # Once the skill has ended, frames come at the camera's rate whatever the period:
                 # the done_hold_frames after it are a time at 10 Hz, not a count of inferences.
+                if executor.policy_skill_id != policy_skill_id:  # a regrasp: start again
+                    policy_skill_id = executor.policy_skill_id
+                    expert.reset(dataclasses.replace(skill, skill_id=policy_skill_id))
                 if in_flight is None and (world.sim_time >= next_read - 1e-9
                                           or not executor.state.active):
                     now = world.sim_time
@@ -336,20 +345,21 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                         if config.perturb_std > 0:
                             executed[:, :7] += rng.normal(0.0, config.perturb_std, 7)
                         timed = TimedChunk(now, chunk.dt, executed, chunk.joint_names,
-                                           skill.skill_id, chunk_id, chunk.skill_done,
+                                           policy_skill_id, chunk_id, chunk.skill_done,
                                            chunk.progress)
                         if config.inference_latency_s > 0:
                             in_flight = (now + config.inference_latency_s, timed)
                         else:
-                            executor.on_chunk(timed, now)
+                            executor.on_chunk(timed, now, q)
                         chunk_id += 1
                     if executor.state is SkillState.SUCCEEDED:
                         if held >= config.done_hold_frames:
                             break
                         held += 1
                 for _ in range(steps):
-                    in_flight = _deliver(executor, in_flight, world.sim_time)
+                    in_flight = _deliver(executor, in_flight, world)
                     _step_world(world, executor)
+                data.regrasps += int(executor.policy_skill_id != policy_skill_id)
                 if executor.state is SkillState.FAILED:
                     poses = world.object_poses()
                     data.task_met_at_failure = task_succeeded(task, initial, poses)

@@ -1,0 +1,170 @@
+"""A pick that says done with empty fingers is started again with the fingers open."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla_bringup.core.chunk_schedule import TimedChunk
+from vla_bringup.policy.base import ActionChunk
+from vla_bringup.policy.scripted_expert import ScriptedExpert
+from vla_bringup.sim.demonstrations import GeneratorConfig, run_episode, sample_episode
+from vla_bringup.core.skill_executor import GraspCheck, SkillExecutor, SkillState, SkillTiming
+
+NAMES = ("a", "b", "finger_1", "finger_2")
+TIMING = SkillTiming(timeout_s=30.0, first_chunk_timeout_s=2.0, policy_timeout_s=0.3,
+                     starvation_timeout_s=1.0)
+GRASP = GraspCheck(empty_grip_m=0.01, reopen_s=0.8, attempts=2, finger_indices=(2, 3),
+                   open_m=0.04)
+EMPTY = [0.3, -0.3, 0.0005, 0.0005]  # fingers closed on nothing
+HOLDING = [0.3, -0.3, 0.025, 0.025]  # a 5 cm cube between them
+
+
+def chunk(start, skill_id="pick-1", chunk_id=1, done=False, rows=5, dt=0.1, fingers=0.0):
+    times = dt * np.arange(1, rows + 1)
+    positions = np.stack([times, -times, np.full(rows, fingers), np.full(rows, fingers)], axis=1)
+    return TimedChunk(start, dt, positions, NAMES, skill_id, chunk_id, done, 0.5)
+
+
+def picking(grasp=GRASP):
+    executor = SkillExecutor(NAMES, blend_time_s=0.05)
+    executor.start("pick-1", 0.0, TIMING, [0.0, 0.0, 0.04, 0.04], grasp)
+    assert executor.on_chunk(chunk(0.0), 0.05) == (True, "ok")
+    executor.command(0.3)
+    return executor
+
+
+def test_a_pick_that_holds_something_succeeds():
+    executor = picking()
+    assert executor.on_chunk(chunk(0.3, chunk_id=2, done=True), 0.35, HOLDING) == (True, "ok")
+    assert executor.status().state is SkillState.SUCCEEDED
+
+
+def test_a_hand_that_never_closed_holds_nothing_either():
+    executor = picking()
+    assert executor.on_chunk(chunk(0.3, chunk_id=2, done=True), 0.35,
+                             [0.3, -0.3, 0.0395, 0.0395]) == (False, "grasp_missed")
+
+
+def test_a_cube_gripped_across_a_corner_counts_as_held():
+    executor = picking()  # a 5 cm cube turned 30 degrees keeps each finger 3.4 cm out
+    assert executor.on_chunk(chunk(0.3, chunk_id=2, done=True), 0.35,
+                             [0.3, -0.3, 0.034, 0.034]) == (True, "ok")
+
+
+def test_empty_fingers_open_and_the_policy_starts_the_pick_again():
+    executor = picking()
+    before = executor.command(0.34)
+    assert executor.on_chunk(chunk(0.3, chunk_id=2, done=True), 0.35, EMPTY) == (
+        False, "grasp_missed")
+    status = executor.status()
+    assert status.state is SkillState.WAITING_FOR_POLICY
+    assert "regrasping (1 of 2)" in status.message
+    assert executor.skill_id == "pick-1" and executor.policy_skill_id == "pick-1~regrasp1"
+    # The arm holds where it was; only the fingers open.
+    held = executor.command(0.5)
+    np.testing.assert_allclose(held[:2], before[:2], atol=1e-9)
+    np.testing.assert_allclose(held[2:], [0.04, 0.04])
+    # The old pick's chunks are stale; the new id's count only from frames after the reopening.
+    assert executor.on_chunk(chunk(0.4, chunk_id=3), 0.6, EMPTY)[1] == "stale_skill"
+    assert executor.on_chunk(chunk(0.9, "pick-1~regrasp1"), 1.0, EMPTY) == (
+        False, "regrasp_reopening")
+    assert executor.on_chunk(chunk(1.2, "pick-1~regrasp1", fingers=0.04), 1.3,
+                             [0.3, -0.3, 0.04, 0.04]) == (True, "ok")
+    assert executor.status().state is SkillState.EXECUTING
+    assert executor.on_chunk(chunk(2.0, "pick-1~regrasp1", 2, done=True), 2.1, HOLDING)[0]
+    assert executor.status().state is SkillState.SUCCEEDED
+
+
+def test_the_regrasp_waits_for_its_first_chunk_from_its_own_start():
+    executor = SkillExecutor(NAMES, blend_time_s=0.05)
+    executor.start("pick-1", 0.0, TIMING, [0.0, 0.0, 0.04, 0.04], GRASP)
+    for step in range(10):  # a pick that runs 5 s, then says done with empty fingers
+        assert executor.on_chunk(chunk(0.5 * step, chunk_id=step + 1), 0.5 * step + 0.05)[0]
+        executor.command(0.5 * step + 0.1)
+    executor.on_chunk(chunk(5.0, chunk_id=20, done=True), 5.05, EMPTY)
+    executor.command(6.9)  # 6.9 s after the skill's start, 1.85 s after the regrasp's
+    assert executor.status().state is SkillState.WAITING_FOR_POLICY
+    executor.command(7.1)
+    status = executor.status()
+    assert status.state is SkillState.FAILED and "no action chunk" in status.message
+
+
+def test_after_its_attempts_the_pick_fails_saying_why():
+    executor = picking()
+    for attempt in range(1, 3):
+        executor.on_chunk(chunk(attempt, executor.policy_skill_id, 10, done=True),
+                          attempt + 0.05, EMPTY)
+        assert executor.policy_skill_id == f"pick-1~regrasp{attempt}"
+        assert executor.on_chunk(chunk(attempt + 0.9, executor.policy_skill_id, 11),
+                                 attempt + 0.95, EMPTY)[0]
+    executor.on_chunk(chunk(3.0, executor.policy_skill_id, 12, done=True), 3.05, EMPTY)
+    status = executor.status()
+    assert status.state is SkillState.FAILED
+    assert status.message == "the pick said done with nothing between the fingers (3 grasps)"
+
+
+@pytest.mark.parametrize("grasp, measured", [(None, EMPTY), (GRASP, None)])
+def test_without_a_check_or_a_measurement_done_is_taken_as_said(grasp, measured):
+    executor = picking(grasp)
+    assert executor.on_chunk(chunk(0.3, chunk_id=2, done=True), 0.35, measured)[0]
+    assert executor.status().state is SkillState.SUCCEEDED
+
+
+def test_a_new_skill_clears_the_regrasp():
+    executor = picking()
+    executor.on_chunk(chunk(0.3, chunk_id=2, done=True), 0.35, EMPTY)
+    executor.start("place-2", 0.5, TIMING, HOLDING)
+    assert executor.policy_skill_id == "place-2" and executor.grasp is None
+    assert executor.on_chunk(chunk(0.6, "place-2"), 0.65, EMPTY) == (True, "ok")
+
+
+@pytest.mark.parametrize("kwargs", [{"empty_grip_m": 0.0}, {"empty_grip_m": 0.039},
+                                    {"reopen_s": -1.0}, {"attempts": -1},
+                                    {"open_margin_m": -0.001}])
+def test_bad_grasp_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        GraspCheck(**kwargs)
+
+
+class _ClosesOnNothingFirst(ScriptedExpert):
+    """The scripted expert, except that its first pick closes the fingers where the arm is (on
+    nothing) and then says done, as a learned pick that missed its cube."""
+
+    def __init__(self) -> None:
+        self.skill_ids: list[str] = []
+        super().__init__()
+
+    def reset(self, skill):
+        if skill is not None:
+            self.skill_ids.append(skill.skill_id)
+        super().reset(skill)
+
+    def infer(self, observation):
+        chunk = super().infer(observation)
+        if observation.skill.skill != "pick" or len(self.skill_ids) > 1:
+            return chunk
+        rows = np.tile(observation.joint_positions, (len(chunk.positions), 1))
+        rows[:, 7:] = 0.0
+        closed = max(observation.joint_positions[7:]) < 0.002
+        return ActionChunk(observation.joint_names, rows, 0.1, skill_done=closed)
+
+
+def test_an_episode_regrasps_a_pick_that_closed_on_nothing():
+    """run_episode: the same executor as the skill controller, the policy reset with the
+    regrasp's id, the task done all the same; without the check the empty pick ends it."""
+    spec = sample_episode(0, families=("pick_place",))
+    config = GeneratorConfig(image_size=64, inference_latency_s=0.25)
+    policy = _ClosesOnNothingFirst()
+    data = run_episode(spec, config, policy, record=False, grasp=GraspCheck(attempts=1))
+    assert data.success, data.error
+    assert data.regrasps == 1
+    pick_id = spec.skills[0].skill_id
+    assert policy.skill_ids[:2] == [pick_id, f"{pick_id}~regrasp1"]
+    unchecked = run_episode(spec, config, _ClosesOnNothingFirst(), record=False, grasp=None)
+    assert not unchecked.success and unchecked.regrasps == 0
+    assert unchecked.error == "task check failed after every skill reported done"
+    assert unchecked.measures["target_moved_m"] < 0.01
+    # The default (the skill controller's): the empty pick fails at once, saying why.
+    default = run_episode(spec, config, _ClosesOnNothingFirst(), record=False)
+    assert not default.success and default.regrasps == 0
+    assert "nothing between the fingers (1 grasp)" in default.error, default.error
