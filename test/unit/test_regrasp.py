@@ -60,6 +60,9 @@ def test_empty_fingers_open_and_the_policy_starts_the_pick_again():
     assert status.state is SkillState.WAITING_FOR_POLICY
     assert "regrasping (1 of 2)" in status.message
     assert executor.skill_id == "pick-1" and executor.policy_skill_id == "pick-1~regrasp1"
+    # The policy is told (and resets) only once the fingers have had reopen_s to open.
+    assert executor.announced_skill_id(1.1) == "pick-1"
+    assert executor.announced_skill_id(1.2) == "pick-1~regrasp1"
     # The arm holds where it was; only the fingers open.
     held = executor.command(0.5)
     np.testing.assert_allclose(held[:2], before[:2], atol=1e-9)
@@ -82,9 +85,10 @@ def test_the_regrasp_waits_for_its_first_chunk_from_its_own_start():
         assert executor.on_chunk(chunk(0.5 * step, chunk_id=step + 1), 0.5 * step + 0.05)[0]
         executor.command(0.5 * step + 0.1)
     executor.on_chunk(chunk(5.0, chunk_id=20, done=True), 5.05, EMPTY)
-    executor.command(6.9)  # 6.9 s after the skill's start, 1.85 s after the regrasp's
+    # The wait counts from the end of the reopening (5.05 + 0.8 s), 2 s of first_chunk_timeout.
+    executor.command(7.8)
     assert executor.status().state is SkillState.WAITING_FOR_POLICY
-    executor.command(7.1)
+    executor.command(7.9)
     status = executor.status()
     assert status.state is SkillState.FAILED and "no action chunk" in status.message
 
@@ -101,6 +105,23 @@ def test_after_its_attempts_the_pick_fails_saying_why():
     status = executor.status()
     assert status.state is SkillState.FAILED
     assert status.message == "the pick said done with nothing between the fingers (3 grasps)"
+
+
+def test_a_done_chunk_that_would_be_refused_anyway_changes_nothing():
+    executor = picking()
+    # From a frame older than the chunk being followed: the scheduler refuses it.
+    assert executor.on_chunk(chunk(-0.85, chunk_id=2, done=True), 0.35, EMPTY) == (
+        False, "out_of_order")
+    assert executor.status().state is SkillState.EXECUTING
+    assert executor.policy_skill_id == "pick-1"
+
+
+def test_after_a_policy_loss_an_empty_pick_fails_instead_of_regrasping():
+    executor = picking()
+    assert executor.policy_lost(0.32)
+    executor.on_chunk(chunk(0.4, chunk_id=2, done=True), 0.45, EMPTY)
+    status = executor.status()
+    assert status.state is SkillState.FAILED and "(1 grasp)" in status.message
 
 
 @pytest.mark.parametrize("grasp, measured", [(None, EMPTY), (GRASP, None)])
@@ -155,16 +176,17 @@ def test_an_episode_regrasps_a_pick_that_closed_on_nothing():
     spec = sample_episode(0, families=("pick_place",))
     config = GeneratorConfig(image_size=64, inference_latency_s=0.25)
     policy = _ClosesOnNothingFirst()
-    data = run_episode(spec, config, policy, record=False, grasp=GraspCheck(attempts=1))
+    data = run_episode(spec, config, policy, record=False)  # the default: 2 regrasps
     assert data.success, data.error
     assert data.regrasps == 1
     pick_id = spec.skills[0].skill_id
-    assert policy.skill_ids[:2] == [pick_id, f"{pick_id}~regrasp1"]
+    assert policy.skill_ids == [pick_id, f"{pick_id}~regrasp1", spec.skills[1].skill_id]
     unchecked = run_episode(spec, config, _ClosesOnNothingFirst(), record=False, grasp=None)
     assert not unchecked.success and unchecked.regrasps == 0
     assert unchecked.error == "task check failed after every skill reported done"
     assert unchecked.measures["target_moved_m"] < 0.01
-    # The default (the skill controller's): the empty pick fails at once, saying why.
-    default = run_episode(spec, config, _ClosesOnNothingFirst(), record=False)
-    assert not default.success and default.regrasps == 0
-    assert "nothing between the fingers (1 grasp)" in default.error, default.error
+    # With no regrasp: the empty pick fails at once, saying why.
+    at_once = run_episode(spec, config, _ClosesOnNothingFirst(), record=False,
+                          grasp=GraspCheck(attempts=0))
+    assert not at_once.success and at_once.regrasps == 0
+    assert "nothing between the fingers (1 grasp)" in at_once.error, at_once.error

@@ -120,7 +120,7 @@ def _generator_config(settings: dict):
 
 
 def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool,
-                 regrasp_attempts: int = -1) -> None:
+                 regrasp_attempts: int = 0) -> None:
     import torch
     torch.set_num_threads(1)
     from vla_bringup.core.skill_executor import GraspCheck

@@ -150,7 +150,7 @@ class ChunkScheduler:
 
     def add(self, chunk: TimedChunk, now: float) -> tuple[bool, str]:
         """Accept `chunk` at time `now`, or say why not; the reason is "ok" when accepted."""
-        reason = self._reject_reason(chunk, now)
+        reason = self.check(chunk, now)
         if reason:
             self.rejected[reason] += 1
             return False, reason
@@ -166,7 +166,8 @@ class ChunkScheduler:
         self._last_accept_time = now
         return True, "ok"
 
-    def _reject_reason(self, chunk: TimedChunk, now: float) -> str:
+    def check(self, chunk: TimedChunk, now: float) -> str:
+        """Why `chunk` would be refused at `now` ("" when it would be accepted)."""
         if self.active_skill_id is None:
             return "no_active_skill"
         if chunk.skill_id != self.active_skill_id:

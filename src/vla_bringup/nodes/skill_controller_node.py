@@ -237,20 +237,22 @@ class SkillControllerNode(Node):
             time.sleep(0.05)
             with self.core_lock:
                 preempted = self.executor_core.skill_id != skill_id
-                policy_skill_id = self.executor_core.policy_skill_id
+                policy_skill_id = self.executor_core.announced_skill_id(now_sec(self))
                 # Only this goal's own skill: a cancel that reaches a goal already preempted
                 # (a client cancelling its stale try) must not stop the skill that replaced it.
                 if goal_handle.is_cancel_requested and not preempted:
                     self.executor_core.cancel()
                 status = self.executor_core.status()
+                if not preempted and policy_skill_id != announced and status.state.active:
+                    # A regrasp: the policy starts the pick again under a new id (it resets).
+                    # Announced under the lock, so a newer goal's announcement cannot be
+                    # overwritten by this one's.
+                    announce_active(policy_skill_id)
+                    announced = policy_skill_id
+                    self.get_logger().warning(f"skill '{goal.instruction}' {status.message}")
             if preempted:
                 goal_handle.abort()
                 return ExecuteSkill.Result(success=False, message="preempted by a new skill")
-            if policy_skill_id != announced and status.state.active:
-                # A regrasp: the policy starts the pick again under a new id (it resets).
-                announce_active(policy_skill_id)
-                announced = policy_skill_id
-                self.get_logger().warning(f"skill '{goal.instruction}' {status.message}")
             if status.state.finished or not goal_handle.is_active:
                 break
             goal_handle.publish_feedback(ExecuteSkill.Feedback(

@@ -305,7 +305,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
             expert.reset(skill)
             executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1],
                            grasp if skill.skill == "pick" else None)
-            policy_skill_id = executor.policy_skill_id
+            policy_skill_id, policy_skill = executor.policy_skill_id, skill
             held, chunk_id, start = 0, 0, world.object_poses()
             in_flight: Optional[tuple[float, TimedChunk]] = None  # (arrival time, chunk)
             next_read = world.sim_time  # the policy reads no frame before this (period)
@@ -313,9 +313,11 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                 # While a chunk is in flight the policy is busy: no frame is read, time goes on.
                 # Once the skill has ended, frames come at the camera's rate whatever the period:
                 # the done_hold_frames after it are a time at 10 Hz, not a count of inferences.
-                if executor.policy_skill_id != policy_skill_id:  # a regrasp: start again
-                    policy_skill_id = executor.policy_skill_id
-                    expert.reset(dataclasses.replace(skill, skill_id=policy_skill_id))
+                announced = executor.announced_skill_id(world.sim_time)
+                if announced != policy_skill_id:  # a regrasp, fingers open: start again
+                    policy_skill_id = announced
+                    policy_skill = dataclasses.replace(skill, skill_id=announced)
+                    expert.reset(policy_skill)
                 if in_flight is None and (world.sim_time >= next_read - 1e-9
                                           or not executor.state.active):
                     now = world.sim_time
@@ -323,7 +325,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                     names, q, _, _ = world.joint_state()
                     image = world.render()
                     chunk = expert.infer(Observation(
-                        now, names, q, skill, image=image,
+                        now, names, q, policy_skill, image=image,
                         scene=world.object_poses() if privileged else None))
                     data.pngs.append(_png(image, config.png_compress_level) if record else b"")
                     data.instructions.append(skill.instruction)
@@ -354,13 +356,14 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                         chunk_id += 1
                     if executor.state is SkillState.SUCCEEDED:
                         if held >= config.done_hold_frames:
+                            data.regrasps += executor.regrasps
                             break
                         held += 1
                 for _ in range(steps):
                     in_flight = _deliver(executor, in_flight, world)
                     _step_world(world, executor)
-                data.regrasps += int(executor.policy_skill_id != policy_skill_id)
                 if executor.state is SkillState.FAILED:
+                    data.regrasps += executor.regrasps
                     poses = world.object_poses()
                     data.task_met_at_failure = task_succeeded(task, initial, poses)
                     data.measures = task_measures(task, initial, poses)
@@ -585,7 +588,8 @@ def _attempt(job: tuple[int, GeneratorConfig]) -> EpisodeData:
         _WORKER_EXPERT = ScriptedExpert(config.chunk_horizon, config.chunk_dt, config.max_speed)
     spec = sample_episode(attempt, config.seed_base, config.phrasing, config.families,
                           config.canonical_fraction)
-    return run_episode(spec, config, _WORKER_EXPERT)
+    # The expert says a pick is done only with the cube in its hand: no grasp check needed.
+    return run_episode(spec, config, _WORKER_EXPERT, grasp=None)
 
 
 class _Progress:
