@@ -14,12 +14,8 @@ from vla_msgs.action import ExecuteSkill
 from vla_msgs.msg import ActionChunk, SkillCommand
 
 
-def _lone_controller(probe, policy_wait_s: float):
-    return probe.lone_skill_controller(policy_wait_s=policy_wait_s)
-
-
 def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
-    controller, client = _lone_controller(probe, 2.0)
+    controller, client = probe.lone_skill_controller(policy_wait_s=2.0)
     try:
         states = []
         first = probe.send_goal(client, ExecuteSkill.Goal(
@@ -44,7 +40,7 @@ def test_a_skill_without_a_policy_node_waits_then_fails_with_the_reason(probe):
 def test_ctrl_c_while_a_skill_waits_ends_the_controller_without_a_traceback(probe):
     # The skill's thread ends its goal after Ctrl-C has begun tearing the node down; rclpy
     # then refuses the goal's final state, which must not print a traceback into the log.
-    controller, client = _lone_controller(probe, 60.0)
+    controller, client = probe.lone_skill_controller(policy_wait_s=60.0)
     try:
         states = []
         probe.send_goal(client, ExecuteSkill.Goal(
@@ -66,7 +62,7 @@ def test_cancelling_a_preempted_skill_leaves_its_successor_running(probe):
     # controller once answered it by cancelling whatever skill ran: the newer one (this test
     # failed 3 of 3 runs on that code; it depends on the cancel arriving within the older
     # goal's 50 ms loop period, which it does on an idle machine).
-    controller, client = _lone_controller(probe, 30.0)
+    controller, client = probe.lone_skill_controller(policy_wait_s=30.0)
     # A policy node that is up (its chunk publisher exists) but has not answered yet.
     started = []
     with probe.spin_lock:
