@@ -13,7 +13,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image, JointState
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
-from conftest import ARTIFACTS
+from conftest import ARTIFACTS, GRAPH_ARGS
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
 from vla_bringup.core.robot import PANDA_JOINT_NAMES
 from vla_bringup.nodes.common import COMMAND_QOS, LATCHED_QOS, SENSOR_QOS, sec_to_stamp
@@ -26,7 +26,7 @@ HOME = list(HOME_ARM) + [0.04, 0.04]
 @pytest.fixture(scope="module")
 def graph(ros):
     os.makedirs(ARTIFACTS, exist_ok=True)
-    launch = EmbeddedLaunch({"sim": "none"}, echo=False,
+    launch = EmbeddedLaunch({"sim": "none", **GRAPH_ARGS}, echo=False,
                             log_path=os.path.join(ARTIFACTS, "bad_input_graph.log")).start()
     yield launch
     assert not launch.dead(), f"a node died on bad input: {launch.dead()}"
@@ -100,7 +100,7 @@ def test_out_of_range_parameter_stops_the_node_with_a_clear_message(ros, tmp_pat
     bad = tmp_path / "bad.yaml"
     bad.write_text("safety:\n  ros__parameters:\n    control_rate_hz: 5000.0\n")
     log = tmp_path / "graph.log"
-    launch = EmbeddedLaunch({"sim": "none", "config": str(bad)}, echo=False,
+    launch = EmbeddedLaunch({"sim": "none", **GRAPH_ARGS, "config": str(bad)}, echo=False,
                             log_path=str(log)).start()
     try:
         assert launch.processes["safety"].wait(30) == 2

@@ -97,3 +97,8 @@ def test_gazebo_bridge_feeds_the_graph_and_only_safety_drives_the_robot():
         if entry["ros_topic_name"] != "/clock":
             assert entry["gz_topic_name"] in world or "/world/tabletop/model/panda" in \
                 entry["gz_topic_name"], entry["gz_topic_name"]
+
+
+def test_the_default_policy_is_the_learned_model():
+    plan = {n.name: n for n in build_plan(CONFIG)}
+    assert dict(plan["policy"].overrides)["backend"] == "vla"

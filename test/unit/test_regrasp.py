@@ -8,7 +8,8 @@ from vla_bringup.core.chunk_schedule import TimedChunk
 from vla_bringup.policy.base import ActionChunk
 from vla_bringup.policy.scripted_expert import ScriptedExpert
 from vla_bringup.sim.demonstrations import GeneratorConfig, run_episode, sample_episode
-from vla_bringup.core.skill_executor import GraspCheck, SkillExecutor, SkillState, SkillTiming
+from vla_bringup.core.skill_executor import (GraspCheck, SkillExecutor, SkillState, SkillTiming,
+                                             grasp_check_for)
 
 NAMES = ("a", "b", "finger_1", "finger_2")
 TIMING = SkillTiming(timeout_s=30.0, first_chunk_timeout_s=2.0, policy_timeout_s=0.3,
@@ -59,6 +60,7 @@ def test_empty_fingers_open_and_the_policy_starts_the_pick_again():
     status = executor.status()
     assert status.state is SkillState.WAITING_FOR_POLICY
     assert "regrasping (1 of 2)" in status.message
+    assert status.progress == 0.0  # the chunks so far said 0.5: the pick starts again
     assert executor.skill_id == "pick-1" and executor.policy_skill_id == "pick-1~regrasp1"
     # The policy is told (and resets) only once the fingers have had reopen_s to open.
     assert executor.announced_skill_id(1.1) == "pick-1"
@@ -190,3 +192,10 @@ def test_an_episode_regrasps_a_pick_that_closed_on_nothing():
                           grasp=GraspCheck(attempts=0))
     assert not at_once.success and at_once.regrasps == 0
     assert "nothing between the fingers (1 grasp)" in at_once.error, at_once.error
+
+
+def test_only_a_pick_is_grasp_checked():
+    assert grasp_check_for("pick", GRASP) is GRASP
+    assert grasp_check_for("pick", None) is None
+    for skill in ("place", "push", "move"):
+        assert grasp_check_for(skill, GRASP) is None

@@ -160,8 +160,9 @@ def run_demo(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instruction", default="put the red cube in the tray")
-    parser.add_argument("--policy", default="scripted_expert",
-                        help="policy backend (vla: the built-in learned model, once trained)")
+    parser.add_argument("--policy", default="vla",
+                        help="policy backend: vla (the built-in learned model) or scripted_expert "
+                             "(reads the simulator's ground truth)")
     parser.add_argument("--seed", type=int, default=0, help="scene seed")
     parser.add_argument("--timeout", type=float, default=120.0, help="s for the whole task")
     parser.add_argument("--startup-timeout", type=float, default=60.0)

@@ -79,7 +79,8 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
               0.1, 120.0),
     ),
     "policy": (
-        _spec("backend", "scripted_expert", "policy backend", choices=POLICY_BACKENDS),
+        _spec("backend", "vla", "policy backend (vla: the built-in learned model; scripted_expert: "
+              "the privileged expert of the embedded simulator)", choices=POLICY_BACKENDS),
         _spec("device", "auto", "inference device; auto = cuda when present", choices=DEVICES),
         _spec("checkpoint", "", "checkpoint folder for learned backends ('' = built-in; "
               "openvla and lerobot need one)"),

@@ -94,6 +94,11 @@ class GraspCheck:
         return self.empty_grip_m < opening < self.open_m - self.open_margin_m
 
 
+def grasp_check_for(skill: str, grasp: Optional[GraspCheck]) -> Optional[GraspCheck]:
+    """The check to run for a skill of kind `skill`: only a pick ends holding something."""
+    return grasp if skill == "pick" else None
+
+
 class SkillExecutor:
     def __init__(self, joint_names: Sequence[str], blend_time_s: float = 0.1,
                  max_chunk_age_s: float = 1.0) -> None:
@@ -176,6 +181,7 @@ class SkillExecutor:
                          f"fingers ({grasps} grasp{'s' if grasps > 1 else ''})")
             return
         self.regrasps += 1
+        self.progress = 0.0  # the pick starts again
         self._previous_policy_skill_id = self.policy_skill_id
         self.policy_skill_id = f"{self.skill_id}~regrasp{self.regrasps}"
         self.scheduler.set_skill(self.policy_skill_id)

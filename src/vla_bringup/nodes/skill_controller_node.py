@@ -24,7 +24,8 @@ from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_bringup.core.chunk_schedule import TimedChunk
-from vla_bringup.core.skill_executor import GraspCheck, SkillExecutor, SkillState, SkillTiming
+from vla_bringup.core.skill_executor import (GraspCheck, SkillExecutor, SkillState, SkillTiming,
+                                             grasp_check_for)
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       declare_parameters, node_stopping, now_sec,
                                       quiet_on_shutdown, run, sec_to_stamp, serve_lifeline,
@@ -222,7 +223,7 @@ class SkillControllerNode(Node):
                              starvation_timeout_s=p["starvation_timeout_s"])
         with self.core_lock:
             self.executor_core.start(skill_id, now_sec(self), timing, self.measured,
-                                     self.grasp_check if goal.skill == "pick" else None)
+                                     grasp_check_for(goal.skill, self.grasp_check))
 
         def announce_active(policy_skill_id: str) -> None:
             self.announce(SkillCommand(

@@ -38,7 +38,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vla_bringup.core.instruction import plan
-from vla_bringup.core.skill_executor import GraspCheck, SkillExecutor, SkillState, SkillTiming
+from vla_bringup.core.skill_executor import (GraspCheck, SkillExecutor, SkillState, SkillTiming,
+                                             grasp_check_for)
 from vla_bringup.core.chunk_schedule import TimedChunk, advance_rows, lead_shift
 from vla_bringup.policy.base import Observation, PolicyBackend, SkillSpec
 from vla_bringup.policy.scripted_expert import ScriptedExpert
@@ -304,7 +305,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
         for index, skill in enumerate(spec.skills):
             expert.reset(skill)
             executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1],
-                           grasp if skill.skill == "pick" else None)
+                           grasp_check_for(skill.skill, grasp))
             policy_skill_id, policy_skill = executor.policy_skill_id, skill
             held, chunk_id, start = 0, 0, world.object_poses()
             in_flight: Optional[tuple[float, TimedChunk]] = None  # (arrival time, chunk)
