@@ -1,5 +1,5 @@
 """ros2 launch vla_bringup robot.launch.py [sim:=embedded|gazebo|none] [robot:=arm|base]
-[policy:=scripted_expert|vla|openvla|lerobot] [device:=auto|cpu|cuda] [respawn:=false|true]
+[policy:=vla|scripted_expert|openvla|lerobot] [device:=auto|cpu|cuda] [respawn:=false|true]
 [config:=extra.yaml]
 
 Which nodes start, and with which parameter files, comes from config/nodes.yaml through

@@ -1,6 +1,6 @@
 """Embedded launcher: starts the same nodes as launch/robot.launch.py where launch_ros is absent.
 
-    launch_embedded [sim:=embedded] [robot:=arm] [policy:=scripted_expert] [device:=auto]
+    launch_embedded [sim:=embedded] [robot:=arm] [policy:=vla] [device:=auto]
                     [respawn:=true|false] [config:=extra.yaml]
 
 Reads config/nodes.yaml through core.launch_plan (the one source of truth), starts each node's
