@@ -5,7 +5,7 @@ ENV := source scripts/env.sh
 # Each run gets its own DDS domain unless the caller chose one.
 DOMAIN ?= $(shell echo $$(( ($$$$ % 100) + 100 )))
 
-.PHONY: setup demo test test-unit test-integration bench eval launch clean
+.PHONY: setup demo test test-unit test-integration bench eval train launch clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -41,6 +41,19 @@ EVAL_LATENCY ?= 0.25
 eval: setup
 	@$(ENV) && python -m vla_bringup.cli.evaluate --seeds $(EVAL_SEEDS) --workers $(EVAL_WORKERS) \
 		--inference-latency $(EVAL_LATENCY) --out artifacts $(ARGS)
+
+# The committed checkpoint's recipe from scratch (no ROS): the scripted expert's 600
+# demonstrations (LeRobot layout) -> TRAIN_DATA, then training with config/vla_recipe.json ->
+# TRAIN_OUT/{config.json, model.safetensors (fp16), loss.png, train_log.json}. About 75 minutes
+# on 2 cores; both steps resume or reuse what is already there. Evaluate the result with
+# make eval ARGS="--checkpoint checkpoints/recipe".
+TRAIN_DATA ?= data/recipe
+TRAIN_OUT ?= checkpoints/recipe
+train: setup
+	@$(ENV) && python -m vla_bringup.cli.generate_data --out $(TRAIN_DATA) --episodes 600 \
+		--workers 2 --perturb-std 0.02
+	@$(ENV) && python -m vla_bringup.cli.train --data $(TRAIN_DATA) --out $(TRAIN_OUT) \
+		--config config/vla_recipe.json $(ARGS)
 
 # Start the graph in the foreground (Ctrl-C stops it), e.g. make launch ARGS="policy:=scripted_expert"
 launch: setup
