@@ -102,3 +102,8 @@ def test_gazebo_bridge_feeds_the_graph_and_only_safety_drives_the_robot():
 def test_the_default_policy_is_the_learned_model():
     plan = {n.name: n for n in build_plan(CONFIG)}
     assert dict(plan["policy"].overrides)["backend"] == "vla"
+    from vla_bringup.core.params import NODE_PARAMS
+    policy_yaml = yaml.safe_load(open(os.path.join(CONFIG, "policy.yaml")))
+    backend = next(spec for spec in NODE_PARAMS["policy"] if spec.name == "backend")
+    assert backend.default == "vla"
+    assert policy_yaml["policy"]["ros__parameters"]["backend"] == "vla"

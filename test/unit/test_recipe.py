@@ -36,7 +36,7 @@ def test_the_recipe_gives_the_committed_checkpoints_settings():
     assert {key: trained_with[key] for key in train} == train
 
 
-def test_make_train_generates_the_committed_checkpoints_data():
+def test_make_train_generates_data_with_the_committed_checkpoints_settings():
     makefile = open(os.path.join(ROOT, "Makefile")).read()
     target = makefile[makefile.index("\ntrain:"):]
     target = target[:target.index("\n\n")]
