@@ -155,7 +155,10 @@ def run(make_node: Callable[[], Node], threads: int = 2) -> None:
             # Bad configuration: one clear line and a non-zero exit, not a traceback.
             print(f"[FATAL] cannot start: {error}", file=sys.stderr, flush=True)
             rclpy.try_shutdown()
-            sys.exit(2)
+            # Leave at once: interpreter teardown of a half-built node crashed once with
+            # SIGSEGV here (exit -11 instead of 2), and nothing is left to clean up.
+            sys.stdout.flush()
+            os._exit(2)
         executor = make_executor(threads)
         executor.add_node(node)
         executor.spin()
