@@ -1,4 +1,4 @@
-"""`make train` runs the recipe the committed checkpoint records, so that it can be reproduced."""
+"""`make train` runs the recipe the committed checkpoint records (its settings; the scores vary)."""
 from __future__ import annotations
 
 import dataclasses
