@@ -218,3 +218,27 @@ def test_reset_can_keep_the_arm_where_it_is():
             world.reset(2, joint_positions=bent[:7])
     finally:
         world.close()
+
+
+def test_a_client_interrupted_while_connecting_is_cleaned_up_quietly(monkeypatch):
+    # A launch stopping a node that is still starting: SIGINT lands inside pybullet.connect.
+    import gc
+    import sys
+
+    from vla_bringup.sim.kinematics import DirectClient
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    monkeypatch.setattr(p, "connect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        DirectClient()
+    gc.collect()
+    assert unraisable == []  # before: AttributeError '_client' from BulletClient.__del__
+    monkeypatch.undo()
+    client = DirectClient()  # a normal start still connects, and disconnects on collection
+    assert client._client >= 0 and client.getNumBodies() == 0
+    del client
+    gc.collect()

@@ -50,6 +50,21 @@ def hand_yaw(quat) -> float:
     return float(np.arctan2(2 * (x * y + z * w), 1 - 2 * (y * y + z * z)))
 
 
+class DirectClient(BulletClient):
+    """A headless PyBullet client whose clean-up stays quiet when its start was interrupted.
+
+    Why: a launch that stops a node while it is still starting can raise KeyboardInterrupt
+    inside BulletClient.__init__ (in pybullet.connect), before `_client` is set. The half-built
+    client's __del__ then printed an AttributeError traceback into the graph's log (a CI run of
+    test_bad_input). The class default below is what __del__ reads until connect returns.
+    """
+
+    _client = -1
+
+    def __init__(self) -> None:
+        super().__init__(connection_mode=p.DIRECT)
+
+
 class PandaKinematics:
     """IK / FK for the grasp point of the Panda at PANDA_BASE_POSITION / PANDA_BASE_ORIENTATION."""
 
@@ -58,7 +73,7 @@ class PandaKinematics:
         self._max_iterations = max_iterations
         self._null_space_steps = null_space_steps
         self._tolerance = tolerance_m
-        self._client = BulletClient(connection_mode=p.DIRECT)
+        self._client = DirectClient()
         self._client.setAdditionalSearchPath(pybullet_data.getDataPath())
         self._robot = self._client.loadURDF(
             PANDA_URDF, PANDA_BASE_POSITION, PANDA_BASE_ORIENTATION, useFixedBase=True)

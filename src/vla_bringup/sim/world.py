@@ -12,11 +12,10 @@ from typing import Optional, Sequence
 import numpy as np
 import pybullet as p
 import pybullet_data
-from pybullet_utils.bullet_client import BulletClient
 
 from vla_bringup.policy.base import ObjectPose
 from vla_bringup.sim.kinematics import (
-    ARM_JOINTS, FINGER_JOINTS, FINGER_OPEN, GRASP_LINK, HOME_ARM, JOINT_NAMES,
+    ARM_JOINTS, FINGER_JOINTS, FINGER_OPEN, GRASP_LINK, HOME_ARM, JOINT_NAMES, DirectClient,
     PANDA_BASE_ORIENTATION, PANDA_BASE_POSITION, PANDA_URDF, TABLE_TOP_Z)
 from vla_bringup.sim.tasks import CUBE_SIZE, cube_in_tray
 
@@ -106,7 +105,7 @@ class TabletopWorld:
         self.cube_names = [f"{c}_cube" for c in cube_colors]
         self._colors = list(cube_colors)
         self._camera_jitter = float(camera_jitter_m)
-        self._client = BulletClient(connection_mode=p.DIRECT)
+        self._client = DirectClient()
         self._client.setAdditionalSearchPath(pybullet_data.getDataPath())
         self._steps = 0
         aspect = self.image_width / self.image_height
