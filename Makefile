@@ -44,9 +44,10 @@ eval: setup
 
 # The committed checkpoint's recipe from scratch (no ROS): the scripted expert's 600
 # demonstrations (LeRobot layout) -> TRAIN_DATA, then training with config/vla_recipe.json ->
-# TRAIN_OUT/{config.json, model.safetensors (fp16), loss.png, train_log.json}. About 107 minutes
-# on 2 cores, and its scores vary from training to training (docs/training.md); generation resumes and the trainer reuses its feature caches (its steps start over). Evaluate the result with
-# make eval ARGS="--checkpoint checkpoints/recipe".
+# TRAIN_OUT/{config.json, model.safetensors (fp16), loss.png, train_log.json}. About 105 minutes
+# on 2 cores; one run scored 210 of 600 against the committed 414 (docs/training.md).
+# Generation resumes and the trainer reuses its feature caches (its steps start over).
+# Evaluate the result with make eval ARGS="--checkpoint checkpoints/recipe".
 TRAIN_DATA ?= data/recipe
 TRAIN_OUT ?= checkpoints/recipe
 train: setup
