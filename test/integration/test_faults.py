@@ -17,7 +17,8 @@ from trajectory_msgs.msg import JointTrajectory
 
 from conftest import ARTIFACTS, GRAPH_ARGS
 from vla_bringup.cli.launch_embedded import EmbeddedLaunch
-from vla_bringup.nodes.common import COMMAND_QOS
+from vla_bringup.nodes.common import CHUNK_QOS, COMMAND_QOS, LATCHED_QOS
+from vla_msgs.msg import ActionChunk, SkillCommand
 
 MOVING = 0.01  # rad/s: a command faster than this is motion
 
@@ -59,14 +60,50 @@ class CommandLog:
         return stop
 
 
+class SkillLog:
+    """The announced skill, and the skills that action chunks arrived for."""
+
+    def __init__(self, probe) -> None:
+        self.announced = ""
+        self.answered = set()
+        probe.node.create_subscription(SkillCommand, "/vla/active_skill", self.on_skill,
+                                       LATCHED_QOS)
+        probe.node.create_subscription(ActionChunk, "/vla/action_chunk", self.on_chunk,
+                                       CHUNK_QOS)
+
+    def on_skill(self, msg: SkillCommand) -> None:
+        self.announced = msg.skill_id if msg.active else ""
+
+    def on_chunk(self, msg: ActionChunk) -> None:
+        self.answered.add(msg.skill_id)
+
+    def executing_chunks(self) -> bool:
+        return bool(self.announced) and self.announced in self.answered
+
+
 def start_task(probe, text: str):
     return probe.send_instruction(text).get_result_async()
 
 
 def kill_mid_motion(probe, graph, commands, node: str, text: str):
-    started = time.monotonic()
-    result = start_task(probe, text)
-    assert probe.wait(lambda: commands.moving(started + 1.0), 20.0), "the arm never moved"
+    skills = SkillLog(probe)
+    feedback = []
+    handle = probe.send_instruction(text, feedback.append)
+    result = handle.get_result_async()
+    # On a loaded machine the client may have sent this goal twice (nodes/goal_client.py
+    # resends an unanswered goal every 2 s), and the instruction node may have started the
+    # task for both tries, the newer preempting the older. From here on only the kept try's
+    # feedback arrives, so motion after it is the task whose outcome we wait for (CI of
+    # 4469dd9 killed the policy in the preempted try's pick; the kept try then waited for the
+    # respawned policy and succeeded).
+    feedback.clear()
+    assert probe.wait(lambda: feedback, 20.0), "no feedback from the instruction"
+    running_since = time.monotonic()
+    # Kill once the skill runs on chunks of its own. A skill still waiting for its first chunk
+    # waits (first_chunk_timeout_s) and a respawned policy serves it: by design, but then the
+    # instruction succeeds (seen with the goal sent twice, 1.5 s apart, on purpose).
+    assert probe.wait(lambda: commands.moving(running_since) and skills.executing_chunks(),
+                      20.0), "the arm never moved on the skill's own chunks"
     killed_at = time.monotonic()
     graph.kill(node, signal.SIGKILL)
     outcome = probe.wait_future(result, 30.0).result
