@@ -99,6 +99,27 @@ def test_another_seed_gives_other_losses(demos, tmp_path):
     assert other["history"][-1]["loss"] != reference["history"][-1]["loss"]
 
 
+def test_snapshots_keep_each_validated_step_from_the_first_one_asked(demos, tmp_path):
+    # Validation passes at steps 2, 4 and 5 (the end).
+    log = _train(demos, tmp_path / "all", snapshot_from=1)
+    snapshots = tmp_path / "all" / "snapshots"
+    assert sorted(p.name for p in snapshots.iterdir()) == ["step_2", "step_4", "step_5"]
+    # The best checkpoint is the same weights as the snapshot of its step (not the same bytes:
+    # safetensors writes its header's metadata in no fixed order).
+    from safetensors.torch import load_file
+    kept = load_file(tmp_path / "all" / "model.safetensors")
+    snapshot = load_file(snapshots / f"step_{log['best']['step']}" / "model.safetensors")
+    assert kept.keys() == snapshot.keys()
+    assert all(torch.equal(kept[name], snapshot[name]) for name in kept)
+    assert np.all(np.isfinite(_infer_once(load_checkpoint(snapshots / "step_5")).positions))
+
+    _train(demos, tmp_path / "late", snapshot_from=3)
+    assert sorted(p.name for p in (tmp_path / "late" / "snapshots").iterdir()) == [
+        "step_4", "step_5"]
+    with pytest.raises(ValueError, match="snapshot_from"):
+        train_cli.TrainConfig(snapshot_from=-1)
+
+
 def test_position_aux_trains_on_the_privileged_positions_and_loads(demos, tmp_path):
     config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 3})
     log = train_cli.train(demos, tmp_path / "aux", {**TINY_MODEL, "position_aux": True}, config,

@@ -120,6 +120,10 @@ class TrainConfig:
     threads: int = 1  # torch threads; on 2 shared cores 1 is usually the fastest
     encode_batch: int = 16  # frames per forward pass of the frozen encoder while caching
     save_dtype: str = "float32"  # or float16 (halves model.safetensors)
+    # > 0: from this step on, also keep the weights of every validation pass in
+    # OUT/snapshots/step_N, so that they can be compared on closed-loop episodes
+    # (`evaluate --validation`) rather than on the validation loss alone.
+    snapshot_from: int = 0
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "val_every", "val_max_frames", "threads", "encode_batch"):
@@ -148,6 +152,8 @@ class TrainConfig:
             raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
         if not 0.0 <= self.weight_average < 1.0:
             raise ValueError(f"weight_average must be in [0, 1), got {self.weight_average!r}")
+        if not isinstance(self.snapshot_from, int) or self.snapshot_from < 0:
+            raise ValueError(f"snapshot_from must be a step >= 0, got {self.snapshot_from!r}")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError("save_dtype must be float32 or float16")
 
@@ -517,6 +523,9 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
                     if result["loss"] < best["loss"]:
                         best = {"loss": result["loss"], "step": step}
                         model.save_checkpoint(out, getattr(torch, train_config.save_dtype))
+                    if 0 < train_config.snapshot_from <= step:
+                        model.save_checkpoint(out / "snapshots" / f"step_{step}",
+                                              getattr(torch, train_config.save_dtype))
                 val_history.append({"step": step, **{k: round(v, 6) for k, v in result.items()}})
             if bar is not None:
                 postfix = {"loss": f"{ema:.4f}", "lr": f"{lr:.1e}"}
