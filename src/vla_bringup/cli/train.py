@@ -61,7 +61,7 @@ from vla_bringup.cli.train_cache import (  # noqa: F401
     cache_keypoint_crops, cache_language, cache_vision_features, vision_cache_key)
 from vla_bringup.cli.train_data import (  # noqa: F401
     LATER_SETTINGS, POSITION_COLUMNS, DatasetError, end_effector_labels, executed_chunks,
-    keypoint_targets, push_offsets, skill_start_targets,
+    held_frames_done, keypoint_targets, push_offsets, skill_start_targets,
     load_dataset, load_datasets, pixel_keypoint_targets, split_episodes, progress_bar)
 from vla_bringup.policy.vla.paraphrase import MAX_VARIANTS
 from vla_bringup.sim.tasks import FAMILIES
@@ -124,6 +124,9 @@ class TrainConfig:
     # OUT/snapshots/step_N, so that they can be compared on closed-loop episodes
     # (`evaluate --validation`) rather than on the validation loss alone.
     snapshot_from: int = 0
+    # Label the frames recorded after a skill's done frame as done, progress 1
+    # (train_data.held_frames_done says why), instead of the expert's answer on them.
+    held_frames_done: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "val_every", "val_max_frames", "threads", "encode_batch"):
@@ -437,6 +440,12 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         "encoded with MiniLM)" + (", rewordings included" if "variants" in language else ""))
     phase("language embeddings")
 
+    done_labels, progress_labels = demos.done, demos.progress
+    if train_config.held_frames_done:
+        done_labels, progress_labels = held_frames_done(demos)
+        log(f"[train] held frames labelled done: {int(done_labels.sum() - demos.done.sum())} "
+            f"frames "
+            f"relabelled ({int(demos.done.sum())} done frames in the data)")
     tensors = {
         "features": vision["features"],
         "language": torch.from_numpy(language["embeddings"]),
@@ -445,8 +454,8 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
            if "variants" in language else {}),
         "state": torch.from_numpy(model_states.astype(np.float32)),
         "actions": torch.from_numpy(model_actions.astype(np.float32)),
-        "done": torch.from_numpy(demos.done.astype(np.float32)),
-        "progress": torch.from_numpy(demos.progress.astype(np.float32)),
+        "done": torch.from_numpy(done_labels.astype(np.float32)),
+        "progress": torch.from_numpy(progress_labels.astype(np.float32)),
     }
     if config.position_aux:
         mean, std = np.array(config.position_mean), np.array(config.position_std)

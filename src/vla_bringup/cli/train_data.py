@@ -309,6 +309,25 @@ def skill_first_frames(demos: Demos) -> np.ndarray:
     return np.flatnonzero(starts)[np.cumsum(starts) - 1]
 
 
+def held_frames_done(demos: Demos) -> tuple[np.ndarray, np.ndarray]:
+    """(N,) done and (N,) progress with every frame after a skill's first done frame said done,
+    progress 1.
+
+    Why: the generator records done_hold_frames frames after the done frame, to show the
+    policy what "finished" looks like. But it labels them with the expert's answer on them, and
+    the expert judges done as "within a few mm of its last target": the arm drifts on by a few
+    mm after the skill ends, and the expert then says "not done, progress 0.8" on most of them
+    (9 of 12 push episodes of a fresh push dataset end done, not done, not done). The done head
+    is so taught both answers on nearly the same frame."""
+    starts = np.flatnonzero(_skill_starts(demos))
+    segment = np.cumsum(_skill_starts(demos)) - 1
+    done = demos.done.astype(bool)
+    seen = np.cumsum(done)  # done frames so far, counted across the whole dataset
+    before = seen[starts] - done[starts]  # ... before each skill's first frame
+    after_done = seen - before[segment] > 0
+    return after_done, np.where(after_done, 1.0, demos.progress)
+
+
 def executed_chunks(demos: Demos, horizon: int) -> np.ndarray:
     """(N, H, 9) chunk labels from what the expert went on to do: row k of frame t is the first
     row it planned at frame t + k; past the last frame e of the skill, the rows it planned at e.
