@@ -116,7 +116,7 @@ class EmbeddedLaunch:
         for sig, wait_s in ((signal.SIGINT, STOP_GRACE_S), (signal.SIGTERM, 2.0),
                             (signal.SIGKILL, 2.0)):
             alive = [p for p in self.processes.values() if p.poll() is None]
-            if alive and sig != signal.SIGINT:  # their exit codes will read -15 or -9: say why
+            if alive and sig != signal.SIGINT:  # their exit codes may then read -15 or -9: say why
                 names = [n for n, p in self.processes.items() if p in alive]
                 self._say("launch", f"{', '.join(names)} still running: sending "
                                     f"{signal.Signals(sig).name}\n")

@@ -310,22 +310,30 @@ def skill_first_frames(demos: Demos) -> np.ndarray:
 
 
 def held_frames_done(demos: Demos) -> tuple[np.ndarray, np.ndarray]:
-    """(N,) done and (N,) progress with every frame after a skill's first done frame said done,
-    progress 1.
+    """(N,) done and (N,) progress with the frames held after each skill's done frame said
+    done, progress 1.
 
     Why: the generator records done_hold_frames frames after the done frame, to show the
     policy what "finished" looks like. But it labels them with the expert's answer on them, and
     the expert judges done as "within a few mm of its last target": the arm drifts on by a few
     mm after the skill ends, and the expert then says "not done, progress 0.8" on most of them
     (9 of 12 push episodes of a fresh push dataset end done, not done, not done). The done head
-    is so taught both answers on nearly the same frame."""
+    is so taught both answers on nearly the same frame.
+
+    Only a skill's last done_hold_frames + 1 frames are looked at (from the first done frame
+    among them): a pick said done earlier with empty fingers and then regrasped under the same
+    text keeps its labels."""
+    hold = int(demos.info.get("vla_bringup", {}).get("generator_config", {}).get(
+        "done_hold_frames", generator_defaults()["done_hold_frames"]))
+    done, progress = demos.done.astype(bool).copy(), demos.progress.copy()
     starts = np.flatnonzero(_skill_starts(demos))
-    segment = np.cumsum(_skill_starts(demos)) - 1
-    done = demos.done.astype(bool)
-    seen = np.cumsum(done)  # done frames so far, counted across the whole dataset
-    before = seen[starts] - done[starts]  # ... before each skill's first frame
-    after_done = seen - before[segment] > 0
-    return after_done, np.where(after_done, 1.0, demos.progress)
+    for first, end in zip(starts, np.append(starts[1:], len(done))):
+        tail = max(first, end - hold - 1)
+        said_done = np.flatnonzero(done[tail:end])
+        if said_done.size:
+            done[tail + said_done[0]:end] = True
+            progress[tail + said_done[0]:end] = 1.0
+    return done, progress
 
 
 def executed_chunks(demos: Demos, horizon: int) -> np.ndarray:
