@@ -397,7 +397,6 @@ def test_held_frames_after_a_skills_done_frame_are_labelled_done(demos):
     # Episode 0: a pick said done with empty fingers (frame 1), regrasped under the same text and
     # done at frame 4, then held one frame (said not done); then a place done at 7, held (still
     # done). Episode 1: a place with the same text as episode 0's last skill, done at 9 and held.
-    # Only the episode change separates it from episode 0's place.
     texts = ["pick"] * 6 + ["place"] * 2 + ["place"] * 3
     done = np.array([0, 1, 0, 0, 1, 0, 0, 1, 0, 1, 0], dtype=bool)
     progress = np.array([0.1, 1.0, 0.2, 0.5, 1.0, 0.8, 0.3, 1.0, 0.4, 1.0, 0.8])

@@ -443,9 +443,9 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
     done_labels, progress_labels = demos.done, demos.progress
     if train_config.held_frames_done:
         done_labels, progress_labels = held_frames_done(demos)
-        log(f"[train] held frames labelled done: {int(done_labels.sum() - demos.done.sum())} "
-            f"frames "
-            f"relabelled ({int(demos.done.sum())} done frames in the data)")
+        relabelled = int(done_labels.sum() - demos.done.sum())
+        log(f"[train] held frames labelled done: {relabelled} frames relabelled "
+            f"({int(demos.done.sum())} done frames in the data)")
     tensors = {
         "features": vision["features"],
         "language": torch.from_numpy(language["embeddings"]),
