@@ -99,25 +99,36 @@ def test_another_seed_gives_other_losses(demos, tmp_path):
     assert other["history"][-1]["loss"] != reference["history"][-1]["loss"]
 
 
-def test_snapshots_keep_each_validated_step_from_the_first_one_asked(demos, tmp_path):
+def test_snapshots_keep_each_validated_step_and_keep_last_keeps_the_last(demos, tmp_path):
     # Validation passes at steps 2, 4 and 5 (the end).
     log = _train(demos, tmp_path / "all", snapshot_from=1)
     snapshots = tmp_path / "all" / "snapshots"
     assert sorted(p.name for p in snapshots.iterdir()) == ["step_2", "step_4", "step_5"]
-    # The best checkpoint is the same weights as the snapshot of its step (not the same bytes:
-    # safetensors writes its header's metadata in no fixed order).
-    from safetensors.torch import load_file
-    kept = load_file(tmp_path / "all" / "model.safetensors")
-    snapshot = load_file(snapshots / f"step_{log['best']['step']}" / "model.safetensors")
-    assert kept.keys() == snapshot.keys()
-    assert all(torch.equal(kept[name], snapshot[name]) for name in kept)
+    # The best checkpoint is the same weights as the snapshot of its step.
+    assert log["kept_step"] == log["best"]["step"]
+    assert _same_weights(tmp_path / "all", snapshots / f"step_{log['best']['step']}")
     assert np.all(np.isfinite(_infer_once(load_checkpoint(snapshots / "step_5")).positions))
 
-    _train(demos, tmp_path / "late", snapshot_from=3)
-    assert sorted(p.name for p in (tmp_path / "late" / "snapshots").iterdir()) == [
-        "step_4", "step_5"]
-    with pytest.raises(ValueError, match="snapshot_from"):
-        train_cli.TrainConfig(snapshot_from=-1)
+    # keep="last": the last step's weights, whichever pass had the lowest loss.
+    log = _train(demos, tmp_path / "late", snapshot_from=3, keep="last")
+    late = tmp_path / "late" / "snapshots"
+    assert sorted(p.name for p in late.iterdir()) == ["step_4", "step_5"]
+    assert log["kept_step"] == 5
+    assert _same_weights(tmp_path / "late", late / "step_5")
+    assert not _same_weights(tmp_path / "late", late / "step_4")
+    for wrong in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="snapshot_from"):
+            train_cli.TrainConfig(snapshot_from=wrong)
+    with pytest.raises(ValueError, match="keep"):
+        train_cli.TrainConfig(keep="first")
+
+
+def _same_weights(first, second) -> bool:
+    """Whether two checkpoint folders hold equal tensors (not bytes: safetensors writes its
+    header's metadata in no fixed order)."""
+    from safetensors.torch import load_file
+    one, other = load_file(first / "model.safetensors"), load_file(second / "model.safetensors")
+    return one.keys() == other.keys() and all(torch.equal(one[k], other[k]) for k in one)
 
 
 def test_position_aux_trains_on_the_privileged_positions_and_loads(demos, tmp_path):
@@ -409,6 +420,30 @@ def test_held_frames_after_a_skills_done_frame_are_labelled_done(demos):
                                [0.1, 1.0, 0.2, 0.5, 1.0, 1.0, 0.3, 1.0, 0.4, 1.0, 1.0])
 
 
+def test_training_with_held_frames_done_trains_on_the_relabelled_frames(demos, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    # A copy whose first held frame says "not done", as the expert's answer on it often does.
+    copy = tmp_path / "demos"
+    shutil.copytree(demos, copy, ignore=shutil.ignore_patterns("cache"))
+    path = copy / "data" / "chunk-000" / "episode_000000.parquet"
+    table = pq.read_table(path)
+    done = table.column("skill_done").to_numpy().copy()
+    skill = table.column("skill_index").to_numpy()
+    held = next(i + 1 for i in range(len(done) - 1) if done[i] and skill[i + 1] == skill[i])
+    done[held] = False
+    column = table.schema.get_field_index("skill_done")
+    pq.write_table(table.set_column(column, table.schema.field(column),
+                                    pa.array(done, table.schema.field(column).type)), path)
+
+    loaded = train_cli.load_dataset(copy)
+    labels, progress = train_cli.held_frames_done(loaded)
+    assert not loaded.done[held] and labels[held] and progress[held] == 1.0
+    log = _train(copy, tmp_path / "held", steps=2, held_frames_done=True)
+    assert log["dataset"]["held_frames_relabelled_done"] == int(labels.sum() - loaded.done.sum())
+    assert log["dataset"]["held_frames_relabelled_done"] >= 1
+    assert log["train_config"]["held_frames_done"] is True
+    assert np.isfinite(log["final_train_loss"])
 def test_skill_start_targets_hold_each_skills_first_position(demos):
     loaded = train_cli.load_dataset(demos)
     starts = train_cli.skill_start_targets(loaded)

@@ -31,10 +31,11 @@ queries), linear warm-up then cosine decay, gradient clipping. Reproducible from
 numpy and torch are seeded and the data order comes from a seeded numpy generator (same seed,
 same thread count -> same losses).
 
-Writes into --out: the checkpoint with the best validation loss (`config.json` +
-`model.safetensors`, `VLAModel.save_checkpoint`), `loss.png` (train / val curves) and
-`train_log.json` (settings, dataset, split, timings per phase, loss history). Exit code 0 on
-success, 2 on a bad dataset or bad settings (with a message saying what is wrong).
+Writes into --out: the checkpoint with the best validation loss, or with `keep` "last" the
+weights after the last step (`config.json` + `model.safetensors`, `VLAModel.save_checkpoint`),
+`loss.png` (train / val curves) and `train_log.json` (settings, dataset, split, timings per
+phase, loss history). Exit code 0 on success, 2 on a bad dataset or bad settings (with a
+message saying what is wrong).
 
 Overrides file: a JSON object, either {"model": {VLAConfig fields}, "train": {TrainConfig
 fields}} or a flat object whose keys are routed to whichever of the two defines them.
@@ -127,6 +128,10 @@ class TrainConfig:
     # Label the frames recorded after a skill's done frame as done, progress 1
     # (train_data.held_frames_done says why), instead of the expert's answer on them.
     held_frames_done: bool = False
+    # Which weights OUT holds: "best" (the validation pass with the lowest loss) or "last" (the
+    # weights after the last step). The validation loss is a poor guide to closed-loop success:
+    # in the twenty-fifth session later snapshots pushed better than the best-loss one.
+    keep: str = "best"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "val_every", "val_max_frames", "threads", "encode_batch"):
@@ -155,10 +160,13 @@ class TrainConfig:
             raise ValueError(f"chunk_labels must be planned or executed, got {self.chunk_labels!r}")
         if not 0.0 <= self.weight_average < 1.0:
             raise ValueError(f"weight_average must be in [0, 1), got {self.weight_average!r}")
-        if not isinstance(self.snapshot_from, int) or self.snapshot_from < 0:
+        if not isinstance(self.snapshot_from, int) or isinstance(self.snapshot_from, bool) \
+                or self.snapshot_from < 0:
             raise ValueError(f"snapshot_from must be a step >= 0, got {self.snapshot_from!r}")
         if self.save_dtype not in ("float32", "float16"):
             raise ValueError("save_dtype must be float32 or float16")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be best or last, got {self.keep!r}")
 
 
 # ---------------------------------------------------------------------- training
@@ -440,7 +448,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         "encoded with MiniLM)" + (", rewordings included" if "variants" in language else ""))
     phase("language embeddings")
 
-    done_labels, progress_labels = demos.done, demos.progress
+    done_labels, progress_labels, relabelled = demos.done, demos.progress, 0
     if train_config.held_frames_done:
         done_labels, progress_labels = held_frames_done(demos)
         relabelled = int(done_labels.sum() - demos.done.sum())
@@ -531,6 +539,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
                     result = _validate(model, tensors, val_idx, train_config)
                     if result["loss"] < best["loss"]:
                         best = {"loss": result["loss"], "step": step}
+                    if step == (best["step"] if train_config.keep == "best" else steps):
                         model.save_checkpoint(out, getattr(torch, train_config.save_dtype))
                     if 0 < train_config.snapshot_from <= step:
                         model.save_checkpoint(out / "snapshots" / f"step_{step}",
@@ -564,6 +573,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
             "frames": n_frames, "train_episodes": train_eps, "val_episodes": val_eps,
             "train_frames": int(len(np.unique(train_idx))), "val_frames_used": int(len(val_idx)),
             "distinct_instructions": len(set(demos.instructions)),
+            "held_frames_relabelled_done": relabelled,
             "families": sorted({str(e.get("family")) for e in demos.episodes}),
             "generator_config": demos.info.get("vla_bringup", {}).get("generator_config"),
             **({"parts": [{"root": str(part.root.resolve()), "first_episode": first,
@@ -578,6 +588,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
                   list(vision["features"].shape[1:]), "language_computed": language["computed"],
                   "language_reused": language["reused"]},
         "best": best,
+        "kept_step": steps if train_config.keep == "last" else best["step"],
         "final_train_loss": history[-1]["loss"],
         "seconds_per_step": train_seconds / steps,
         "phases_s": phases,
@@ -594,7 +605,8 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
     (out / "train_log.json").write_text(json.dumps(log_data, indent=1) + "\n")
     log(f"[train] done in {log_data['total_s']:.1f} s ({train_seconds / steps * 1e3:.0f} ms/step);"
         f" best val loss {best['loss']} at step {best['step']}; checkpoint {out} "
-        f"({checkpoint_size(out) / 2**20:.1f} MiB with log and plot)")
+        f"(weights of step {log_data['kept_step']}, "
+        f"{checkpoint_size(out) / 2**20:.1f} MiB with log and plot)")
     return log_data
 
 
