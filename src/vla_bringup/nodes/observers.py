@@ -6,6 +6,7 @@ spins one on its own thread the way an operator's tool would.
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 import time
 from typing import Callable
@@ -25,6 +26,9 @@ from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSO
 from vla_bringup.nodes.goal_client import GoalClient
 from vla_msgs.action import ExecuteInstruction
 from vla_msgs.msg import ActionChunk, JointJog, SafetyStatus, SceneState
+
+# How long `stop` waits for the spinning thread to finish destroying the node's entities.
+SPIN_JOIN_S = 10.0
 
 
 def start_in_background(make_node: Callable[[], Node], threads: int = 2):
@@ -48,7 +52,8 @@ def start_in_background(make_node: Callable[[], Node], threads: int = 2):
             if rclpy.ok():
                 raise
 
-    threading.Thread(target=spin, daemon=True).start()
+    spinner = threading.Thread(target=spin, name="observer spin", daemon=True)
+    spinner.start()
 
     def stop() -> None:
         # Context first: the executor then ends without tasks left half-run on destroyed
@@ -56,6 +61,19 @@ def start_in_background(make_node: Callable[[], Node], threads: int = 2):
         rclpy.try_shutdown()
         executor.shutdown()
         node.destroy_node()
+        # Entities that the spinning wait set still held are destroyed when it lets go, on the
+        # spinning thread. Wait for that, so that this process's DDS endpoints are gone before
+        # the caller stops the graph: a demo once hung for good when they were destroyed while
+        # the graph's nodes were exiting. Fast DDS 3.2 deadlocked in this process (its receive
+        # thread removing a departed node's writer, its event thread announcing the
+        # participant; like eProsima/Fast-DDS#6502 and #6193, open), and the spinning thread,
+        # blocked in that destruction, held the GIL.
+        spinner.join(timeout=SPIN_JOIN_S)
+        if spinner.is_alive():
+            print(f"[observer] spin thread still running {SPIN_JOIN_S} s after the stop",
+                  file=sys.stderr, flush=True)
+        else:  # the participant too, now, rather than at exit after the graph is gone
+            rclpy.get_default_context().destroy()
         # Futures of the destroyed action client report at garbage collection; collect now so
         # any such line comes before the tool's own final output, not after it.
         gc.collect()
