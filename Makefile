@@ -29,11 +29,11 @@ bench: setup
 	@$(ENV) && python -m vla_bringup.cli.bench_policy --out artifacts/policy_latency.json --no-text
 
 # Closed-loop success of the committed VLA checkpoint vs the scripted expert on held-out seeds
-# -> artifacts/eval.json + artifacts/eval_table.png (30-40 minutes on 2 cores at 100 seeds;
+# -> artifacts/eval.json + artifacts/eval_table.png (about 40 minutes on 2 cores at 100 seeds;
 # EVAL_SEEDS=8: about 3 minutes). Each chunk reaches the robot EVAL_LATENCY s (simulated) after
-# its frame, the pace this checkpoint was tuned at (in the live graph on this 2-core VM its
-# chunks now arrive about 0.5 s after their frame; EVAL_LATENCY=0.5 models that: 84 of 120
-# against 85 on 20 seeds). EVAL_LATENCY=0 makes the simulator wait for every forward pass (the
+# its frame, the pace the checkpoint's settings were tuned at (in the live graph on this 2-core
+# VM chunks now arrive about 0.5 s after their frame; EVAL_LATENCY=0.5 models that: 84 of 120
+# against 85 on 20 seeds, for the previous checkpoint). EVAL_LATENCY=0 makes the simulator wait for every forward pass (the
 # policy then reads every frame: about 3 times slower).
 EVAL_SEEDS ?= 100
 EVAL_WORKERS ?= 2
@@ -45,7 +45,7 @@ eval: setup
 # The committed checkpoint's recipe from scratch (no ROS): the scripted expert's 600
 # demonstrations (LeRobot layout) -> TRAIN_DATA, then training with config/vla_recipe.json ->
 # TRAIN_OUT/{config.json, model.safetensors (fp16), loss.png, train_log.json}. About 105 minutes
-# on 2 cores; one run scored 210 of 600 against the committed 414 (docs/training.md).
+# on 2 cores; the committed checkpoint is this recipe's run on data this target generated.
 # Generation resumes and the trainer reuses its feature caches (its steps start over).
 # Evaluate the result with make eval ARGS="--checkpoint checkpoints/recipe".
 TRAIN_DATA ?= data/recipe
