@@ -33,8 +33,8 @@ bench: setup
 # EVAL_SEEDS=8: about 3 minutes). Each chunk reaches the robot EVAL_LATENCY s (simulated) after
 # its frame, the pace the checkpoint's settings were tuned at (in the live graph on this 2-core
 # VM chunks now arrive about 0.5 s after their frame; EVAL_LATENCY=0.5 models that: 84 of 120
-# against 85 on 20 seeds, for the previous checkpoint). EVAL_LATENCY=0 makes the simulator wait for every forward pass (the
-# policy then reads every frame: about 3 times slower).
+# against 85 on 20 seeds, for the previous checkpoint). EVAL_LATENCY=0 makes the simulator
+# wait for every forward pass (the policy then reads every frame: about 3 times slower).
 EVAL_SEEDS ?= 100
 EVAL_WORKERS ?= 2
 EVAL_LATENCY ?= 0.25

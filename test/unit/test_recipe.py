@@ -31,7 +31,7 @@ def test_the_recipe_gives_the_committed_checkpoints_settings():
     config, log = committed("config.json"), committed("train_log.json")
     assert {key: config[key] for key in model} == model
     trained_with = log["train_config"]
-    # The committed weights were trained in fp32 and exported to fp16; the recipe saves fp16.
+    # The recipe saves fp16, and the committed files were exported (unchanged) as fp16.
     assert train.pop("save_dtype") == "float16" == log["exported_from"]["dtype"]
     assert {key: trained_with[key] for key in train} == train
 

@@ -99,23 +99,29 @@ def test_another_seed_gives_other_losses(demos, tmp_path):
     assert other["history"][-1]["loss"] != reference["history"][-1]["loss"]
 
 
-def test_snapshots_keep_each_validated_step_and_keep_last_keeps_the_last(demos, tmp_path):
-    # Validation passes at steps 2, 4 and 5 (the end).
-    log = _train(demos, tmp_path / "all", snapshot_from=1)
-    snapshots = tmp_path / "all" / "snapshots"
+def test_snapshots_keep_each_validated_step_and_keep_chooses_best_or_last(demos, tmp_path,
+                                                                            monkeypatch):
+    # Validation passes at steps 2, 4 and 5 (the end), with scripted losses so that the best
+    # pass (step 4) is not the last one.
+    def run(name, **overrides):
+        scripted = iter([3.0, 1.0, 2.0])
+        monkeypatch.setattr(train_cli, "_validate", lambda *_: {"loss": next(scripted)})
+        return _train(demos, tmp_path / name, **overrides)
+
+    log = run("best", snapshot_from=1)
+    snapshots = tmp_path / "best" / "snapshots"
     assert sorted(p.name for p in snapshots.iterdir()) == ["step_2", "step_4", "step_5"]
-    # The best checkpoint is the same weights as the snapshot of its step.
-    assert log["kept_step"] == log["best"]["step"]
-    assert _same_weights(tmp_path / "all", snapshots / f"step_{log['best']['step']}")
+    assert log["best"]["step"] == 4 == log["kept_step"]
+    assert _same_weights(tmp_path / "best", snapshots / "step_4")
+    assert not _same_weights(tmp_path / "best", snapshots / "step_5")
     assert np.all(np.isfinite(_infer_once(load_checkpoint(snapshots / "step_5")).positions))
 
-    # keep="last": the last step's weights, whichever pass had the lowest loss.
-    log = _train(demos, tmp_path / "late", snapshot_from=3, keep="last")
-    late = tmp_path / "late" / "snapshots"
-    assert sorted(p.name for p in late.iterdir()) == ["step_4", "step_5"]
-    assert log["kept_step"] == 5
-    assert _same_weights(tmp_path / "late", late / "step_5")
-    assert not _same_weights(tmp_path / "late", late / "step_4")
+    log = run("last", snapshot_from=3, keep="last")
+    snapshots = tmp_path / "last" / "snapshots"
+    assert sorted(p.name for p in snapshots.iterdir()) == ["step_4", "step_5"]
+    assert log["best"]["step"] == 4 and log["kept_step"] == 5
+    assert _same_weights(tmp_path / "last", snapshots / "step_5")
+    assert not _same_weights(tmp_path / "last", snapshots / "step_4")
     for wrong in (-1, True, 2.5):
         with pytest.raises(ValueError, match="snapshot_from"):
             train_cli.TrainConfig(snapshot_from=wrong)
@@ -444,6 +450,8 @@ def test_training_with_held_frames_done_trains_on_the_relabelled_frames(demos, t
     assert log["dataset"]["held_frames_relabelled_done"] >= 1
     assert log["train_config"]["held_frames_done"] is True
     assert np.isfinite(log["final_train_loss"])
+
+
 def test_skill_start_targets_hold_each_skills_first_position(demos):
     loaded = train_cli.load_dataset(demos)
     starts = train_cli.skill_start_targets(loaded)

@@ -70,7 +70,7 @@ class GraspCheck:
     """
     empty_grip_m: float = 0.01  # m, mean finger opening: closed further, nothing is held
     reopen_s: float = 0.8  # s the fingers get to open before the policy's chunks count again
-    # Regrasps before the skill fails. With 2, the committed checkpoint's evaluation went from
+    # Regrasps before the skill fails. With 2, the evaluation of d4s0 (then committed) went from
     # 97 to 100 of 100 seen pick & places and 88 to 89 held-out (docs/training_history.md,
     # twenty-second session): 4 of 10 empty picks were recovered.
     attempts: int = 2

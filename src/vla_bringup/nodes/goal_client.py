@@ -28,6 +28,7 @@ from typing import Callable
 
 from rclpy.action import ActionClient
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.exceptions import InvalidHandle
 from rclpy.node import Node
 from rclpy.task import Future
 
@@ -107,7 +108,10 @@ class GoalClient:
             self.cancel_goal_async(send.result()).add_done_callback(lambda done: done.exception())
 
     def _running(self) -> bool:
-        return self.node.context.ok()
+        try:
+            return self.node.context.ok()
+        except InvalidHandle:  # the context was destroyed (observers.start_in_background)
+            return False
 
     def _in_group(self, request: Callable[[], Future]) -> Future:
         answer = Future()

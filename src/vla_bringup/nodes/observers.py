@@ -13,6 +13,7 @@ from typing import Callable
 
 import numpy as np
 import rclpy
+from rclpy.action import ActionClient
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
@@ -56,24 +57,32 @@ def start_in_background(make_node: Callable[[], Node], threads: int = 2):
     spinner.start()
 
     def stop() -> None:
+        context = node.context  # rclpy forgets its default context once it is shut down
         # Context first: the executor then ends without tasks left half-run on destroyed
         # entities (which rclpy would report as never-retrieved exceptions at exit).
         rclpy.try_shutdown()
         executor.shutdown()
+        # destroy_node leaves waitables alone, and an action client's clients and
+        # subscriptions would keep the node, and its DDS endpoints, alive.
+        for waitable in list(node.waitables):
+            if isinstance(waitable, ActionClient):
+                waitable.destroy()
         node.destroy_node()
         # Entities that the spinning wait set still held are destroyed when it lets go, on the
-        # spinning thread. Wait for that, so that this process's DDS endpoints are gone before
-        # the caller stops the graph: a demo once hung for good when they were destroyed while
-        # the graph's nodes were exiting. Fast DDS 3.2 deadlocked in this process (its receive
-        # thread removing a departed node's writer, its event thread announcing the
-        # participant; like eProsima/Fast-DDS#6502 and #6193, open), and the spinning thread,
-        # blocked in that destruction, held the GIL.
+        # spinning thread. Wait for that, then destroy the context (the DDS participant), so
+        # that this process has no endpoints left when the caller stops the graph. A demo once
+        # hung for good when they were destroyed while the graph's nodes were exiting: Fast
+        # DDS 3.2 deadlocked in this process (its receive thread removing a departed node's
+        # writer, its event thread announcing the participant; like eProsima/Fast-DDS#6502
+        # and #6193, open), and the spinning thread, blocked in that destruction, held the GIL.
+        # Were that to happen here, the join below could not time out either (it needs the
+        # GIL): the bound is then the caller's.
         spinner.join(timeout=SPIN_JOIN_S)
         if spinner.is_alive():
             print(f"[observer] spin thread still running {SPIN_JOIN_S} s after the stop",
                   file=sys.stderr, flush=True)
-        else:  # the participant too, now, rather than at exit after the graph is gone
-            rclpy.get_default_context().destroy()
+        else:
+            context.destroy()
         # Futures of the destroyed action client report at garbage collection; collect now so
         # any such line comes before the tool's own final output, not after it.
         gc.collect()

@@ -146,7 +146,7 @@ class VLAConfig:
     # "model": the detector's own place, latched with the start. "planned": the latched target
     # start plus `push_offsets[destination]`, the direction being the one the task plan gives
     # the skill (SkillSpec.destination; in the graph, SkillCommand.destination). Why: a push's
-    # destination is an empty patch of table. In traces of the committed checkpoint the
+    # destination is an empty patch of table. In traces of d4s0 (then committed) the
     # detector found the cube to about 1 cm but latched that patch 6-19 cm off in the failed
     # pushes, and with the true place the same network pushed 14 of 16 (docs/training_history.md,
     # seventeenth session). The planner has already read the direction from the words.
