@@ -5,7 +5,6 @@ deadlock that such an exit set off (nodes/observers.py says more).
 """
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -24,15 +23,6 @@ time.sleep(60)
 """
 
 
-def _wait(condition, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def test_a_stopped_observer_has_left_the_graph_while_its_process_lives(probe):
     node = probe.node
 
@@ -43,14 +33,14 @@ def test_a_stopped_observer_has_left_the_graph_while_its_process_lives(probe):
                                 stdout=subprocess.PIPE, text=True)
     try:
         assert observer.stdout.readline().strip() == "up"
-        assert _wait(lambda: "demo_observer" in node.get_node_names()
+        assert probe.wait(lambda: "demo_observer" in node.get_node_names()
                      and observer_readers() == 1, 20.0), \
             "the observer never appeared in the graph"
         observer.stdin.write("\n")
         observer.stdin.flush()
         assert observer.stdout.readline().strip() == "stopped"
         # Still running (sleeping), yet gone from the graph: node, action client and all.
-        assert _wait(lambda: "demo_observer" not in node.get_node_names()
+        assert probe.wait(lambda: "demo_observer" not in node.get_node_names()
                      and observer_readers() == 0, 10.0), \
             (f"after stop: nodes {node.get_node_names()}, "
              f"{observer_readers()} observer subscription(s) on {STATUS_TOPIC}")
