@@ -237,3 +237,73 @@ def test_the_cube_place_can_lie_beyond_the_lower_cube_along_the_approach(text_en
         torch.testing.assert_close(frame_latch[3:5], expected_xy)
         torch.testing.assert_close(frame_latch[5], lower_cube[2])  # the height is the cube's
         assert torch.linalg.norm(lower_cube[:2] - held_cube[:2]) > 1e-4  # a real shift
+
+
+def _frames(seed: int, count: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def _found(model, text_encoder, policy, frames) -> torch.Tensor:
+    """(3,) m: the median of where the detector finds the blue cube in `frames`, asked as the
+    backend asks it (the planner's pick text, the fingers open)."""
+    with torch.no_grad():
+        found = [model.find_target(model.preprocess(torch.from_numpy(frame).unsqueeze(0)),
+                                   text_encoder("pick up the blue cube").unsqueeze(0),
+                                   torch.as_tensor(policy._state(HOME), dtype=torch.float32
+                                                   ).unsqueeze(0)) for frame in frames]
+    return torch.cat(found).median(0).values
+
+
+def test_a_cube_place_can_find_the_lower_cube_in_the_first_frames_of_its_pick(text_encoder):
+    with pytest.raises(ValueError, match="cube_place_view"):
+        VLAConfig(**SMALL, **PIXELS, cube_place="target_detector", cube_place_view="above")
+    with pytest.raises(ValueError, match="set that too"):
+        VLAConfig(**SMALL, **PIXELS, cube_place_view="pick_start")
+    torch.manual_seed(0)
+    model = VLAModel(VLAConfig(**SMALL, **PIXELS, cube_place="target_detector",
+                               cube_place_view="pick_start")).eval()
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    pick = SkillSpec("s1", "pick", "pick up the red cube", "red_cube")
+    place = SkillSpec("s2", "place", "place the red cube on the blue cube", "red_cube",
+                      "blue_cube")
+    holding = HOME.copy()
+    holding[7:] = 0.025  # a cube in the hand
+
+    def run(skill, frames, joints=HOME):
+        policy.reset(skill)
+        for index, frame in enumerate(frames):
+            policy.infer(Observation(1.0 + 0.1 * index, JOINTS, joints, skill, image=frame))
+
+    def place_latch() -> torch.Tensor:
+        run(place, _frames(9, START_FRAMES), holding)
+        return policy.latched_start()[0, 3:6]
+
+    pick_frames = _frames(2, START_FRAMES + 2)  # only the first START_FRAMES are kept
+    run(pick, pick_frames)
+    expected = _found(model, text_encoder, policy, pick_frames[:START_FRAMES])
+    torch.testing.assert_close(place_latch(), expected)
+    assert torch.linalg.norm(expected - _found(model, text_encoder, policy,
+                                               _frames(9, START_FRAMES))) > 1e-4  # not the same
+    # A regrasp of that pick keeps its views and adds none of its own (its hand is low).
+    run(pick, pick_frames)
+    run(SkillSpec("s1~regrasp1", "pick", "pick up the red cube", "red_cube"), _frames(3, 3))
+    torch.testing.assert_close(place_latch(), expected)
+    # A new pick starts new views, even under an id seen before; closed fingers add none.
+    run(pick, _frames(4, 2) + _frames(5, 3))
+    torch.testing.assert_close(place_latch(), _found(model, text_encoder, policy,
+                                                     _frames(4, 2) + _frames(5, 3)))
+    run(pick, _frames(7, 3), holding)  # fingers closed from the start: nothing kept
+    torch.testing.assert_close(place_latch(), _found(model, text_encoder, policy,
+                                                     _frames(9, START_FRAMES)))
+    # A place of another cube than the one picked, or with nothing kept, uses its own frames.
+    run(pick, pick_frames)
+    other = SkillSpec("s3", "place", "place the green cube on the blue cube", "green_cube",
+                      "blue_cube")
+    run(other, _frames(9, START_FRAMES), holding)
+    torch.testing.assert_close(policy.latched_start()[0, 3:6], _found(
+        model, text_encoder, policy, _frames(9, START_FRAMES)))
+    run(pick, pick_frames)
+    policy.reset(None)
+    torch.testing.assert_close(place_latch(), _found(model, text_encoder, policy,
+                                                     _frames(9, START_FRAMES)))

@@ -28,8 +28,8 @@ from typing import Optional, Sequence
 HISTORY_EVERY = 100  # steps between the kept entries of the per-step loss history
 # Config fields that only the backend reads at inference: changing them needs no retraining.
 INFERENCE_SETTINGS = ("done_threshold", "temporal_ensemble", "push_place", "push_extra_m",
-                      "cube_place", "cube_place_extra_ratio", "inference_period_s",
-                      "action_lead_s")
+                      "cube_place", "cube_place_extra_ratio", "cube_place_view",
+                      "inference_period_s", "action_lead_s")
 
 
 def export(checkpoint: Path, out: Path, dtype: str = "float16",

@@ -99,6 +99,16 @@ def grasp_check_for(skill: str, grasp: Optional[GraspCheck]) -> Optional[GraspCh
     return grasp if skill == "pick" else None
 
 
+# A regrasp's policy skill id is "<skill_id>~regrasp<n>": the policy starts the pick again, and
+# can still tell that it is the same skill (`skill_id_of`).
+REGRASP_MARK = "~regrasp"
+
+
+def skill_id_of(policy_skill_id: str) -> str:
+    """The skill id that a policy skill id belongs to: itself, or a regrasp's skill."""
+    return policy_skill_id.split(REGRASP_MARK, 1)[0]
+
+
 class SkillExecutor:
     def __init__(self, joint_names: Sequence[str], blend_time_s: float = 0.1,
                  max_chunk_age_s: float = 1.0) -> None:
@@ -183,7 +193,7 @@ class SkillExecutor:
         self.regrasps += 1
         self.progress = 0.0  # the pick starts again
         self._previous_policy_skill_id = self.policy_skill_id
-        self.policy_skill_id = f"{self.skill_id}~regrasp{self.regrasps}"
+        self.policy_skill_id = f"{self.skill_id}{REGRASP_MARK}{self.regrasps}"
         self.scheduler.set_skill(self.policy_skill_id)
         held = self.scheduler.sample(now)
         # The arm holds its last command (where it is), the fingers open.

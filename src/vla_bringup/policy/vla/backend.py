@@ -26,6 +26,7 @@ import torch
 
 from vla_bringup.core.instruction import pick_text
 from vla_bringup.core.robot import PANDA_FINGER_OPEN
+from vla_bringup.core.skill_executor import skill_id_of
 from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, SkillSpec,
                                      joint_vector)
 from vla_bringup.policy.temporal_ensemble import TemporalEnsemble
@@ -41,6 +42,9 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
 # later it was within 1 cm (docs/training_history.md, run 19). Nothing moves in a skill's first
 # frames.
 START_FRAMES = 5
+# cube_place_view "pick_start" keeps a pick's first frames only while the fingers are this open
+# (m, their mean): an empty hand, not one closing on a cube.
+PICK_VIEW_MIN_OPENING_M = 0.9 * PANDA_FINGER_OPEN
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -113,6 +117,13 @@ class VLAPolicy(PolicyBackend):
         self._skill_error: Optional[str] = None
         # cube_place "target_detector": what to ask the detector for on a place onto a cube
         self._place_query: Optional[str] = None
+        # cube_place_view "pick_start": the first frames (preprocessed pixels, raw state) of the
+        # last pick, the (skill id, target) they came from, and the lower cube found in them for
+        # the active place (found once per place skill).
+        self._pick_views: list[tuple[torch.Tensor, np.ndarray]] = []
+        self._pick_views_of: Optional[tuple[str, str]] = None
+        self._skill: Optional[SkillSpec] = None
+        self._lower_cube: Optional[torch.Tensor] = None
         self._end_effector = None
         if self.config.action_space == "ee_delta":
             from vla_bringup.policy.vla.ee_space import EndEffectorSpace  # PyBullet: only here
@@ -125,6 +136,16 @@ class VLAPolicy(PolicyBackend):
         self._starts, self._latched = [], None
         self._push_offset, self._skill_error = self._planned_push(skill)
         self._place_query = self._cube_place_query(skill)
+        self._skill, self._lower_cube = skill, None
+        if skill is None:
+            self._pick_views, self._pick_views_of = [], None
+        elif self._keeps_pick_views(skill):
+            # A regrasp keeps its pick's views (its hand is down among the cubes); any other
+            # pick starts new ones, even with an id seen before.
+            regrasp = (skill.skill_id != skill_id_of(skill.skill_id) and self._pick_views_of
+                       == (skill_id_of(skill.skill_id), skill.target_object))
+            if not regrasp:
+                self._pick_views, self._pick_views_of = [], (skill.skill_id, skill.target_object)
         for text in (skill.instruction if skill else None, self._place_query):
             if text is not None:
                 self._embedding(text)  # encode now, not at the first frame
@@ -146,6 +167,7 @@ class VLAPolicy(PolicyBackend):
             raw_state = self._state(joints)
             state = torch.as_tensor(raw_state, dtype=torch.float32,
                                     device=self.device).unsqueeze(0)
+            self._remember_pick_view(observation.skill, pixels, raw_state)
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
             # None for models without start_memory (they ignore it) and on a skill's first frame.
@@ -195,6 +217,33 @@ class VLAPolicy(PolicyBackend):
             return None
         return pick_text(skill.destination)
 
+    def _keeps_pick_views(self, skill: Optional[SkillSpec]) -> bool:
+        return (skill is not None and skill.skill == "pick"
+                and self.config.cube_place == "target_detector"
+                and self.config.cube_place_view == "pick_start")
+
+    def _remember_pick_view(self, skill: SkillSpec, pixels: torch.Tensor,
+                            raw_state: np.ndarray) -> None:
+        """Keep one of a pick's first START_FRAMES frames for the place after it: not a
+        regrasp's, and only with the fingers open."""
+        if (self._keeps_pick_views(skill) and len(self._pick_views) < START_FRAMES
+                and self._pick_views_of == (skill.skill_id, skill.target_object)
+                and raw_state[STATE_DIM - 1] >= PICK_VIEW_MIN_OPENING_M):
+            self._pick_views.append((pixels, raw_state.copy()))
+
+    def _lower_cube_for(self, pixels: torch.Tensor, raw_state: np.ndarray) -> torch.Tensor:
+        """(1, 3) m: the lower cube of a place onto a cube. Under cube_place_view "pick_start",
+        the median of where the detector finds it in the views of the pick of the same cube
+        (once per place skill); otherwise, and when there are none, in this frame."""
+        same_cube = (self._skill is not None and self._pick_views_of is not None
+                     and self._pick_views_of[1] == self._skill.target_object)
+        if self.config.cube_place_view != "pick_start" or not (same_cube and self._pick_views):
+            return self._find_cube(pixels, raw_state)
+        if self._lower_cube is None:
+            found = torch.cat([self._find_cube(view, state) for view, state in self._pick_views])
+            self._lower_cube = found.median(0).values.unsqueeze(0)
+        return self._lower_cube
+
     def _find_cube(self, pixels: torch.Tensor, raw_state: np.ndarray) -> torch.Tensor:
         """(1, 3) m: where the target detector finds the place query's cube. The fingers are
         given as open: the detector reads a closed hand as "the target is in it", true of a
@@ -213,7 +262,7 @@ class VLAPolicy(PolicyBackend):
         if self._push_offset is not None:
             latched[:, 3:6] = latched[:, :3] + self._push_offset
         elif self._place_query is not None:
-            lower_cube = self._find_cube(pixels, raw_state)
+            lower_cube = self._lower_cube_for(pixels, raw_state)
             latched[:, 3:6] = lower_cube
             # beyond the lower cube, away from the held one (this frame's target), in the plane
             latched[:, 3:5] += self.config.cube_place_extra_ratio * (

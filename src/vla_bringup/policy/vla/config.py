@@ -36,6 +36,7 @@ LANGUAGE_INPUTS = ("sentence", "tokens")
 DETECTOR_LANGUAGE = ("shared", "per_point")
 PUSH_PLACES = ("model", "planned")
 CUBE_PLACES = ("model", "target_detector")
+CUBE_PLACE_VIEWS = ("place", "pick_start")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
@@ -177,6 +178,14 @@ class VLAConfig:
     # (chosen on validation seeds, never on the evaluation's: docs/training_history.md, eighteenth
     # session).
     cube_place_extra_ratio: float = 0.0
+    # Inference only, with cube_place "target_detector": which frames the detector looks for the
+    # lower cube in. "place": the place skill's own first frames. "pick_start": the first frames
+    # of the pick before it (not its regrasps'), with the fingers open. Why: near the
+    # hand the detector drifts toward it; in 4 traced failed stacks (validation seeds) the
+    # place's first frames put the lower cube 4-13 cm off (median), the pick's first ones (arm
+    # still high, nothing held) 0.2-2 cm. The extra ratio above made up for that drift and then
+    # only overshoots: 0 with this view (docs/training_history.md, twenty-seventh session).
+    cube_place_view: str = "place"
     # Inference only: the least time (s) between two camera frames the policy reads. The policy
     # node infers no more often than this, whatever its inference_rate_hz, and `evaluate` uses
     # it unless told otherwise. Why: the model was tuned at this CPU's pace, where a frame is
@@ -304,6 +313,12 @@ class VLAConfig:
                              f"{self.inference_period_s}")
         if not (math.isfinite(self.action_lead_s) and 0.0 <= self.action_lead_s <= 1.0):
             raise ValueError(f"action_lead_s must be in [0, 1] s, got {self.action_lead_s}")
+        if self.cube_place_view not in CUBE_PLACE_VIEWS:
+            raise ValueError(f"cube_place_view={self.cube_place_view!r} is not one of "
+                             f"{list(CUBE_PLACE_VIEWS)}")
+        if self.cube_place_view != "place" and self.cube_place != "target_detector":
+            raise ValueError("cube_place_view chooses the frames that cube_place "
+                             "'target_detector' reads: set that too")
         if self.cube_place_extra_ratio and self.cube_place != "target_detector":
             raise ValueError("cube_place_extra_ratio moves the place that cube_place "
                              "'target_detector' latches: set that too")
