@@ -2,7 +2,8 @@
 target start plus the training data's offset for the direction the plan gives the skill.
 `cube_place: target_detector`: a place onto a cube latches where the target detector finds that
 cube when asked with the planner's pick text, and `cube_place_extra_ratio` moves that place
-beyond the cube, away from the held one.
+beyond the cube, away from the held one. `cube_place_view: pick_start` asks on the first frames
+of the pick before the place instead of the place's own.
 
 What must hold: the backend replaces only a push's place, by the offset (plus `push_extra_m`
 along it) from the target it latched; other skills and `push_place: model` keep the network's
@@ -20,6 +21,7 @@ from vla_bringup.cli import export_checkpoint
 from vla_bringup.cli import train as train_cli
 from vla_bringup.cli.train_data import load_datasets, push_offsets
 from vla_bringup.core.robot import PANDA_JOINT_NAMES
+from vla_bringup.core.skill_executor import REGRASP_MARK
 from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.vla.backend import START_FRAMES, VLAPolicy
 from vla_bringup.policy.vla.config import VLAConfig
@@ -265,45 +267,52 @@ def test_a_cube_place_can_find_the_lower_cube_in_the_first_frames_of_its_pick(te
                                cube_place_view="pick_start")).eval()
     policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
     pick = SkillSpec("s1", "pick", "pick up the red cube", "red_cube")
+    regrasp = SkillSpec(f"s1{REGRASP_MARK}1", "pick", "pick up the red cube", "red_cube")
     place = SkillSpec("s2", "place", "place the red cube on the blue cube", "red_cube",
                       "blue_cube")
     holding = HOME.copy()
     holding[7:] = 0.025  # a cube in the hand
+    place_frames = _frames(9, START_FRAMES)
 
     def run(skill, frames, joints=HOME):
         policy.reset(skill)
         for index, frame in enumerate(frames):
-            policy.infer(Observation(1.0 + 0.1 * index, JOINTS, joints, skill, image=frame))
+            hand = joints[index] if isinstance(joints, list) else joints
+            policy.infer(Observation(1.0 + 0.1 * index, JOINTS, hand, skill, image=frame))
 
-    def place_latch() -> torch.Tensor:
-        run(place, _frames(9, START_FRAMES), holding)
+    def place_latch(skill=place) -> torch.Tensor:
+        run(skill, place_frames, holding)
         return policy.latched_start()[0, 3:6]
+
+    def found(frames) -> torch.Tensor:
+        return _found(model, text_encoder, policy, frames)
 
     pick_frames = _frames(2, START_FRAMES + 2)  # only the first START_FRAMES are kept
     run(pick, pick_frames)
-    expected = _found(model, text_encoder, policy, pick_frames[:START_FRAMES])
-    torch.testing.assert_close(place_latch(), expected)
-    assert torch.linalg.norm(expected - _found(model, text_encoder, policy,
-                                               _frames(9, START_FRAMES))) > 1e-4  # not the same
-    # A regrasp of that pick keeps its views and adds none of its own (its hand is low).
-    run(pick, pick_frames)
-    run(SkillSpec("s1~regrasp1", "pick", "pick up the red cube", "red_cube"), _frames(3, 3))
-    torch.testing.assert_close(place_latch(), expected)
-    # A new pick starts new views, even under an id seen before; closed fingers add none.
-    run(pick, _frames(4, 2) + _frames(5, 3))
-    torch.testing.assert_close(place_latch(), _found(model, text_encoder, policy,
-                                                     _frames(4, 2) + _frames(5, 3)))
-    run(pick, _frames(7, 3), holding)  # fingers closed from the start: nothing kept
-    torch.testing.assert_close(place_latch(), _found(model, text_encoder, policy,
-                                                     _frames(9, START_FRAMES)))
-    # A place of another cube than the one picked, or with nothing kept, uses its own frames.
+    torch.testing.assert_close(place_latch(), found(pick_frames[:START_FRAMES]))
+    assert torch.linalg.norm(found(pick_frames[:START_FRAMES]) - found(place_frames)) > 1e-4
+    # A regrasp keeps its pick's views and adds none of its own, though there is room.
+    run(pick, pick_frames[:2])
+    run(regrasp, _frames(3, 3))
+    torch.testing.assert_close(place_latch(), found(pick_frames[:2]))
+    # Only the pick's first frames count, and of those only the ones with the fingers open.
+    run(pick, pick_frames, [holding, holding] + [HOME] * START_FRAMES)
+    torch.testing.assert_close(place_latch(), found(pick_frames[2:START_FRAMES]))
+    # A new pick starts afresh, even under an id seen before, and keeps nothing with the
+    # fingers closed: the place finds the cube in its own frames.
+    run(pick, _frames(7, 3), holding)
+    torch.testing.assert_close(place_latch(), found(place_frames))
+    # So does a place of another cube than the one picked, a place after a regrasp of a pick
+    # never seen, and one after reset(None).
     run(pick, pick_frames)
     other = SkillSpec("s3", "place", "place the green cube on the blue cube", "green_cube",
                       "blue_cube")
-    run(other, _frames(9, START_FRAMES), holding)
-    torch.testing.assert_close(policy.latched_start()[0, 3:6], _found(
-        model, text_encoder, policy, _frames(9, START_FRAMES)))
-    run(pick, pick_frames)
-    policy.reset(None)
-    torch.testing.assert_close(place_latch(), _found(model, text_encoder, policy,
-                                                     _frames(9, START_FRAMES)))
+    torch.testing.assert_close(place_latch(other), found(place_frames))
+    for unseen in (SkillSpec(f"s0{REGRASP_MARK}1", "pick", "pick up the red cube", "red_cube"),
+                   None):
+        run(pick, pick_frames)
+        if unseen is None:
+            policy.reset(None)
+        else:
+            run(unseen, _frames(3, 3))
+        torch.testing.assert_close(place_latch(), found(place_frames))

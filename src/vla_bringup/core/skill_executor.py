@@ -100,11 +100,15 @@ def grasp_check_for(skill: str, grasp: Optional[GraspCheck]) -> Optional[GraspCh
 
 
 # A regrasp's policy skill id is "<skill_id>~regrasp<n>": the policy starts the pick again, and
-# can still tell that it is the same skill (`skill_id_of`).
+# can still tell which skill it belongs to (`base_skill_id`).
 REGRASP_MARK = "~regrasp"
 
 
-def skill_id_of(policy_skill_id: str) -> str:
+def is_regrasp(policy_skill_id: str) -> bool:
+    return REGRASP_MARK in policy_skill_id
+
+
+def base_skill_id(policy_skill_id: str) -> str:
     """The skill id that a policy skill id belongs to: itself, or a regrasp's skill."""
     return policy_skill_id.split(REGRASP_MARK, 1)[0]
 

@@ -26,7 +26,7 @@ import torch
 
 from vla_bringup.core.instruction import pick_text
 from vla_bringup.core.robot import PANDA_FINGER_OPEN
-from vla_bringup.core.skill_executor import skill_id_of
+from vla_bringup.core.skill_executor import base_skill_id, is_regrasp
 from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, SkillSpec,
                                      joint_vector)
 from vla_bringup.policy.temporal_ensemble import TemporalEnsemble
@@ -42,8 +42,10 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
 # later it was within 1 cm (docs/training_history.md, run 19). Nothing moves in a skill's first
 # frames.
 START_FRAMES = 5
-# cube_place_view "pick_start" keeps a pick's first frames only while the fingers are this open
-# (m, their mean): an empty hand, not one closing on a cube.
+# cube_place_view "pick_start": how many of a pick's first frames may be kept (as many as a
+# skill latches its start from), and how open the fingers must be on them (m, their mean): an
+# empty hand, not one closing on a cube.
+PICK_VIEW_FRAMES = START_FRAMES
 PICK_VIEW_MIN_OPENING_M = 0.9 * PANDA_FINGER_OPEN
 
 
@@ -117,12 +119,13 @@ class VLAPolicy(PolicyBackend):
         self._skill_error: Optional[str] = None
         # cube_place "target_detector": what to ask the detector for on a place onto a cube
         self._place_query: Optional[str] = None
-        # cube_place_view "pick_start": the first frames (preprocessed pixels, raw state) of the
-        # last pick, the (skill id, target) they came from, and the lower cube found in them for
-        # the active place (found once per place skill).
+        # cube_place_view "pick_start": frames (preprocessed pixels, raw state) kept from the
+        # last pick's first ones, the (skill id, target) of that pick, how many of the active
+        # pick's frames are still to come before keeping stops, and the lower cube found in
+        # the kept frames for the active place.
         self._pick_views: list[tuple[torch.Tensor, np.ndarray]] = []
-        self._pick_views_of: Optional[tuple[str, str]] = None
-        self._skill: Optional[SkillSpec] = None
+        self._pick_views_source: Optional[tuple[str, str]] = None
+        self._pick_frames_left = 0
         self._lower_cube: Optional[torch.Tensor] = None
         self._end_effector = None
         if self.config.action_space == "ee_delta":
@@ -136,19 +139,11 @@ class VLAPolicy(PolicyBackend):
         self._starts, self._latched = [], None
         self._push_offset, self._skill_error = self._planned_push(skill)
         self._place_query = self._cube_place_query(skill)
-        self._skill, self._lower_cube = skill, None
-        if skill is None:
-            self._pick_views, self._pick_views_of = [], None
-        elif self._keeps_pick_views(skill):
-            # A regrasp keeps its pick's views (its hand is down among the cubes); any other
-            # pick starts new ones, even with an id seen before.
-            regrasp = (skill.skill_id != skill_id_of(skill.skill_id) and self._pick_views_of
-                       == (skill_id_of(skill.skill_id), skill.target_object))
-            if not regrasp:
-                self._pick_views, self._pick_views_of = [], (skill.skill_id, skill.target_object)
+        self._reset_pick_views(skill)
         for text in (skill.instruction if skill else None, self._place_query):
             if text is not None:
                 self._embedding(text)  # encode now, not at the first frame
+        self._lower_cube = self._lower_cube_in_pick_views(skill)
 
     def infer(self, observation: Observation) -> ActionChunk:
         if self._skill_error:
@@ -159,15 +154,14 @@ class VLAPolicy(PolicyBackend):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"image must be HxWx3 uint8, got {image.shape} {image.dtype}")
         joints = joint_vector(observation, self.config.joint_names)
-        grad_off = torch.no_grad if self.compile_mode else torch.inference_mode
-        with grad_off():
+        with self._no_grad():
             pixels = torch.from_numpy(np.ascontiguousarray(image)).to(self.device)
             pixels = self.model.preprocess(pixels.unsqueeze(0)).to(self.dtype)
             language = self._embedding(observation.skill.instruction).unsqueeze(0)
             raw_state = self._state(joints)
             state = torch.as_tensor(raw_state, dtype=torch.float32,
                                     device=self.device).unsqueeze(0)
-            self._remember_pick_view(observation.skill, pixels, raw_state)
+            self._remember_pick_view(pixels, raw_state)
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
             # None for models without start_memory (they ignore it) and on a skill's first frame.
@@ -217,52 +211,67 @@ class VLAPolicy(PolicyBackend):
             return None
         return pick_text(skill.destination)
 
-    def _keeps_pick_views(self, skill: Optional[SkillSpec]) -> bool:
-        return (skill is not None and skill.skill == "pick"
-                and self.config.cube_place == "target_detector"
-                and self.config.cube_place_view == "pick_start")
+    def _reset_pick_views(self, skill: Optional[SkillSpec]) -> None:
+        """Under cube_place_view "pick_start": a pick keeps its first PICK_VIEW_FRAMES frames
+        (those with the fingers open) for the place after it. A regrasp keeps its own pick's
+        and adds none (its hand starts down among the cubes); any other pick starts afresh,
+        even under an id seen before. The views then stay until the next pick."""
+        self._pick_frames_left = 0
+        if skill is None:
+            self._pick_views, self._pick_views_source = [], None
+        elif (skill.skill == "pick" and self.config.cube_place == "target_detector"
+              and self.config.cube_place_view == "pick_start"):
+            source = (base_skill_id(skill.skill_id), skill.target_object)
+            if not is_regrasp(skill.skill_id):
+                self._pick_views, self._pick_views_source = [], source
+                self._pick_frames_left = PICK_VIEW_FRAMES
+            elif source != self._pick_views_source:  # a regrasp of a pick never seen
+                self._pick_views, self._pick_views_source = [], None
 
-    def _remember_pick_view(self, skill: SkillSpec, pixels: torch.Tensor,
-                            raw_state: np.ndarray) -> None:
-        """Keep one of a pick's first START_FRAMES frames for the place after it: not a
-        regrasp's, and only with the fingers open."""
-        if (self._keeps_pick_views(skill) and len(self._pick_views) < START_FRAMES
-                and self._pick_views_of == (skill.skill_id, skill.target_object)
-                and raw_state[STATE_DIM - 1] >= PICK_VIEW_MIN_OPENING_M):
-            self._pick_views.append((pixels, raw_state.copy()))
+    def _remember_pick_view(self, pixels: torch.Tensor, raw_state: np.ndarray) -> None:
+        if self._pick_frames_left > 0:
+            self._pick_frames_left -= 1
+            if raw_state[STATE_DIM - 1] >= PICK_VIEW_MIN_OPENING_M:
+                self._pick_views.append((pixels, raw_state.copy()))
 
-    def _lower_cube_for(self, pixels: torch.Tensor, raw_state: np.ndarray) -> torch.Tensor:
-        """(1, 3) m: the lower cube of a place onto a cube. Under cube_place_view "pick_start",
-        the median of where the detector finds it in the views of the pick of the same cube
-        (once per place skill); otherwise, and when there are none, in this frame."""
-        same_cube = (self._skill is not None and self._pick_views_of is not None
-                     and self._pick_views_of[1] == self._skill.target_object)
-        if self.config.cube_place_view != "pick_start" or not (same_cube and self._pick_views):
-            return self._find_cube(pixels, raw_state)
-        if self._lower_cube is None:
+    def _lower_cube_in_pick_views(self, skill: Optional[SkillSpec]) -> Optional[torch.Tensor]:
+        """(1, 3) m for a place onto a cube whose pick (of the same cube) left views: the
+        median of where the detector finds the lower cube in them. None: the place finds it
+        in its own frames. The views show the scene before the pick: a lower cube that the
+        pick nudged is aimed at where it was."""
+        if (self._place_query is None or not self._pick_views
+                or self._pick_views_source[1] != skill.target_object):
+            return None
+        # One frame at a time, not batched: a batch gives other float roundings, and the
+        # committed table was measured this way (batched, 31 of 60 stack episodes ended a little
+        # differently and one changed outcome). It runs once, when the place starts.
+        with self._no_grad():
             found = torch.cat([self._find_cube(view, state) for view, state in self._pick_views])
-            self._lower_cube = found.median(0).values.unsqueeze(0)
-        return self._lower_cube
+            return found.median(0).values.unsqueeze(0)
 
-    def _find_cube(self, pixels: torch.Tensor, raw_state: np.ndarray) -> torch.Tensor:
-        """(1, 3) m: where the target detector finds the place query's cube. The fingers are
-        given as open: the detector reads a closed hand as "the target is in it", true of a
-        pick's target but not of a cube to put something on."""
-        open_hand = raw_state.copy()
-        open_hand[STATE_DIM - 1] = PANDA_FINGER_OPEN  # the gripper opening column
-        state = torch.as_tensor(open_hand, dtype=torch.float32, device=self.device).unsqueeze(0)
-        language = self._embedding(self._place_query).unsqueeze(0)
+    def _find_cube(self, pixels: torch.Tensor, raw_states: np.ndarray) -> torch.Tensor:
+        """(B, 3) m: where the target detector finds the place query's cube in B frames and
+        their (B, D) (or (D,)) raw states. The fingers are given as open: the detector reads a
+        closed hand as "the target is in it", true of a pick's target but not of a cube to put
+        something on."""
+        open_hand = np.array(raw_states, dtype=np.float32, ndmin=2)  # a copy
+        open_hand[:, STATE_DIM - 1] = PANDA_FINGER_OPEN  # the gripper opening column
+        state = torch.as_tensor(open_hand, device=self.device)
+        language = self._embedding(self._place_query)
+        language = language.unsqueeze(0).expand(len(open_hand), *language.shape)
         return self.model.find_target(pixels, language, state).float()
 
     def _place_from_plan(self, latched: torch.Tensor, pixels: torch.Tensor,
                          raw_state: np.ndarray) -> torch.Tensor:
         """One frame's (1, 6) latch, m, with its place taken from the plan where the checkpoint
-        says so (push_place, cube_place, cube_place_extra_ratio), in place. The push offset is
-        the same on every frame, so the median of these is the median target plus the offset."""
+        says so (push_place, cube_place, cube_place_view, cube_place_extra_ratio), in place.
+        The push offset and a lower cube found in the pick's views are the same on every frame,
+        so the median of these is the median target plus them."""
         if self._push_offset is not None:
             latched[:, 3:6] = latched[:, :3] + self._push_offset
         elif self._place_query is not None:
-            lower_cube = self._lower_cube_for(pixels, raw_state)
+            lower_cube = (self._lower_cube if self._lower_cube is not None
+                          else self._find_cube(pixels, raw_state))
             latched[:, 3:6] = lower_cube
             # beyond the lower cube, away from the held one (this frame's target), in the plane
             latched[:, 3:5] += self.config.cube_place_extra_ratio * (
@@ -273,6 +282,10 @@ class VLAPolicy(PolicyBackend):
         """The start a start_memory model reads: the median of the skill's first predictions
         (fixed after START_FRAMES), None before the first."""
         return self._latched
+
+    def _no_grad(self):
+        # no_grad under torch.compile (as inference has always run there), else inference_mode
+        return torch.no_grad() if self.compile_mode else torch.inference_mode()
 
     def _state(self, joints: np.ndarray) -> np.ndarray:
         state = state_vector(joints)

@@ -176,7 +176,9 @@ class VLAConfig:
     # of the given place on the side the arm came from, by about a fifth of the approach
     # (1.8-5.6 cm in the failures, the cube then tipping off), like the pushes' undershoot
     # (chosen on validation seeds, never on the evaluation's: docs/training_history.md, eighteenth
-    # session).
+    # session). Later traces showed where most of that shortfall came from: the lower cube was
+    # found in the place's own frames, where the detector drifts toward the hand (see
+    # cube_place_view, whose "pick_start" needs no extra).
     cube_place_extra_ratio: float = 0.0
     # Inference only, with cube_place "target_detector": which frames the detector looks for the
     # lower cube in. "place": the place skill's own first frames. "pick_start": the first frames
@@ -184,7 +186,8 @@ class VLAConfig:
     # hand the detector drifts toward it; in 4 traced failed stacks (validation seeds) the
     # place's first frames put the lower cube 4-13 cm off (median), the pick's first ones (arm
     # still high, nothing held) 0.2-2 cm. The extra ratio above made up for that drift and then
-    # only overshoots: 0 with this view (docs/training_history.md, twenty-seventh session).
+    # only overshoots: 0 with this view (docs/training_history.md, twenty-seventh session). The
+    # views show the scene before the pick: a lower cube the pick nudges is aimed at where it was.
     cube_place_view: str = "place"
     # Inference only: the least time (s) between two camera frames the policy reads. The policy
     # node infers no more often than this, whatever its inference_rate_hz, and `evaluate` uses
