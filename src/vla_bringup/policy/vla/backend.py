@@ -249,16 +249,14 @@ class VLAPolicy(PolicyBackend):
             found = torch.cat([self._find_cube(view, state) for view, state in self._pick_views])
             return found.median(0).values.unsqueeze(0)
 
-    def _find_cube(self, pixels: torch.Tensor, raw_states: np.ndarray) -> torch.Tensor:
-        """(B, 3) m: where the target detector finds the place query's cube in B frames and
-        their (B, D) (or (D,)) raw states. The fingers are given as open: the detector reads a
-        closed hand as "the target is in it", true of a pick's target but not of a cube to put
-        something on."""
-        open_hand = np.array(raw_states, dtype=np.float32, ndmin=2)  # a copy
-        open_hand[:, STATE_DIM - 1] = PANDA_FINGER_OPEN  # the gripper opening column
-        state = torch.as_tensor(open_hand, device=self.device)
-        language = self._embedding(self._place_query)
-        language = language.unsqueeze(0).expand(len(open_hand), *language.shape)
+    def _find_cube(self, pixels: torch.Tensor, raw_state: np.ndarray) -> torch.Tensor:
+        """(1, 3) m: where the target detector finds the place query's cube. The fingers are
+        given as open: the detector reads a closed hand as "the target is in it", true of a
+        pick's target but not of a cube to put something on."""
+        open_hand = raw_state.copy()
+        open_hand[STATE_DIM - 1] = PANDA_FINGER_OPEN  # the gripper opening column
+        state = torch.as_tensor(open_hand, dtype=torch.float32, device=self.device).unsqueeze(0)
+        language = self._embedding(self._place_query).unsqueeze(0)
         return self.model.find_target(pixels, language, state).float()
 
     def _place_from_plan(self, latched: torch.Tensor, pixels: torch.Tensor,
