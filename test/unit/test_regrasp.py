@@ -9,7 +9,7 @@ from vla_bringup.policy.base import ActionChunk
 from vla_bringup.policy.scripted_expert import ScriptedExpert
 from vla_bringup.sim.demonstrations import GeneratorConfig, run_episode, sample_episode
 from vla_bringup.core.skill_executor import (GraspCheck, SkillExecutor, SkillState, SkillTiming,
-                                             grasp_check_for)
+                                             grasp_check_for, release_check_for)
 
 NAMES = ("a", "b", "finger_1", "finger_2")
 TIMING = SkillTiming(timeout_s=30.0, first_chunk_timeout_s=2.0, policy_timeout_s=0.3,
@@ -20,10 +20,11 @@ EMPTY = [0.3, -0.3, 0.0005, 0.0005]  # fingers closed on nothing
 HOLDING = [0.3, -0.3, 0.025, 0.025]  # a 5 cm cube between them
 
 
-def chunk(start, skill_id="pick-1", chunk_id=1, done=False, rows=5, dt=0.1, fingers=0.0):
+def chunk(start, skill_id="pick-1", chunk_id=1, done=False, rows=5, dt=0.1, fingers=0.0,
+          progress=0.5):
     times = dt * np.arange(1, rows + 1)
     positions = np.stack([times, -times, np.full(rows, fingers), np.full(rows, fingers)], axis=1)
-    return TimedChunk(start, dt, positions, NAMES, skill_id, chunk_id, done, 0.5)
+    return TimedChunk(start, dt, positions, NAMES, skill_id, chunk_id, done, progress)
 
 
 def picking(grasp=GRASP):
@@ -199,3 +200,86 @@ def test_only_a_pick_is_grasp_checked():
     assert grasp_check_for("pick", None) is None
     for skill in ("place", "push", "move"):
         assert grasp_check_for(skill, GRASP) is None
+
+
+# ---------------------------------------------------------------- a place's "done" lets go
+def placing(check=GRASP):
+    executor = SkillExecutor(NAMES, blend_time_s=0.05)
+    executor.start("place-2", 0.0, TIMING, HOLDING, release_check=check)
+    assert executor.on_chunk(chunk(0.0, "place-2", fingers=0.025), 0.05, HOLDING) == (True, "ok")
+    return executor
+
+
+def test_a_place_said_done_with_the_cube_in_the_hand_goes_on_until_it_lets_go():
+    executor = placing()
+    done_holding = chunk(0.3, "place-2", chunk_id=2, done=True, fingers=0.025, progress=1.0)
+    assert executor.on_chunk(done_holding, 0.35, HOLDING) == (True, "ok")  # its motion runs
+    status = executor.status()
+    assert status.state is SkillState.EXECUTING and status.progress == 0.5  # not its 1.0
+    assert executor.dones_while_holding == 1 and "still between the fingers (1)" in status.message
+    np.testing.assert_allclose(executor.command(0.5), [0.2, -0.2, 0.025, 0.025])
+    released = chunk(0.6, "place-2", chunk_id=3, done=True, fingers=0.04)
+    assert executor.on_chunk(released, 0.65, [0.3, -0.3, 0.04, 0.04]) == (True, "ok")
+    assert executor.status().state is SkillState.SUCCEEDED
+
+
+def test_a_place_that_never_lets_go_times_out_saying_so():
+    executor = placing()
+    for index in range(3):
+        executor.on_chunk(chunk(0.3 * (index + 1), "place-2", chunk_id=2 + index, done=True,
+                                fingers=0.025), 0.3 * (index + 1) + 0.05, HOLDING)
+    executor.command(TIMING.timeout_s + 0.1)
+    status = executor.status()
+    assert status.state is SkillState.FAILED
+    assert "said done 3 times with the object still between the fingers" in status.message
+
+
+def test_a_refused_done_chunk_is_not_counted_as_said_while_holding():
+    executor = placing()
+    late_pick = chunk(0.3, "pick-1", chunk_id=9, done=True, fingers=0.025)  # the skill before
+    assert executor.on_chunk(late_pick, 0.35, HOLDING) == (False, "stale_skill")
+    assert executor.dones_while_holding == 0 and executor.status().message == "executing"
+
+
+@pytest.mark.parametrize("check, measured", [(None, HOLDING), (GRASP, None), (GRASP, EMPTY)])
+def test_a_place_done_counts_without_a_check_a_measurement_or_a_held_object(check, measured):
+    executor = placing(check)
+    assert executor.on_chunk(chunk(0.3, "place-2", chunk_id=2, done=True), 0.35, measured)[0]
+    assert executor.status().state is SkillState.SUCCEEDED
+
+
+def test_only_a_place_is_release_checked():
+    assert release_check_for("place", GRASP) is GRASP
+    assert release_check_for("place", None) is None
+    for skill in ("pick", "push", "move"):
+        assert release_check_for(skill, GRASP) is None
+
+
+class _PlaceSaysDoneAtOnce(ScriptedExpert):
+    """The scripted expert, except that its place's first chunks say done while the cube is
+    still in the hand, as a learned policy that reads the place as a finished pick."""
+
+    def __init__(self, premature: int = 3) -> None:
+        self.premature = premature
+        super().__init__()
+
+    def infer(self, observation):
+        chunk = super().infer(observation)
+        if observation.skill.skill == "place" and self.premature > 0:
+            self.premature -= 1
+            return ActionChunk(chunk.joint_names, chunk.positions, chunk.dt, skill_done=True,
+                               progress=chunk.progress)
+        return chunk
+
+
+def test_an_episode_goes_on_with_a_place_said_done_too_early():
+    """run_episode: without the release check, the early done ends the task with the cube in
+    the hand; with it, the place goes on and the cube is put in the tray."""
+    spec = sample_episode(0, families=("pick_place",))
+    config = GeneratorConfig(image_size=64, inference_latency_s=0.25)
+    unchecked = run_episode(spec, config, _PlaceSaysDoneAtOnce(), record=False)
+    assert not unchecked.success
+    assert unchecked.error == "task check failed after every skill reported done"
+    checked = run_episode(spec, config, _PlaceSaysDoneAtOnce(), record=False,
+                          release_check=GraspCheck())
+    assert checked.success, checked.error

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from vla_bringup.cli import evaluate as evaluate_cli
-from vla_bringup.core.skill_executor import SkillTiming
+from vla_bringup.sim import demonstrations
+from vla_bringup.core.skill_executor import GraspCheck, SkillTiming
 from vla_bringup.cli import train as train_cli
 from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.vla.backend import VLAPolicy
@@ -257,6 +258,19 @@ def test_a_setting_added_at_its_default_leaves_cached_features_valid(demos, tmp_
     assert train_cli.load_dataset(copy).episode_fingerprint(0) != current.episode_fingerprint(0)
 
 
+def test_a_bool_is_not_a_count():
+    for name in ("steps", "batch", "val_every", "threads"):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+            train_cli.TrainConfig(**{name: True})
+
+
+def test_a_non_finite_validation_loss_stops_training_clearly(demos, tmp_path, monkeypatch):
+    monkeypatch.setattr(train_cli, "_validate", lambda *args: {"loss": float("nan")})
+    with pytest.raises(FloatingPointError, match="validation loss is nan at step 2"):
+        _train(demos, tmp_path / "nan")
+    assert not (tmp_path / "nan" / "model.safetensors").exists()
+
+
 def test_bad_datasets_fail_clearly(tmp_path, capsys):
     out = tmp_path / "out"
     assert train_cli.main(["--data", str(tmp_path / "nothing"), "--out", str(out)]) == 2
@@ -279,8 +293,21 @@ def test_a_dataset_with_a_missing_file_is_refused(demos, tmp_path):
         train_cli.load_dataset(broken)
 
 
-def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_path):
+def _record_release_checks(monkeypatch) -> list:
+    """The release check each episode gets (one worker: the episodes run in this process)."""
+    checks, run_episode = [], demonstrations.run_episode
+
+    def recording(*args, **kwargs):
+        checks.append(kwargs.get("release_check"))
+        return run_episode(*args, **kwargs)
+    monkeypatch.setattr(demonstrations, "run_episode", recording)
+    return checks
+
+
+def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_path,
+                                                                    monkeypatch):
     folder, _, _ = trained
+    released = _record_release_checks(monkeypatch)
     out = tmp_path / "eval"
     code = evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--families", "push",
                               "--out", str(out), "--skill-timeout", "10", "--no-progress"])
@@ -292,6 +319,8 @@ def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_
                                "validation": False, "note": report["seeds"]["note"]}
     assert report["checkpoint"]["sha256"] and report["machine"]["cpu_count"]
     assert report["timing"]["wall_s"] > 0 and report["sim_config"]["image_size"] == 64
+    assert report["release_check"] is True and report["regrasp_attempts"] == 2
+    assert len(released) == 3 and all(isinstance(c, GraspCheck) for c in released)
     for phrasing in ("train", "held_out"):
         cell = report["results"]["push"][phrasing]
         assert cell["policy"]["episodes"] == 1 and cell["expert"]["episodes"] == 1
@@ -528,8 +557,9 @@ def test_weight_average_saves_the_averaged_weights(demos, tmp_path):
     assert plain["val_history"][-1]["loss"] != averaged["val_history"][-1]["loss"]
 
 
-def test_evaluate_with_inference_latency_records_it(trained, tmp_path, capsys):
+def test_evaluate_with_inference_latency_records_it(trained, tmp_path, capsys, monkeypatch):
     folder, _, _ = trained
+    released = _record_release_checks(monkeypatch)
     assert evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--out",
                               str(tmp_path / "bad"), "--sim-config", "[0.25]"]) == 2
     assert "must be a JSON object" in capsys.readouterr().err
@@ -537,9 +567,11 @@ def test_evaluate_with_inference_latency_records_it(trained, tmp_path, capsys):
     code = evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--families", "push",
                               "--phrasings", "train", "--out", str(out), "--skill-timeout", "10",
                               "--inference-latency", "0.25", "--inference-period", "0.3",
-                              "--validation", "--no-progress"])
+                              "--validation", "--no-release-check", "--no-progress"])
     assert code == 0
     report = json.loads((out / "eval.json").read_text())
+    assert report["release_check"] is False
+    assert released == [None, None]  # the expert's and the policy's episode
     assert report["sim_config"]["inference_latency_s"] == 0.25
     assert report["sim_config"]["inference_period_s"] == 0.3
     # The executor's timeouts the episodes ran under: the skill controller's hold included.

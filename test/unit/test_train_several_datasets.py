@@ -8,10 +8,12 @@ import json
 import shutil
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from vla_bringup.cli import train as train_cli
-from vla_bringup.cli.train_data import DatasetError, load_datasets
+from vla_bringup.cli.train_data import DatasetError, held_frames_done, load_datasets
 from vla_bringup.sim.demonstrations import GeneratorConfig, generate
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -118,3 +120,42 @@ def test_datasets_that_cannot_be_mixed_are_refused(datasets, tmp_path, capsys):
                            str(tmp_path / "out"), "--no-progress"])
     assert code == 2 and "named twice" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def _last_frame_says_not_done(root) -> None:
+    """Each episode's last frame says "not done, progress 0.8", as the expert often does on a
+    held frame after the done one."""
+    for path in sorted((root / "data").rglob("*.parquet")):
+        table = pq.read_table(path)
+        done, progress = table["skill_done"].to_pylist(), table["progress"].to_pylist()
+        assert done[-2:] == [True, True]
+        done[-1], progress[-1] = False, 0.8
+        for name, values in (("skill_done", done), ("progress", progress)):
+            field = table.schema.field(name)
+            table = table.set_column(table.schema.get_field_index(name), field,
+                                     pa.array(values, field.type))
+        pq.write_table(table, path)
+
+
+def test_held_frames_are_labelled_with_each_datasets_own_hold(datasets, tmp_path):
+    # Both datasets end each episode "done, not done". The first keeps its hold of 1 frame: its
+    # last frame follows the done frame before it. The second is marked as recorded with no
+    # hold: its last frame is the whole tail and keeps its label.
+    copies = [tmp_path / "hold_1", tmp_path / "hold_0"]
+    for source, copy in zip(datasets, copies):
+        shutil.copytree(source, copy, ignore=shutil.ignore_patterns("cache"))
+        _last_frame_says_not_done(copy)
+    info_path = copies[1] / "meta" / "info.json"
+    info = json.loads(info_path.read_text())
+    info["vla_bringup"]["generator_config"]["done_hold_frames"] = 0
+    info_path.write_text(json.dumps(info))
+    both = load_datasets(copies)
+    done, progress = held_frames_done(both)
+    alone = [held_frames_done(load_datasets(copy)) for copy in copies]
+    np.testing.assert_array_equal(done, np.concatenate([d for d, _ in alone]))
+    np.testing.assert_array_equal(progress, np.concatenate([p for _, p in alone]))
+    last_frames = both.offsets[1:] - 1
+    second = both.parts()[1][1]  # the second dataset's first episode
+    assert done[last_frames[:second]].all() and np.all(progress[last_frames[:second]] == 1.0)
+    assert not done[last_frames[second:]].any()
+    assert np.allclose(progress[last_frames[second:]], 0.8)

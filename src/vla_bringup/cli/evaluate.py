@@ -6,8 +6,10 @@
 For each task family and each of the N held-out seeds (`EVAL_SEED_BASE + i`, far above every
 training attempt), the scene of `sample_episode(i, EVAL_SEED_BASE, phrasing, (family,))` is run
 closed loop by `sim.demonstrations.run_episode` (record=False): the same skill executor and chunk
-scheduler as the ROS graph, camera image + measured joints + skill text in, success judged by
-`sim.tasks` on the final poses. Two phrasing conditions per family:
+scheduler as the ROS graph, with its checks of the fingers (a pick said done with empty fingers
+is regrasped, a place said done still holding the object goes on), camera image + measured
+joints + skill text in, success judged by `sim.tasks` on the final poses. Two phrasing
+conditions per family:
 - `train`: the phrasings seen in training (half the skills get the planner's own text, as the
   ROS graph sends it, the others a training template);
 - `held_out`: paraphrases never used in training, fed to the policy directly as skill texts.
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Optional
 
 from vla_bringup.cli.machine import describe_machine
+from vla_bringup.core.skill_executor import RELEASE_CHECK
 
 FAMILY_NAMES = {"pick_place": "pick & place", "push": "push", "stack": "stack"}
 PHRASING_NAMES = {"train": "seen phrasings", "held_out": "held-out paraphrases"}
@@ -120,7 +123,7 @@ def _generator_config(settings: dict):
 
 
 def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool,
-                 regrasp_attempts: int = 0) -> None:
+                 regrasp_attempts: int = 0, release_check: bool = RELEASE_CHECK) -> None:
     import torch
     torch.set_num_threads(1)
     from vla_bringup.core.skill_executor import GraspCheck
@@ -128,7 +131,9 @@ def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool
     config = _generator_config(settings)
     _STATE.clear()
     _STATE["config"] = config
-    _STATE["grasp"] = GraspCheck(attempts=regrasp_attempts) if regrasp_attempts >= 0 else None
+    fingers = GraspCheck(attempts=max(0, regrasp_attempts))
+    _STATE["grasp"] = fingers if regrasp_attempts >= 0 else None
+    _STATE["release"] = fingers if release_check else None
     _STATE["expert"] = ScriptedExpert(config.chunk_horizon, config.chunk_dt, config.max_speed)
     if need_policy:
         from vla_bringup.policy.vla.backend import VLAPolicy
@@ -144,7 +149,8 @@ def _run_job(job: tuple[str, str, str, int]) -> dict:
     backend = _STATE["policy" if backend_name == "policy" else "expert"]
     started = time.perf_counter()
     try:
-        data = run_episode(spec, config, backend, record=False, grasp=_STATE["grasp"])
+        data = run_episode(spec, config, backend, record=False, grasp=_STATE["grasp"],
+                           release_check=_STATE["release"])
         success, error, frames = bool(data.success), data.error, data.length
         regrasps = data.regrasps
         task_met, measures = data.task_met_at_failure, data.measures
@@ -275,9 +281,11 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
              phrasings: list[str], out: str | Path, workers: int = 1, device: str = "cpu",
              sim_overrides: Optional[dict] = None, skill_timeout: Optional[float] = None,
              expert_per_phrasing: bool = False, progress: bool = True, log=print,
-             validation: bool = False, regrasp_attempts: Optional[int] = None) -> dict:
+             validation: bool = False, regrasp_attempts: Optional[int] = None,
+             release_check: bool = RELEASE_CHECK) -> dict:
     """`regrasp_attempts`: the skill controller's regrasps after a pick said done with empty
-    fingers (None: its default, GraspCheck; negative: no check at all)."""
+    fingers (None: its default, GraspCheck; negative: no check at all). `release_check`: its
+    check that a place said done has let go of the object (the default, as in the graph)."""
     from vla_bringup.sim.demonstrations import (EVAL_SEED_BASE, VALIDATION_SEED_BASE,
                                                 episode_timing)
     from vla_bringup.core.skill_executor import GraspCheck
@@ -325,7 +333,8 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
             print(f"[evaluate] {len(episodes)}/{len(jobs)} {result['backend']} "
                   f"{result['family']} seed {result['seed']}: "
                   f"{'success' if result['success'] else 'failure'}", file=sys.stderr)
-    init_args = (str(checkpoint), settings, device, True, int(regrasp_attempts))
+    init_args = (str(checkpoint), settings, device, True, int(regrasp_attempts),
+                 bool(release_check))
     try:
         if workers == 1:
             import torch
@@ -381,6 +390,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                            f"{workers} worker(s) sharing the machine)"},
         "sim_config": settings,
         "regrasp_attempts": int(regrasp_attempts),
+        "release_check": bool(release_check),
         "skill_timing": dataclasses.asdict(episode_timing(_generator_config(settings))),
         "machine": describe_machine(),
         "episodes": episodes,
@@ -438,6 +448,10 @@ def main(argv=None) -> int:
                         help="regrasps after a pick says done with empty fingers, as the skill "
                              "controller's regrasp_attempts (default: its default; -1: no "
                              "check, the pick's done is taken as it comes)")
+    parser.add_argument("--no-release-check", action="store_true",
+                        help="take a place's done as it comes, even with the object still "
+                             "between the fingers (the skill controller's release_check false; "
+                             "tables before the twenty-eighth session were measured so)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     checkpoint = args.checkpoint
@@ -456,7 +470,8 @@ def main(argv=None) -> int:
                  list(dict.fromkeys(args.phrasings)), args.out, args.workers, args.device,
                  overrides, args.skill_timeout, args.expert_per_phrasing,
                  progress=not args.no_progress, validation=args.validation,
-                 regrasp_attempts=args.regrasp_attempts)
+                 regrasp_attempts=args.regrasp_attempts,
+                 release_check=not args.no_release_check)
     except (FileNotFoundError, ValueError) as error:
         print(f"[evaluate] ERROR: {error}", file=sys.stderr)
         return 2

@@ -135,8 +135,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch", "val_every", "val_max_frames", "threads", "encode_batch"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError("lr must be > 0, weight_decay >= 0, min_lr_ratio in [0, 1]")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -175,6 +176,11 @@ def _set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def _kept_step(keep: str, best_step: Optional[int], steps: int) -> Optional[int]:
+    """The step whose weights OUT holds (TrainConfig.keep)."""
+    return steps if keep == "last" else best_step
 
 
 def _lr_factor(step: int, steps: int, warmup: int, floor: float) -> float:
@@ -537,9 +543,12 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
             if val_idx.size and (step % train_config.val_every == 0 or step == steps):
                 with evaluated(model):
                     result = _validate(model, tensors, val_idx, train_config)
+                    if not math.isfinite(result["loss"]):  # else "best" would never save
+                        raise FloatingPointError(f"validation loss is {result['loss']} at step "
+                                                 f"{step} (the training loss was finite)")
                     if result["loss"] < best["loss"]:
                         best = {"loss": result["loss"], "step": step}
-                    if step == (best["step"] if train_config.keep == "best" else steps):
+                    if step == _kept_step(train_config.keep, best["step"], steps):
                         model.save_checkpoint(out, getattr(torch, train_config.save_dtype))
                     if 0 < train_config.snapshot_from <= step:
                         model.save_checkpoint(out / "snapshots" / f"step_{step}",
@@ -588,7 +597,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
                   list(vision["features"].shape[1:]), "language_computed": language["computed"],
                   "language_reused": language["reused"]},
         "best": best,
-        "kept_step": steps if train_config.keep == "last" else best["step"],
+        "kept_step": _kept_step(train_config.keep, best["step"], steps),
         "final_train_loss": history[-1]["loss"],
         "seconds_per_step": train_seconds / steps,
         "phases_s": phases,

@@ -321,13 +321,14 @@ def held_frames_done(demos: Demos) -> tuple[np.ndarray, np.ndarray]:
     is so taught both answers on nearly the same frame.
 
     Only a skill's last done_hold_frames + 1 frames are looked at (from the first done frame
-    among them): a pick said done earlier with empty fingers and then regrasped under the same
-    text keeps its labels."""
-    hold = int(demos.info.get("vla_bringup", {}).get("generator_config", {}).get(
-        "done_hold_frames", generator_defaults()["done_hold_frames"]))
+    among them; of datasets read as one, each with its own done_hold_frames): a pick said done
+    earlier with empty fingers and then regrasped under the same text keeps its labels."""
     done, progress = demos.done.astype(bool).copy(), demos.progress.copy()
     starts = np.flatnonzero(_skill_starts(demos))
     for first, end in zip(starts, np.append(starts[1:], len(done))):
+        part, _ = demos._source_of(int(demos.episode_of[first]))  # its own dataset's setting
+        hold = int(part.info.get("vla_bringup", {}).get("generator_config", {}).get(
+            "done_hold_frames", generator_defaults()["done_hold_frames"]))
         tail = max(first, end - hold - 1)
         said_done = np.flatnonzero(done[tail:end])
         if said_done.size:

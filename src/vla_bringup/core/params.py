@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence, Union
 
-from vla_bringup.core.skill_executor import GraspCheck, SkillTiming
+from vla_bringup.core.skill_executor import RELEASE_CHECK, GraspCheck, SkillTiming
 
 Value = Union[bool, int, float, str]
 
@@ -131,6 +131,10 @@ NODE_PARAMS: dict[str, tuple[ParamSpec, ...]] = {
               "fingers (their mean, measured) closed this far hold nothing", "m", 0.001, 0.03),
         _spec("regrasp_open_s", GraspCheck.reopen_s,
               "time the fingers get to open before a regrasp's chunks count", "s", 0.0, 5.0),
+        _spec("release_check", RELEASE_CHECK,
+              "a place that reports done with the object still between the fingers (measured, "
+              "as for regrasp_attempts) goes on until they let go, or times out saying so; "
+              "false: the place's done is taken as it comes"),
     ),
     "safety": (
         _spec("robot", "arm", "robot kind: arm = joint positions, base = velocities",

@@ -99,6 +99,16 @@ def grasp_check_for(skill: str, grasp: Optional[GraspCheck]) -> Optional[GraspCh
     return grasp if skill == "pick" else None
 
 
+# The skill controller's `release_check` and `evaluate`'s default: a place's "done" counts only
+# once the fingers have let go.
+RELEASE_CHECK = True
+
+
+def release_check_for(skill: str, check: Optional[GraspCheck]) -> Optional[GraspCheck]:
+    """The check whose `holding` a skill of kind `skill` must end without: a place lets go."""
+    return check if skill == "place" else None
+
+
 # A regrasp's policy skill id is "<skill_id>~regrasp<n>": the policy starts the pick again, and
 # can still tell which skill it belongs to (`base_skill_id`).
 REGRASP_MARK = "~regrasp"
@@ -125,6 +135,12 @@ class SkillExecutor:
         self._previous_policy_skill_id: Optional[str] = None  # announced while reopening
         self.grasp: Optional[GraspCheck] = None
         self.regrasps = 0
+        # A place's "done" counts only once the fingers have let go (`release_check`): a policy
+        # that misreads a place as a finished pick says done at once with the cube still in the
+        # hand, and the task would be reported done with it there. Such chunks still run, but
+        # their done (and progress) is not taken; they are counted.
+        self.release_check: Optional[GraspCheck] = None
+        self.dones_while_holding = 0
         self.waiting_since = 0.0  # when the executor began to wait for a first chunk
         self.reopen_until = -math.inf  # chunks from frames before this are refused (regrasp)
         self.state = SkillState.IDLE
@@ -141,8 +157,10 @@ class SkillExecutor:
 
     def start(self, skill_id: str, now: float, timing: SkillTiming,
               measured_positions: Optional[Sequence[float]] = None,
-              grasp: Optional[GraspCheck] = None) -> None:
-        """`grasp`: for a pick, what a held cube looks like in the joints (None: no check)."""
+              grasp: Optional[GraspCheck] = None,
+              release_check: Optional[GraspCheck] = None) -> None:
+        """`grasp`: for a pick, what a held cube looks like in the joints (None: no check).
+        `release_check`: for a place, the same, which its "done" must not find (None: none)."""
         self.scheduler.set_skill(skill_id)
         if measured_positions is not None and (self.released
                                                or self.scheduler.sample(now) is None):
@@ -150,6 +168,7 @@ class SkillExecutor:
         self.released = False
         self.skill_id, self.timing, self.started_at = skill_id, timing, now
         self.policy_skill_id, self.grasp, self.regrasps = skill_id, grasp, 0
+        self.release_check, self.dones_while_holding = release_check, 0
         self.waiting_since, self.reopen_until = now, -math.inf
         self._previous_policy_skill_id = skill_id
         self.state, self.message, self.progress, self.chunks_received = (
@@ -171,6 +190,11 @@ class SkillExecutor:
                 and not self.grasp.holding(measured_positions)):
             self._regrasp(now, measured_positions)
             return False, "grasp_missed"
+        done_while_holding = (chunk.skill_done and self.release_check is not None
+                              and measured_positions is not None
+                              and self.release_check.holding(measured_positions))
+        if done_while_holding:  # its motion runs; its claim to have finished does not count
+            chunk = dataclasses.replace(chunk, skill_done=False, progress=0.0)
         if self.released:
             self.scheduler.hold()
             self.scheduler.set_anchor(measured_positions)
@@ -182,8 +206,12 @@ class SkillExecutor:
         self.progress = max(self.progress, min(1.0, max(0.0, float(chunk.progress))))
         if chunk.skill_done:
             self._finish(SkillState.SUCCEEDED, "policy reports the goal reached", progress=1.0)
-        elif self.state is not SkillState.EXECUTING:
-            self.state, self.message = SkillState.EXECUTING, "executing"
+            return True, "ok"
+        self.state, self.message = SkillState.EXECUTING, "executing"
+        if done_while_holding:
+            self.dones_while_holding += 1
+            self.message = (f"executing: the place said done with the object still between the "
+                            f"fingers ({self.dones_while_holding}); going on until it lets go")
         return True, "ok"
 
     def _regrasp(self, now: float, measured_positions: Sequence[float]) -> None:
@@ -259,7 +287,10 @@ class SkillExecutor:
             return
         elapsed = now - self.started_at
         if elapsed > self.timing.timeout_s:
-            self._finish(SkillState.FAILED, f"timed out after {self.timing.timeout_s:.1f} s")
+            held = self.dones_while_holding
+            self._finish(SkillState.FAILED, f"timed out after {self.timing.timeout_s:.1f} s" + (
+                f" (the place said done {held} time{'s' if held > 1 else ''} with the object "
+                "still between the fingers)" if held else ""))
         elif self.state is SkillState.WAITING_FOR_POLICY:
             if now - self.waiting_since > self.timing.first_chunk_timeout_s:
                 self._finish(SkillState.FAILED,

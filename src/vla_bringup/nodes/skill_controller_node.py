@@ -25,7 +25,7 @@ from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_bringup.core.chunk_schedule import TimedChunk
 from vla_bringup.core.skill_executor import (GraspCheck, SkillExecutor, SkillState, SkillTiming,
-                                             grasp_check_for)
+                                             grasp_check_for, release_check_for)
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       declare_parameters, node_stopping, now_sec,
                                       quiet_on_shutdown, run, sec_to_stamp, serve_lifeline,
@@ -50,9 +50,11 @@ class SkillControllerNode(Node):
         self.executor_core = SkillExecutor(PANDA_JOINT_NAMES, p["blend_time_s"],
                                            p["max_chunk_age_s"])
         # A pick's "done" counts only with something between the fingers (core/skill_executor).
-        self.grasp_check = GraspCheck(empty_grip_m=p["empty_grip_m"], reopen_s=p["regrasp_open_s"],
-                                      attempts=p["regrasp_attempts"]) \
-            if p["regrasp_attempts"] >= 0 else None
+        fingers = GraspCheck(empty_grip_m=p["empty_grip_m"], reopen_s=p["regrasp_open_s"],
+                             attempts=max(0, p["regrasp_attempts"]))
+        self.grasp_check = fingers if p["regrasp_attempts"] >= 0 else None
+        # A place's "done" counts only once the fingers have let go of the object.
+        self.release_check = fingers if p["release_check"] else None
         self.core_lock = threading.Lock()  # the core is shared by timer, chunk and goal callbacks
         self.step_lock = threading.Lock()
         self.measured = None
@@ -223,7 +225,8 @@ class SkillControllerNode(Node):
                              starvation_timeout_s=p["starvation_timeout_s"])
         with self.core_lock:
             self.executor_core.start(skill_id, now_sec(self), timing, self.measured,
-                                     grasp_check_for(goal.skill, self.grasp_check))
+                                     grasp_check_for(goal.skill, self.grasp_check),
+                                     release_check_for(goal.skill, self.release_check))
 
         def announce_active(policy_skill_id: str) -> None:
             self.announce(SkillCommand(

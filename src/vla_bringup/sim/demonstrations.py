@@ -39,7 +39,7 @@ import numpy as np
 
 from vla_bringup.core.instruction import plan
 from vla_bringup.core.skill_executor import (GraspCheck, SkillExecutor, SkillState, SkillTiming,
-                                             grasp_check_for)
+                                             grasp_check_for, release_check_for)
 from vla_bringup.core.chunk_schedule import TimedChunk, advance_rows, lead_shift
 from vla_bringup.policy.base import Observation, PolicyBackend, SkillSpec
 from vla_bringup.policy.scripted_expert import ScriptedExpert
@@ -274,13 +274,16 @@ def episode_timing(config: GeneratorConfig) -> SkillTiming:
 
 def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                 expert: Optional[PolicyBackend] = None, record: bool = True,
-                grasp: Optional[GraspCheck] = GraspCheck()) -> EpisodeData:
+                grasp: Optional[GraspCheck] = GraspCheck(),
+                release_check: Optional[GraspCheck] = None) -> EpisodeData:
     """Run one attempt closed loop and record it (frames as PNG bytes).
 
     `expert` may be any backend (for closed-loop evaluation of a learned policy, with
     `record=False`): it gets the camera image, and the ground-truth scene only if it is
     privileged. `data.success` is the simulator's verdict on the task. `grasp`: the skill
     controller's check of a pick's "done" (its defaults; None: no check), as in the graph.
+    `release_check`: its check of a place's "done" (None, the default, as the demonstrations
+    were recorded: generation leaves it off so that the data stays the same).
     """
     expert = expert or ScriptedExpert(config.chunk_horizon, config.chunk_dt, config.max_speed)
     privileged = expert.requires_ground_truth
@@ -305,7 +308,8 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
         for index, skill in enumerate(spec.skills):
             expert.reset(skill)
             executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1],
-                           grasp_check_for(skill.skill, grasp))
+                           grasp_check_for(skill.skill, grasp),
+                           release_check_for(skill.skill, release_check))
             policy_skill_id, policy_skill = executor.policy_skill_id, skill
             held, chunk_id, start = 0, 0, world.object_poses()
             in_flight: Optional[tuple[float, TimedChunk]] = None  # (arrival time, chunk)
