@@ -126,14 +126,12 @@ def _init_worker(checkpoint: str, settings: dict, device: str, need_policy: bool
                  regrasp_attempts: int = 0, release_check: bool = RELEASE_CHECK) -> None:
     import torch
     torch.set_num_threads(1)
-    from vla_bringup.core.skill_executor import GraspCheck
+    from vla_bringup.core.skill_executor import finger_checks
     from vla_bringup.policy.scripted_expert import ScriptedExpert
     config = _generator_config(settings)
     _STATE.clear()
     _STATE["config"] = config
-    fingers = GraspCheck(attempts=max(0, regrasp_attempts))
-    _STATE["grasp"] = fingers if regrasp_attempts >= 0 else None
-    _STATE["release"] = fingers if release_check else None
+    _STATE["grasp"], _STATE["release"] = finger_checks(regrasp_attempts, release_check)
     _STATE["expert"] = ScriptedExpert(config.chunk_horizon, config.chunk_dt, config.max_speed)
     if need_policy:
         from vla_bringup.policy.vla.backend import VLAPolicy

@@ -109,6 +109,15 @@ def release_check_for(skill: str, check: Optional[GraspCheck]) -> Optional[Grasp
     return check if skill == "place" else None
 
 
+def finger_checks(regrasp_attempts: int, release_check: bool = RELEASE_CHECK, **settings
+                  ) -> tuple[Optional[GraspCheck], Optional[GraspCheck]]:
+    """The skill controller's checks of the fingers from its parameters, one GraspCheck
+    (`settings`: its other fields) serving both: the pick's grasp check (None for
+    regrasp_attempts < 0) and the place's release check (None when off)."""
+    fingers = GraspCheck(attempts=max(0, regrasp_attempts), **settings)
+    return (fingers if regrasp_attempts >= 0 else None), (fingers if release_check else None)
+
+
 # A regrasp's policy skill id is "<skill_id>~regrasp<n>": the policy starts the pick again, and
 # can still tell which skill it belongs to (`base_skill_id`).
 REGRASP_MARK = "~regrasp"

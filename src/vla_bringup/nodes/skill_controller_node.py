@@ -24,8 +24,8 @@ from std_msgs.msg import Header
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_bringup.core.chunk_schedule import TimedChunk
-from vla_bringup.core.skill_executor import (GraspCheck, SkillExecutor, SkillState, SkillTiming,
-                                             grasp_check_for, release_check_for)
+from vla_bringup.core.skill_executor import (SkillExecutor, SkillState, SkillTiming,
+                                             finger_checks, grasp_check_for, release_check_for)
 from vla_bringup.nodes.common import (CHUNK_QOS, COMMAND_QOS, LATCHED_QOS, SENSOR_QOS,
                                       declare_parameters, node_stopping, now_sec,
                                       quiet_on_shutdown, run, sec_to_stamp, serve_lifeline,
@@ -49,12 +49,11 @@ class SkillControllerNode(Node):
                 "skill_controller: robot:=base is not implemented yet; use robot:=arm")
         self.executor_core = SkillExecutor(PANDA_JOINT_NAMES, p["blend_time_s"],
                                            p["max_chunk_age_s"])
-        # A pick's "done" counts only with something between the fingers (core/skill_executor).
-        fingers = GraspCheck(empty_grip_m=p["empty_grip_m"], reopen_s=p["regrasp_open_s"],
-                             attempts=max(0, p["regrasp_attempts"]))
-        self.grasp_check = fingers if p["regrasp_attempts"] >= 0 else None
-        # A place's "done" counts only once the fingers have let go of the object.
-        self.release_check = fingers if p["release_check"] else None
+        # A pick's "done" counts only with something between the fingers, a place's only once
+        # they have let go of the object (core/skill_executor).
+        self.grasp_check, self.release_check = finger_checks(
+            p["regrasp_attempts"], p["release_check"], empty_grip_m=p["empty_grip_m"],
+            reopen_s=p["regrasp_open_s"])
         self.core_lock = threading.Lock()  # the core is shared by timer, chunk and goal callbacks
         self.step_lock = threading.Lock()
         self.measured = None
