@@ -293,6 +293,36 @@ def test_a_dataset_with_a_missing_file_is_refused(demos, tmp_path):
         train_cli.load_dataset(broken)
 
 
+def test_a_skill_input_model_trains_on_the_datasets_primitives(demos, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+    assert set(train_cli.load_dataset(demos).skills) == {"push"}  # the fixture's one family
+    from vla_bringup.policy.vla.model import VLAModel
+    seen, forward = [], VLAModel.forward
+
+    def recording(self, *args, skill=None, **kwargs):
+        seen.append(None if skill is None else skill.tolist())
+        return forward(self, *args, skill=skill, **kwargs)
+    monkeypatch.setattr(VLAModel, "forward", recording)
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2})
+    log = train_cli.train(demos, tmp_path / "skill", {**TINY_MODEL, "skill_input": True}, config,
+                          progress=False, log=lambda *a: None)
+    assert all(np.isfinite(h["loss"]) for h in log["history"])
+    assert seen and all(batch is not None and set(batch) == {2} for batch in seen)  # "push"
+    monkeypatch.undo()
+    model = load_checkpoint(tmp_path / "skill")
+    assert model.config.skill_input and np.all(np.isfinite(_infer_once(model).positions))
+    # A dataset without the column cannot train one, and says so before any work.
+    old = tmp_path / "old"
+    shutil.copytree(demos, old, ignore=shutil.ignore_patterns("cache"))
+    for path in old.glob("data/chunk-000/*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["skill"]), path)
+    assert train_cli.load_dataset(old).skills is None
+    with pytest.raises(train_cli.DatasetError, match="skill_input needs the column 'skill'"):
+        train_cli.train(old, tmp_path / "none", {**TINY_MODEL, "skill_input": True}, config,
+                        progress=False, log=lambda *a: None)
+
+
 def _record_release_checks(monkeypatch) -> list:
     """The release check each episode gets (one worker: the episodes run in this process)."""
     checks, run_episode = [], demonstrations.run_episode

@@ -29,7 +29,8 @@ import torch
 
 from vla_bringup.policy.vla.config import VLAConfig
 from vla_bringup.policy.vla.encoders import MissingDependencyError
-from vla_bringup.policy.vla.model import VLAModel, checkpoint_size, load_checkpoint
+from vla_bringup.policy.vla.model import (VLAModel, checkpoint_size, load_checkpoint,
+                                          skill_indices)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -92,7 +93,9 @@ def inputs(model: VLAModel, device: torch.device, dtype: torch.dtype):
     shape = (1, *model.config.language_shape)
     language = torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)
     state = torch.randn(1, model.config.state_dim, generator=generator) * 0.1
-    return pixels, language.to(device), state.to(device)
+    # A skill_input model also reads the skill primitive ("pick"); others take None.
+    skill = skill_indices(["pick"], device) if model.config.skill_input else None
+    return pixels, language.to(device), state.to(device), skill
 
 
 def variant(model: VLAModel, device: str, dtype: torch.dtype, compile_mode: str | None,
@@ -101,7 +104,7 @@ def variant(model: VLAModel, device: str, dtype: torch.dtype, compile_mode: str 
     copy = VLAModel(model.config, pretrained=False)
     copy.load_state_dict(model.state_dict())
     copy = copy.to(device, dtype).eval()
-    pixels, language, state = inputs(copy, torch.device(device), dtype)
+    pixels, language, state, skill = inputs(copy, torch.device(device), dtype)
     forward = torch.compile(copy, mode=compile_mode) if compile_mode else copy
     mark = getattr(torch.compiler, "cudagraph_mark_step_begin", None)
 
@@ -109,7 +112,7 @@ def variant(model: VLAModel, device: str, dtype: torch.dtype, compile_mode: str 
         if compile_mode == "reduce-overhead" and mark is not None:
             mark()
         with torch.no_grad():
-            return forward(pixels, language, state)
+            return forward(pixels, language, state, skill=skill)
 
     started = time.perf_counter()
     # Compilation happens here; clone before the next call (CUDA graphs reuse output memory).

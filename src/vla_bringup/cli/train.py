@@ -279,8 +279,9 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     start = tensors["start_positions"][rows] if "start_positions" in tensors else None
     if start is not None and noise is not None:
         start = start + noise[:, 10:10 + start.shape[1]]
+    skill = tensors["skill"][rows] if "skill" in tensors else None
     outputs = model(None, language, state, vision_features=features, given_positions=given,
-                    keypoint_crops=crops, start_positions=start)
+                    keypoint_crops=crops, start_positions=start, skill=skill)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
     losses = head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
                        tensors["progress"][rows], train.done_weight, train.progress_weight,
@@ -357,7 +358,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
     `data`: a dataset folder, or a list of them trained on as one (train_data.load_datasets)."""
     import torch
     from vla_bringup.policy.vla.config import VLAConfig, encode_actions, state_vector
-    from vla_bringup.policy.vla.model import VLAModel, checkpoint_size
+    from vla_bringup.policy.vla.model import VLAModel, checkpoint_size, skill_indices
     from vla_bringup.policy.vla.weight_average import WeightAverage
 
     train_config = train_config or TrainConfig()
@@ -422,6 +423,9 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         # It hides token-state rows; a sentence model has only the one row that always stays.
         raise ValueError("language_dropout needs a model with language_input 'tokens' (a "
                          f"'{config.language_input}' model would silently ignore it)")
+    if config.skill_input and demos.skills is None:
+        raise DatasetError(f"skill_input needs the column 'skill', which {demos.root} lacks "
+                           "(regenerate it with generate_data)")
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
                            f"{demos.root} lacks (regenerate it with generate_data)")
@@ -471,6 +475,8 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         "done": torch.from_numpy(done_labels.astype(np.float32)),
         "progress": torch.from_numpy(progress_labels.astype(np.float32)),
     }
+    if config.skill_input:
+        tensors["skill"] = skill_indices(demos.skills)
     if config.position_aux:
         mean, std = np.array(config.position_mean), np.array(config.position_std)
         tensors["positions"] = torch.from_numpy(((demos.positions - mean) / std)

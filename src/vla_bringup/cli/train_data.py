@@ -41,6 +41,9 @@ class Demos:
     # (N, 6) target object and place positions (m), the generator's privileged columns; None
     # for a dataset without them (the auxiliary position loss then cannot be used)
     positions: Optional[np.ndarray] = None
+    # (N,) the skill primitive of each frame ("pick" | "place" | "push"); None for a dataset
+    # without the column (a skill_input model cannot be trained on it)
+    skills: Optional[list[str]] = None
     # Several datasets read as one (load_datasets): each one and the index of its first episode
     # here. Empty for a single dataset. root and info are then the first one's.
     sources: list = dataclasses.field(default_factory=list)
@@ -198,6 +201,8 @@ def load_dataset(root: str | Path) -> Demos:
         if any(not isinstance(t, str) or not t.strip() for t in texts):
             raise DatasetError(f"episode {index}: {path} has an empty instruction")
         instructions += texts
+        if "skill" in table.column_names:
+            parts.setdefault("skills", []).append(_column(table, "skill", path).to_pylist())
         folder = (root / info["image_path"].format(episode_index=index, frame_index=0)).parent
         count = sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else 0
         if count != rows:
@@ -210,7 +215,9 @@ def load_dataset(root: str | Path) -> Demos:
                  np.concatenate(parts["progress"]).astype(np.float64), instructions,
                  np.repeat(np.arange(len(lengths)), lengths), offsets,
                  np.concatenate(parts["positions"])
-                 if len(parts.get("positions", [])) == len(lengths) else None)
+                 if len(parts.get("positions", [])) == len(lengths) else None,
+                 [name for part in parts["skills"] for name in part]
+                 if len(parts.get("skills", [])) == len(lengths) else None)
 
 
 def load_datasets(roots) -> Demos:
@@ -249,6 +256,7 @@ def load_datasets(roots) -> Demos:
     firsts = np.cumsum([0] + [len(p.episodes) for p in parts])[:-1]
     frame_starts = np.cumsum([0] + [int(p.offsets[-1]) for p in parts])[:-1]
     positions = [p.positions for p in parts]
+    skills = [p.skills for p in parts]
     return Demos(
         first.root, first.info, [e for p in parts for e in p.episodes],
         np.concatenate([p.states for p in parts]), np.concatenate([p.chunks for p in parts]),
@@ -258,6 +266,7 @@ def load_datasets(roots) -> Demos:
         np.concatenate([p.offsets[:-1] + s for p, s in zip(parts, frame_starts)]
                        + [[frame_starts[-1] + parts[-1].offsets[-1]]]).astype(np.int64),
         None if any(x is None for x in positions) else np.concatenate(positions),
+        None if any(x is None for x in skills) else [name for part in skills for name in part],
         sources=[(p, int(f)) for p, f in zip(parts, firsts)])
 
 

@@ -32,7 +32,7 @@ from vla_bringup.policy.base import (ActionChunk, Observation, PolicyBackend, Sk
 from vla_bringup.policy.temporal_ensemble import TemporalEnsemble
 from vla_bringup.policy.vla.config import STATE_DIM, decode_actions, state_vector
 from vla_bringup.policy.vla.encoders import TextEncoder
-from vla_bringup.policy.vla.model import VLAModel, load_checkpoint
+from vla_bringup.policy.vla.model import VLAModel, load_checkpoint, skill_indices
 
 # Where the committed checkpoint lives (checkpoint:="" selects it).
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "checkpoints" / "default"
@@ -105,6 +105,7 @@ class VLAPolicy(PolicyBackend):
                                                                rel_tol=1e-6)
         self.text_encoder = text_encoder if text_encoder is not None else TextEncoder()
         self._language: dict[str, torch.Tensor] = {}  # instruction -> embedding on the device
+        self._skill_indices: dict[str, torch.Tensor] = {}  # primitive -> index on the device
         self.last_outputs: dict[str, float] = {}
         # Temporal ensembling of successive chunks (temporal_ensemble.py): the checkpoint's
         # setting by default; a number overrides it, None turns it off.
@@ -165,7 +166,10 @@ class VLAPolicy(PolicyBackend):
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
             # None for models without start_memory (they ignore it) and on a skill's first frame.
-            outputs = self._forward(pixels, language, state, start_positions=self.latched_start())
+            skill = (self._skill_index(observation.skill.skill) if self.config.skill_input
+                     else None)
+            outputs = self._forward(pixels, language, state, start_positions=self.latched_start(),
+                                    skill=skill)
             if self.config.start_memory and len(self._starts) < START_FRAMES:
                 latched = self.model.latched_positions(outputs).detach().clone()
                 self._starts.append(self._place_from_plan(latched, pixels, raw_state))
@@ -284,6 +288,13 @@ class VLAPolicy(PolicyBackend):
     def _no_grad(self):
         # no_grad under torch.compile (as inference has always run there), else inference_mode
         return torch.no_grad() if self.compile_mode else torch.inference_mode()
+
+    def _skill_index(self, name: str) -> torch.Tensor:
+        """(1,) int64 on the device, made once per primitive rather than on every frame."""
+        index = self._skill_indices.get(name)
+        if index is None:
+            index = self._skill_indices[name] = skill_indices([name], self.device)
+        return index
 
     def _state(self, joints: np.ndarray) -> np.ndarray:
         state = state_vector(joints)

@@ -43,9 +43,9 @@ ARM_DOF = 7
 # Options tried and removed (their results stay in docs/training_history.md), with the value that
 # meant "off": a saved config.json that carries one at that value still loads.
 # place_blend_noise: noise on the detector's place in the place_relative blend (14th session);
-# skill_input: the skill primitive as an input (13th); head_language False: a head that reads
-# no words (14th).
-REMOVED_FIELDS = {"place_blend_noise": 0.0, "skill_input": False, "head_language": True}
+# head_language False: a head that reads no words (14th). (skill_input, removed in the 15th
+# session, came back in the 29th.)
+REMOVED_FIELDS = {"place_blend_noise": 0.0, "head_language": True}
 ACTION_DIM = 8  # joint spaces: 7 arm joints + gripper opening
 STATE_DIM = 8  # 7 arm joint positions + gripper opening (mean of the fingers)
 EE_ACTION_DIM = 5  # ee_delta: grasp point offset xyz, yaw offset, gripper opening
@@ -214,6 +214,15 @@ class VLAConfig:
     # few centimetres, and stacks were released off the lower cube (docs/training_history.md,
     # eleventh session). With anchors, the precision of a via point is the detector's.
     action_anchors: bool = False
+    # The skill primitive the skill controller hands over with the text (policy.base.SKILLS:
+    # pick, place, push) as a learned vector added to the state token. Which cube and where still
+    # come from the words, the image and the plan's destination. Why: a stack's place with an
+    # unseen wording ("rest the red brick atop the green brick") was read as a finished pick: it
+    # said done at nearly every chunk with the cube still in the hand (44 of 71 failed held-out
+    # stacks, docs/training_history.md, twenty-eighth session), while the controller knew all
+    # along that the skill was a place. Tried in the 13th session on an older recipe, where
+    # held-out failures came from misread nouns, it did not help then.
+    skill_input: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
     # which is right for most frames of a demonstration), "keypoints" (a spatial softmax per

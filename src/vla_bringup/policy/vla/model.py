@@ -16,6 +16,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vla_bringup.policy.base import SKILLS
 from vla_bringup.policy.vla.config import ACTION_DIM, POSITION_DIM, STATE_DIM, VLAConfig
 from vla_bringup.policy.vla.encoders import IMAGENET_MEAN, IMAGENET_STD, build_vision_encoder
 from vla_bringup.policy.vla.fusion import (AttentionPool, CrossBlock, GroundedKeypoints,
@@ -52,6 +53,7 @@ class VLAModel(nn.Module):
         self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
         self.state_proj = mlp(config.state_dim, d, d, 0.0)
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
+        self.skill_embedding = nn.Embedding(len(SKILLS), d) if config.skill_input else None
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config, len(ANCHORS) if config.action_anchors else 0)
         # The auxiliary position head (see VLAConfig.position_from for the four sources).
@@ -124,7 +126,8 @@ class VLAModel(nn.Module):
                 vision_features: Optional[torch.Tensor] = None,
                 given_positions: Optional[torch.Tensor] = None,
                 keypoint_crops: Optional[torch.Tensor] = None,
-                start_positions: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                start_positions: Optional[torch.Tensor] = None,
+                skill: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
         for a "tokens" model (B, L, 384) rows: the sentence, then token states, then zero rows
@@ -135,7 +138,9 @@ class VLAModel(nn.Module):
         features instead of images. `start_positions` (B, 3), m: the target object's position
         when the skill started, for a `start_memory` model (B, 6 with the place, for a
         `place_memory` one); None means this is the skill's first frame (the frame's own
-        prediction is used). Returns the head's outputs."""
+        prediction is used). `skill` (B,) int64: the index in policy.base.SKILLS of the skill
+        primitive, for a `skill_input` model (`skill_indices`); others ignore it. Returns the
+        head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -145,6 +150,8 @@ class VLAModel(nn.Module):
         lang, readers = self._language(language.to(dtype), batch)
         normalised_state = self._normalised_state(state).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
+        if self.skill_embedding is not None:
+            state_token = state_token + self._skill_vectors(skill, batch).to(dtype)
         context = self.fusion(vision, lang, state_token)
         positions = keypoint_logits = keypoint_pixels = None
         if self.position_pixels is not None:
@@ -182,6 +189,14 @@ class VLAModel(nn.Module):
         if keypoint_pixels is not None:
             outputs["keypoint_pixels"] = keypoint_pixels
         return outputs
+
+    def _skill_vectors(self, skill: Optional[torch.Tensor], batch: int) -> torch.Tensor:
+        """(B, 1, d): the primitive's learned vector, for a skill_input model."""
+        if skill is None or tuple(skill.shape) != (batch,) or skill.dtype != torch.int64:
+            got = None if skill is None else f"{tuple(skill.shape)} {skill.dtype}"
+            raise ValueError(f"this model reads the skill primitive: pass skill as ({batch},) "
+                             f"int64 indices in {SKILLS} (skill_indices), got {got}")
+        return self.skill_embedding(skill).unsqueeze(1)
 
     def _normalised_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
@@ -397,8 +412,17 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
     return model.to(device).eval()
 
 
+def skill_indices(skills: list[str], device: str | torch.device = "cpu") -> torch.Tensor:
+    """Skill primitive names -> (B,) int64 indices in policy.base.SKILLS (skill_input models)."""
+    unknown = sorted(set(skills) - set(SKILLS))
+    if unknown:
+        raise ValueError(f"unknown skill primitives {unknown}; known: {SKILLS}")
+    return torch.tensor([SKILLS.index(name) for name in skills], dtype=torch.int64,
+                        device=device)
+
+
 def checkpoint_size(folder: str | Path) -> int:
     return sum(p.stat().st_size for p in Path(folder).iterdir() if p.is_file())
 
 
-__all__ = ["VLAModel", "load_checkpoint", "checkpoint_size", "ACTION_DIM"]
+__all__ = ["VLAModel", "load_checkpoint", "checkpoint_size", "skill_indices", "ACTION_DIM"]
