@@ -280,6 +280,8 @@ def test_an_episode_goes_on_with_a_place_said_done_too_early():
     unchecked = run_episode(spec, config, _PlaceSaysDoneAtOnce(), record=False)
     assert not unchecked.success
     assert unchecked.error == "task check failed after every skill reported done"
+    assert unchecked.dones_while_holding == 0  # nothing was checked, so nothing was ignored
     checked = run_episode(spec, config, _PlaceSaysDoneAtOnce(), record=False,
                           release_check=GraspCheck())
     assert checked.success, checked.error
+    assert checked.dones_while_holding == 3  # each premature done, counted in the episode

@@ -368,6 +368,8 @@ def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_
         cell = report["results"]["push"][phrasing]["policy"]
         assert sum(failures.values()) == cell["episodes"] - cell["successes"]
     assert all("task_met_at_failure" in e for e in report["episodes"])
+    # A push has no place: nothing is release-checked, so no done can have been ignored.
+    assert all(e["dones_while_holding"] == 0 for e in report["episodes"])
     expert = [e for e in report["episodes"] if e["backend"] == "expert"]
     assert all(e["measures"]["pushed_m"] >= 0.08 for e in expert)  # what the check compared
 

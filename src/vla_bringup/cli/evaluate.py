@@ -150,17 +150,18 @@ def _run_job(job: tuple[str, str, str, int]) -> dict:
         data = run_episode(spec, config, backend, record=False, grasp=_STATE["grasp"],
                            release_check=_STATE["release"])
         success, error, frames = bool(data.success), data.error, data.length
-        regrasps = data.regrasps
+        regrasps, held_dones = data.regrasps, data.dones_while_holding
         task_met, measures = data.task_met_at_failure, data.measures
     except Exception as exc:  # noqa: BLE001 - an episode that crashes counts as a failure
         success, error, frames = False, f"crash {type(exc).__name__}: {exc}", 0
-        task_met, measures, regrasps = None, {}, 0
+        task_met, measures, regrasps, held_dones = None, {}, 0, 0
     return {"backend": backend_name, "family": family, "phrasing": phrasing,
             "index": index, "seed": spec.seed, "success": success, "frames": frames,
             "seconds": round(time.perf_counter() - started, 3), "error": error[:300],
             "instruction": spec.instruction, "skills": [s.instruction for s in spec.skills],
             "crashed": error.startswith("crash "), "task_met_at_failure": task_met,
-            "measures": {k: round(v, 4) for k, v in measures.items()}, "regrasps": regrasps}
+            "measures": {k: round(v, 4) for k, v in measures.items()}, "regrasps": regrasps,
+            "dones_while_holding": held_dones}
 
 
 def _rate(episodes: list[dict]) -> dict:

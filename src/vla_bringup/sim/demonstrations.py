@@ -225,6 +225,13 @@ class EpisodeData:
     columns: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     instructions: list[str] = dataclasses.field(default_factory=list)  # per frame
     regrasps: int = 0  # picks started again after saying done with empty fingers
+    # places' "done"s ignored because the fingers still held the object (the release check)
+    dones_while_holding: int = 0
+
+    def add_finger_counts(self, executor: SkillExecutor) -> None:
+        """Fold in a finished skill's regrasps and ignored dones (at either end of a skill)."""
+        self.regrasps += executor.regrasps
+        self.dones_while_holding += executor.dones_while_holding
 
     @property
     def length(self) -> int:
@@ -361,14 +368,14 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                         chunk_id += 1
                     if executor.state is SkillState.SUCCEEDED:
                         if held >= config.done_hold_frames:
-                            data.regrasps += executor.regrasps
+                            data.add_finger_counts(executor)
                             break
                         held += 1
                 for _ in range(steps):
                     in_flight = _deliver(executor, in_flight, world)
                     _step_world(world, executor)
                 if executor.state is SkillState.FAILED:
-                    data.regrasps += executor.regrasps
+                    data.add_finger_counts(executor)
                     poses = world.object_poses()
                     data.task_met_at_failure = task_succeeded(task, initial, poses)
                     data.measures = task_measures(task, initial, poses)
