@@ -285,3 +285,25 @@ def test_an_episode_goes_on_with_a_place_said_done_too_early():
                           release_check=GraspCheck())
     assert checked.success, checked.error
     assert checked.dones_while_holding == 3  # each premature done, counted in the episode
+
+
+class _PlaceHoldsAndSaysDone(ScriptedExpert):
+    """The scripted expert's pick, then a place that keeps the cube in the hand where it is and
+    says done at every chunk: the held-out stacks' failure."""
+
+    def infer(self, observation):
+        chunk = super().infer(observation)
+        if observation.skill.skill != "place":
+            return chunk
+        rows = np.tile(observation.joint_positions, (len(chunk.positions), 1))
+        return ActionChunk(observation.joint_names, rows, chunk.dt, skill_done=True)
+
+
+def test_a_failed_episode_keeps_the_count_of_dones_said_while_holding():
+    spec = sample_episode(0, families=("pick_place",))
+    config = GeneratorConfig(image_size=64, inference_latency_s=0.25, skill_timeout_s=10.0)
+    data = run_episode(spec, config, _PlaceHoldsAndSaysDone(), record=False,
+                       release_check=GraspCheck())
+    assert not data.success and "timed out" in data.error, data.error
+    assert data.dones_while_holding > 1
+    assert f"said done {data.dones_while_holding} times" in data.error, data.error

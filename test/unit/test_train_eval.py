@@ -293,34 +293,72 @@ def test_a_dataset_with_a_missing_file_is_refused(demos, tmp_path):
         train_cli.load_dataset(broken)
 
 
-def test_a_skill_input_model_trains_on_the_datasets_primitives(demos, tmp_path, monkeypatch):
+def _rewrite_skill_column(root, values_of) -> None:
+    """Replace (values_of returns a list) or drop (None) each episode's skill column in place."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
-    assert set(train_cli.load_dataset(demos).skills) == {"push"}  # the fixture's one family
-    from vla_bringup.policy.vla.model import VLAModel
-    seen, forward = [], VLAModel.forward
+    for path in sorted(root.glob("data/chunk-000/*.parquet")):
+        table = pq.read_table(path).drop_columns(["skill"])
+        values = values_of(table.num_rows)
+        if values is not None:
+            table = table.append_column("skill", pa.array(values))
+        pq.write_table(table, path)
 
-    def recording(self, *args, skill=None, **kwargs):
-        seen.append(None if skill is None else skill.tolist())
+
+def test_a_skill_input_model_trains_on_each_frames_own_primitive(demos, tmp_path, monkeypatch):
+    from vla_bringup.policy.base import SKILLS
+    from vla_bringup.policy.vla.model import VLAModel
+    assert set(train_cli.load_dataset(demos).skills) == {"push"}  # the fixture's one family
+    # Mixed primitives, frame by frame, so that a misaligned or constant index would show.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(demos, mixed, ignore=shutil.ignore_patterns("cache"))
+    _rewrite_skill_column(mixed, lambda rows: [SKILLS[i % 3] for i in range(rows)])
+    skills = train_cli.load_dataset(mixed).skills
+    asked, given = [], []
+    losses, forward = train_cli._losses, VLAModel.forward
+
+    def asking(model, tensors, idx, *args, **kwargs):
+        asked.append([SKILLS.index(skills[i]) for i in idx])
+        return losses(model, tensors, idx, *args, **kwargs)
+
+    def reading(self, *args, skill=None, **kwargs):
+        given.append(None if skill is None else skill.tolist())
         return forward(self, *args, skill=skill, **kwargs)
-    monkeypatch.setattr(VLAModel, "forward", recording)
+    monkeypatch.setattr(train_cli, "_losses", asking)
+    monkeypatch.setattr(VLAModel, "forward", reading)
     config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2})
-    log = train_cli.train(demos, tmp_path / "skill", {**TINY_MODEL, "skill_input": True}, config,
+    log = train_cli.train(mixed, tmp_path / "skill", {**TINY_MODEL, "skill_input": True}, config,
                           progress=False, log=lambda *a: None)
-    assert all(np.isfinite(h["loss"]) for h in log["history"])
-    assert seen and all(batch is not None and set(batch) == {2} for batch in seen)  # "push"
     monkeypatch.undo()
+    assert all(np.isfinite(h["loss"]) for h in log["history"])
+    assert asked and given == asked  # training and validation batches alike
+    assert any(len(set(batch)) > 1 for batch in asked)
     model = load_checkpoint(tmp_path / "skill")
     assert model.config.skill_input and np.all(np.isfinite(_infer_once(model).positions))
-    # A dataset without the column cannot train one, and says so before any work.
-    old = tmp_path / "old"
-    shutil.copytree(demos, old, ignore=shutil.ignore_patterns("cache"))
-    for path in old.glob("data/chunk-000/*.parquet"):
-        table = pq.read_table(path)
-        pq.write_table(table.drop_columns(["skill"]), path)
+
+
+def test_a_dataset_without_known_primitives_cannot_train_a_skill_input_model(demos, tmp_path):
+    config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2})
+
+    def refused(root, message):
+        with pytest.raises(train_cli.DatasetError, match=message):
+            train_cli.train(root, tmp_path / "out", {**TINY_MODEL, "skill_input": True}, config,
+                            progress=False, log=lambda *a: None)
+        assert not (root / "cache").exists()  # said before any cache was built
+    old, odd = tmp_path / "old", tmp_path / "odd"
+    for root in (old, odd):
+        shutil.copytree(demos, root, ignore=shutil.ignore_patterns("cache"))
+    _rewrite_skill_column(old, lambda rows: None)
     assert train_cli.load_dataset(old).skills is None
-    with pytest.raises(train_cli.DatasetError, match="skill_input needs the column 'skill'"):
-        train_cli.train(old, tmp_path / "none", {**TINY_MODEL, "skill_input": True}, config,
-                        progress=False, log=lambda *a: None)
+    refused(old, "skill_input needs the column 'skill', which .*old.* lack")
+    _rewrite_skill_column(odd, lambda rows: ["push"] * (rows - 1) + ["wave"])
+    refused(odd, "odd: the column 'skill' holds 'wave'")
+    # Read with another dataset, the one that lacks it is named, not the first.
+    with_column = train_cli.load_dataset(demos)
+    together = dataclasses.replace(with_column, sources=[(with_column, 0),
+                                                         (train_cli.load_dataset(old), 2)])
+    with pytest.raises(train_cli.DatasetError, match="'skill', which \\['[^,]*old'\\] lack"):
+        train_cli._check_skills(together)
 
 
 def _record_release_checks(monkeypatch) -> list:

@@ -197,10 +197,25 @@ def _optimizer(model, train: TrainConfig):
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad:
             continue
-        no_decay = parameter.ndim < 2 or name.endswith(("_pos", "queries", "modality_logits"))
+        no_decay = parameter.ndim < 2 or name.endswith(
+            ("_pos", "queries", "modality_logits", "skill_embedding.weight"))
         (plain if no_decay else decay).append(parameter)
     return torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
                               {"params": plain, "weight_decay": 0.0}], lr=train.lr)
+
+
+def _check_skills(demos) -> None:
+    """Before any cache is built: every dataset has the skill column, with known primitives."""
+    from vla_bringup.policy.base import SKILLS
+    lacking = [str(part.root) for part, _ in demos.parts() if part.skills is None]
+    if lacking:
+        raise DatasetError(f"skill_input needs the column 'skill', which {lacking} lack(s) "
+                           "(regenerate with generate_data)")
+    for part, _ in demos.parts():
+        unknown = sorted({repr(name) for name in part.skills if name not in SKILLS})
+        if unknown:
+            raise DatasetError(f"{part.root}: the column 'skill' holds {', '.join(unknown)}; "
+                               f"skill_input knows {SKILLS}")
 
 
 def _repeat_families(train_idx: np.ndarray, demos, train_eps: list, repeat: dict,
@@ -423,9 +438,8 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         # It hides token-state rows; a sentence model has only the one row that always stays.
         raise ValueError("language_dropout needs a model with language_input 'tokens' (a "
                          f"'{config.language_input}' model would silently ignore it)")
-    if config.skill_input and demos.skills is None:
-        raise DatasetError(f"skill_input needs the column 'skill', which {demos.root} lacks "
-                           "(regenerate it with generate_data)")
+    if config.skill_input:
+        _check_skills(demos)
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
                            f"{demos.root} lacks (regenerate it with generate_data)")

@@ -229,7 +229,7 @@ class EpisodeData:
     dones_while_holding: int = 0
 
     def add_finger_counts(self, executor: SkillExecutor) -> None:
-        """Fold in a finished skill's regrasps and ignored dones (at either end of a skill)."""
+        """Fold in an ended skill's regrasps and ignored dones, once per skill."""
         self.regrasps += executor.regrasps
         self.dones_while_holding += executor.dones_while_holding
 
@@ -302,6 +302,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
     rows: dict[str, list] = {k: [] for k in (
         "observation.state", "action.chunk", "skill_done", "progress", "skill_index", "skill",
         "observation.ee_position", "privileged.target_position", "privileged.place_position")}
+    skill_running = False  # a skill started whose finger counts are not yet in `data`
     try:
         arm = np.asarray(HOME_ARM) + rng.normal(0.0, config.start_joint_noise, 7)
         world.reset(spec.seed, joint_positions=list(arm) + [FINGER_OPEN, FINGER_OPEN])
@@ -317,6 +318,7 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
             executor.start(skill.skill_id, world.sim_time, timing, world.joint_state()[1],
                            grasp_check_for(skill.skill, grasp),
                            release_check_for(skill.skill, release_check))
+            skill_running = True
             policy_skill_id, policy_skill = executor.policy_skill_id, skill
             held, chunk_id, start = 0, 0, world.object_poses()
             in_flight: Optional[tuple[float, TimedChunk]] = None  # (arrival time, chunk)
@@ -369,13 +371,13 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
                     if executor.state is SkillState.SUCCEEDED:
                         if held >= config.done_hold_frames:
                             data.add_finger_counts(executor)
+                            skill_running = False
                             break
                         held += 1
                 for _ in range(steps):
                     in_flight = _deliver(executor, in_flight, world)
                     _step_world(world, executor)
                 if executor.state is SkillState.FAILED:
-                    data.add_finger_counts(executor)
                     poses = world.object_poses()
                     data.task_met_at_failure = task_succeeded(task, initial, poses)
                     data.measures = task_measures(task, initial, poses)
@@ -387,6 +389,8 @@ def run_episode(spec: EpisodeSpec, config: GeneratorConfig,
         if not data.success:
             data.error = "task check failed after every skill reported done"
     except (RuntimeError, ValueError) as error:
+        if skill_running:  # failed, or the policy raised mid-skill: its counts still count
+            data.add_finger_counts(executor)
         data.error = f"{type(error).__name__}: {error}"
     finally:
         world.close()

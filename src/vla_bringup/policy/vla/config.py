@@ -220,8 +220,9 @@ class VLAConfig:
     # unseen wording ("rest the red brick atop the green brick") was read as a finished pick: it
     # said done at nearly every chunk with the cube still in the hand (44 of 71 failed held-out
     # stacks, docs/training_history.md, twenty-eighth session), while the controller knew all
-    # along that the skill was a place. Tried in the 13th session on an older recipe, where
-    # held-out failures came from misread nouns, it did not help then.
+    # along that the skill was a place. A variant (also beside the words in the place_relative
+    # blend) was tried in the 13th session on an older recipe, whose held-out failures came
+    # from misread nouns, and did not help then; it was removed in the 15th.
     skill_input: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",

@@ -53,7 +53,10 @@ class VLAModel(nn.Module):
         self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
         self.state_proj = mlp(config.state_dim, d, d, 0.0)
         self.state_pos = nn.Parameter(torch.randn(1, d) * 0.02)
-        self.skill_embedding = nn.Embedding(len(SKILLS), d) if config.skill_input else None
+        self.skill_embedding = None
+        if config.skill_input:  # small at first, like the other learned vectors on the tokens
+            self.skill_embedding = nn.Embedding(len(SKILLS), d)
+            nn.init.normal_(self.skill_embedding.weight, std=0.02)
         self.fusion = build_fusion(config, grid)
         self.head = ActionHead(config, len(ANCHORS) if config.action_anchors else 0)
         # The auxiliary position head (see VLAConfig.position_from for the four sources).
@@ -139,8 +142,9 @@ class VLAModel(nn.Module):
         when the skill started, for a `start_memory` model (B, 6 with the place, for a
         `place_memory` one); None means this is the skill's first frame (the frame's own
         prediction is used). `skill` (B,) int64: the index in policy.base.SKILLS of the skill
-        primitive, for a `skill_input` model (`skill_indices`); others ignore it. Returns the
-        head's outputs."""
+        primitive, for a `skill_input` model (made by `skill_indices`, which checks the names;
+        the range is not checked here, as that would wait on the device); others ignore it.
+        Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -414,9 +418,9 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
 
 def skill_indices(skills: list[str], device: str | torch.device = "cpu") -> torch.Tensor:
     """Skill primitive names -> (B,) int64 indices in policy.base.SKILLS (skill_input models)."""
-    unknown = sorted(set(skills) - set(SKILLS))
+    unknown = sorted({repr(name) for name in skills if name not in SKILLS})
     if unknown:
-        raise ValueError(f"unknown skill primitives {unknown}; known: {SKILLS}")
+        raise ValueError(f"unknown skill primitives [{', '.join(unknown)}]; known: {SKILLS}")
     return torch.tensor([SKILLS.index(name) for name in skills], dtype=torch.int64,
                         device=device)
 
