@@ -78,6 +78,17 @@ def test_a_checkpoint_keeps_the_option_and_its_vectors(tmp_path):
     assert not VLAConfig.from_dict(stored).skill_input
 
 
+def test_weights_of_other_shapes_are_refused_by_name(tmp_path):
+    """Same tensor names, other shapes (as an old skill_input checkpoint whose place blend read
+    the primitive): a clear error naming the tensor, not torch's size mismatch."""
+    import json
+    folder = tiny_model(skill_input=True).save_checkpoint(tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "d_model": 64}))
+    with pytest.raises(ValueError, match="does not fit its config: .*\\(config: "):
+        load_checkpoint(folder, pretrained=False)
+
+
 def test_the_backend_feeds_the_observations_own_primitive():
     model = tiny_model(skill_input=True)
     policy = VLAPolicy(model=model, device="cpu")

@@ -204,18 +204,23 @@ def _optimizer(model, train: TrainConfig):
                               {"params": plain, "weight_decay": 0.0}], lr=train.lr)
 
 
-def _check_skills(demos) -> None:
-    """Before any cache is built: every dataset has the skill column, with known primitives."""
-    from vla_bringup.policy.base import SKILLS
+def skill_tensor(demos):
+    """(N,) int64 primitive indices of every frame, for a skill_input model; called before any
+    cache is built, so that a dataset without the column or with an unknown primitive is
+    refused at once, naming that dataset (several may be read as one)."""
+    import torch
+    from vla_bringup.policy.vla.model import skill_indices
     lacking = [str(part.root) for part, _ in demos.parts() if part.skills is None]
     if lacking:
-        raise DatasetError(f"skill_input needs the column 'skill', which {lacking} lack(s) "
-                           "(regenerate with generate_data)")
+        raise DatasetError(f"skill_input needs the column 'skill', which {', '.join(lacking)} "
+                           "lacks (regenerate it with generate_data)")
+    parts = []
     for part, _ in demos.parts():
-        unknown = sorted({repr(name) for name in part.skills if name not in SKILLS})
-        if unknown:
-            raise DatasetError(f"{part.root}: the column 'skill' holds {', '.join(unknown)}; "
-                               f"skill_input knows {SKILLS}")
+        try:
+            parts.append(skill_indices(part.skills))
+        except ValueError as error:
+            raise DatasetError(f"{part.root}: the column 'skill' holds {error}") from None
+    return torch.cat(parts)
 
 
 def _repeat_families(train_idx: np.ndarray, demos, train_eps: list, repeat: dict,
@@ -373,7 +378,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
     `data`: a dataset folder, or a list of them trained on as one (train_data.load_datasets)."""
     import torch
     from vla_bringup.policy.vla.config import VLAConfig, encode_actions, state_vector
-    from vla_bringup.policy.vla.model import VLAModel, checkpoint_size, skill_indices
+    from vla_bringup.policy.vla.model import VLAModel, checkpoint_size
     from vla_bringup.policy.vla.weight_average import WeightAverage
 
     train_config = train_config or TrainConfig()
@@ -439,7 +444,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         raise ValueError("language_dropout needs a model with language_input 'tokens' (a "
                          f"'{config.language_input}' model would silently ignore it)")
     if config.skill_input:
-        _check_skills(demos)
+        skills = skill_tensor(demos)
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
                            f"{demos.root} lacks (regenerate it with generate_data)")
@@ -490,7 +495,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         "progress": torch.from_numpy(progress_labels.astype(np.float32)),
     }
     if config.skill_input:
-        tensors["skill"] = skill_indices(demos.skills)
+        tensors["skill"] = skills
     if config.position_aux:
         mean, std = np.array(config.position_mean), np.array(config.position_std)
         tensors["positions"] = torch.from_numpy(((demos.positions - mean) / std)

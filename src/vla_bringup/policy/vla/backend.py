@@ -165,9 +165,10 @@ class VLAPolicy(PolicyBackend):
             self._remember_pick_view(pixels, raw_state)
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
-            # None for models without start_memory (they ignore it) and on a skill's first frame.
             skill = (self._skill_index(observation.skill.skill) if self.config.skill_input
                      else None)
+            # The latched start: None for models without start_memory (they ignore it) and on a
+            # skill's first frame.
             outputs = self._forward(pixels, language, state, start_positions=self.latched_start(),
                                     skill=skill)
             if self.config.start_memory and len(self._starts) < START_FRAMES:

@@ -222,7 +222,9 @@ class VLAConfig:
     # stacks, docs/training_history.md, twenty-eighth session), while the controller knew all
     # along that the skill was a place. A variant (also beside the words in the place_relative
     # blend) was tried in the 13th session on an older recipe, whose held-out failures came
-    # from misread nouns, and did not help then; it was removed in the 15th.
+    # from misread nouns, and did not help then; it was removed in the 15th. On the recipe
+    # (29th session) it did not help either (validation stacks, held-out phrasings: 8 of 32
+    # against 11), so the recipe leaves it off.
     skill_input: bool = False
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",

@@ -155,7 +155,7 @@ class VLAModel(nn.Module):
         normalised_state = self._normalised_state(state).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         if self.skill_embedding is not None:
-            state_token = state_token + self._skill_vectors(skill, batch).to(dtype)
+            state_token = state_token + self._skill_vectors(skill, batch)
         context = self.fusion(vision, lang, state_token)
         positions = keypoint_logits = keypoint_pixels = None
         if self.position_pixels is not None:
@@ -411,6 +411,12 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
         raise ValueError(f"{weights_path} does not fit its config: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
     reference = model.state_dict()
+    # Same names, other shapes: e.g. a skill_input checkpoint from before the 15th session,
+    # whose place blend also read the primitive (commit 1522412 or earlier).
+    wrong = [f"{k} {tuple(v.shape)} (config: {tuple(reference[k].shape)})"
+             for k, v in sorted(tensors.items()) if v.shape != reference[k].shape]
+    if wrong:
+        raise ValueError(f"{weights_path} does not fit its config: {wrong[:3]}")
     tensors = {k: v.to(reference[k].dtype) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=False)
     return model.to(device).eval()
