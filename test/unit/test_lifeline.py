@@ -9,6 +9,8 @@ import threading
 import time
 import uuid
 
+import pytest
+
 from vla_bringup.core.lifeline import LifelineServer, LifelineWatcher, lifeline_name
 
 HOLDER = ("import sys, time\n"
@@ -107,3 +109,20 @@ def test_clean_close_counts_as_gone_and_a_taken_name_is_refused():
     server.close()
     assert wait_for(lost), "a node that shut down was not reported gone"
     watcher.stop()
+
+
+def test_a_mutex_in_use_outlives_a_swapped_library_handle(monkeypatch):
+    """A watcher still waiting on its mutex when the next test simulates a libc without robust
+    mutexes (the module handle set to None) must still unlock it, not raise in its thread."""
+    from vla_bringup.core import lifeline
+    if lifeline._PTHREAD is None:
+        pytest.skip("no robust mutexes on this libc")
+    mutex = lifeline._SharedMutex.create()
+    try:
+        assert mutex.lock(timeout_s=0.5) == 0
+        monkeypatch.setattr(lifeline, "_PTHREAD", None)
+        mutex.release_after_lock(0)
+        assert mutex.lock(timeout_s=0.5) == 0  # it was unlocked: it can be taken again
+        mutex.release_after_lock(0)
+    finally:
+        mutex.close()

@@ -67,6 +67,9 @@ class _SharedMutex:
     """A robust, process-shared pthread mutex in a memfd that can be sent to another process."""
 
     def __init__(self, fd: int) -> None:
+        # The library as it was when this mutex was made: a mutex in use keeps working even if
+        # the module's handle is swapped meanwhile (a test that simulates a libc without it).
+        self.pthread = _PTHREAD
         self.fd = fd
         self.memory = mmap.mmap(fd, _MUTEX_BYTES)
         self.address = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(self.memory)))
@@ -79,9 +82,9 @@ class _SharedMutex:
         attr = ctypes.create_string_buffer(16)
         for call, args in (("pthread_mutexattr_init", ()), ("pthread_mutexattr_setpshared", (1,)),
                            ("pthread_mutexattr_setrobust", (1,))):
-            if getattr(_PTHREAD, call)(attr, *args) != 0:
+            if getattr(mutex.pthread, call)(attr, *args) != 0:
                 raise OSError(f"{call} failed")
-        if _PTHREAD.pthread_mutex_init(mutex.address, attr) != 0:
+        if mutex.pthread.pthread_mutex_init(mutex.address, attr) != 0:
             raise OSError("pthread_mutex_init failed")
         return mutex
 
@@ -89,13 +92,13 @@ class _SharedMutex:
         """0 (the holder unlocked), EOWNERDEAD (the holder died) or ETIMEDOUT."""
         deadline = time.time() + timeout_s  # timedlock takes CLOCK_REALTIME
         when = _Timespec(int(deadline), int((deadline % 1.0) * 1e9))
-        return _PTHREAD.pthread_mutex_timedlock(self.address, ctypes.byref(when))
+        return self.pthread.pthread_mutex_timedlock(self.address, ctypes.byref(when))
 
     def release_after_lock(self, result: int) -> None:
         # Unlock before unmapping: a locked robust mutex stays on this thread's robust list.
         if result == _EOWNERDEAD:
-            _PTHREAD.pthread_mutex_consistent(self.address)
-        _PTHREAD.pthread_mutex_unlock(self.address)
+            self.pthread.pthread_mutex_consistent(self.address)
+        self.pthread.pthread_mutex_unlock(self.address)
 
     def close(self) -> None:
         self.address = None
@@ -144,14 +147,14 @@ class LifelineServer:
     def _hold(self, held: threading.Event) -> None:
         try:
             mutex = _SharedMutex.create()
-            if _PTHREAD.pthread_mutex_lock(mutex.address) == 0:
+            if mutex.pthread.pthread_mutex_lock(mutex.address) == 0:
                 self.mutex = mutex
         except OSError as error:
             self.error = f"no robust mutex, socket only: {error}"
         held.set()
         if self.mutex is not None:
             self.closing.wait()
-            _PTHREAD.pthread_mutex_unlock(self.mutex.address)  # a clean shutdown
+            self.mutex.pthread.pthread_mutex_unlock(self.mutex.address)  # a clean shutdown
 
     def _accept(self) -> None:
         while self.socket is not None:
