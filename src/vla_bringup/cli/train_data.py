@@ -53,6 +53,11 @@ class Demos:
         extra = self.info.get("vla_bringup", {})
         return float(extra.get("chunk_dt") or 1.0 / float(self.info["fps"]))
 
+    @property
+    def generator_config(self) -> dict:
+        """The generator settings stored in meta/info.json (empty for an older dataset)."""
+        return self.info.get("vla_bringup", {}).get("generator_config", {})
+
     def parts(self) -> list[tuple["Demos", int]]:
         """(dataset, index of its first episode here) for each dataset read into this one."""
         return self.sources or [(self, 0)]
@@ -98,8 +103,7 @@ class Demos:
         path = self.root / self.info["data_path"].format(
             episode_chunk=episode // int(self.info.get("chunks_size", 1000)),
             episode_index=episode)
-        generator = self.info.get("vla_bringup", {}).get("generator_config", {})
-        generator = {k: v for k, v in generator.items() if keep(k, v)}
+        generator = {k: v for k, v in self.generator_config.items() if keep(k, v)}
         blob = json.dumps([self.episodes[episode], generator, path.stat().st_size],
                           sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -333,11 +337,13 @@ def held_frames_done(demos: Demos) -> tuple[np.ndarray, np.ndarray]:
     among them; of datasets read as one, each with its own done_hold_frames): a pick said done
     earlier with empty fingers and then regrasped under the same text keeps its labels."""
     done, progress = demos.done.astype(bool).copy(), demos.progress.copy()
+    default = generator_defaults()["done_hold_frames"]
+    holds = {id(part): int(part.generator_config.get("done_hold_frames", default))
+             for part, _ in demos.parts()}
     starts = np.flatnonzero(_skill_starts(demos))
     for first, end in zip(starts, np.append(starts[1:], len(done))):
         part, _ = demos._source_of(int(demos.episode_of[first]))  # its own dataset's setting
-        hold = int(part.info.get("vla_bringup", {}).get("generator_config", {}).get(
-            "done_hold_frames", generator_defaults()["done_hold_frames"]))
+        hold = holds[id(part)]
         tail = max(first, end - hold - 1)
         said_done = np.flatnonzero(done[tail:end])
         if said_done.size:
