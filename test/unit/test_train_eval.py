@@ -176,6 +176,9 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
         train_cli.TrainConfig(language_dropout=1.0)
     with pytest.raises(ValueError, match="instruction_variants"):
         train_cli.TrainConfig(instruction_variants=-1)
+    for bad in ({"reworded_fraction": 0.5}, {"instruction_variants": 2, "reworded_fraction": 1.5}):
+        with pytest.raises(ValueError, match="reworded_fraction"):
+            train_cli.TrainConfig(**bad)
     with pytest.raises(ValueError, match="language_dropout needs"):  # a sentence model
         _train(demos, tmp_path / "sentence", language_dropout=0.3)
     # The committed recipe's shape: tokens, the pixel detector, latched start and place, the
@@ -201,6 +204,22 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
     model = load_checkpoint(tmp_path / "tokens")
     assert model.language_pool is not None and model.place_blend is not None
     assert np.all(np.isfinite(_infer_once(model).positions))
+
+
+def test_reworded_fraction_sets_how_often_an_example_reads_a_rewording():
+    import torch
+    # Two texts (rows 0 and 1), each with three rewordings; column 0 is the text itself.
+    variants = torch.tensor([[0, 2, 3, 4], [1, 5, 6, 7]])
+    own = torch.tensor([0, 1] * 2000)
+    torch.manual_seed(0)
+    assert torch.equal(train_cli._reworded_rows(own, variants, 0.0), own)
+    always = train_cli._reworded_rows(own, variants, 1.0)
+    assert torch.all((always >= 2) & (always != own))
+    assert set(always[own == 1].tolist()) == {5, 6, 7}  # only the text's own rewordings
+    share = (train_cli._reworded_rows(own, variants, 0.3) != own).float().mean().item()
+    assert 0.25 < share < 0.35
+    uniform = (train_cli._reworded_rows(own, variants, None) == own).float().mean().item()
+    assert 0.2 < uniform < 0.3  # the text is one of four equal choices
 
 
 def test_a_setting_added_at_its_default_leaves_cached_features_valid(demos, tmp_path):

@@ -109,6 +109,10 @@ class TrainConfig:
     # Each training example reads its instruction or one of up to this many rewordings
     # (policy.vla.paraphrase: other object and tray nouns, verbs, in/into), chosen at random.
     instruction_variants: int = 0
+    # With instruction_variants: the share of training examples that read a rewording, the
+    # rest reading their own text (the graph sends the planner's text, so it should stay the
+    # most frequent). None: the text and each rewording equally often, 1 / (N + 1) each.
+    reworded_fraction: Optional[float] = None
     # Task family -> how many times its training frames appear per epoch (1 when absent), to
     # give a family that is learnt more slowly (push) more steps without more data.
     family_repeat: dict = dataclasses.field(default_factory=dict)
@@ -153,6 +157,10 @@ class TrainConfig:
                 not 0 <= self.instruction_variants <= MAX_VARIANTS:
             raise ValueError(f"instruction_variants must be an integer in [0, {MAX_VARIANTS}], "
                              f"got {self.instruction_variants!r}")
+        if self.reworded_fraction is not None and not (
+                self.instruction_variants > 0 and 0.0 <= self.reworded_fraction <= 1.0):
+            raise ValueError("reworded_fraction must be in [0, 1] and needs instruction_variants "
+                             f"> 0, got {self.reworded_fraction!r}")
         for family, times in self.family_repeat.items():
             if family not in FAMILIES or not isinstance(times, int) or not 1 <= times <= 10:
                 raise ValueError(f"family_repeat maps a family of {FAMILIES} to an integer 1-10, "
@@ -267,6 +275,18 @@ def _model_crops(model, crops: np.ndarray):
     return (pixels - model.image_mean) / model.image_std
 
 
+def _reworded_rows(text_rows, variants, fraction: Optional[float]):
+    """The language-table row each example reads: its own text's (variants' column 0) or, at
+    random, one of its rewordings' (TrainConfig.instruction_variants, reworded_fraction)."""
+    import torch
+    if fraction is None:
+        column = torch.randint(0, variants.shape[1], (len(text_rows),))
+    else:
+        reworded = torch.rand(len(text_rows)) < fraction
+        column = torch.randint(1, variants.shape[1], (len(text_rows),)) * reworded
+    return variants[text_rows, column]
+
+
 def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=None) -> dict:
     import torch
     from vla_bringup.policy.vla.heads import head_loss
@@ -275,8 +295,7 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
     features = torch.from_numpy(tensors["features"][idx]).float()
     text_rows = tensors["text_index"][rows]
     if model.training and "text_variants" in tensors:
-        variants = tensors["text_variants"]
-        text_rows = variants[text_rows, torch.randint(0, variants.shape[1], (len(idx),))]
+        text_rows = _reworded_rows(text_rows, tensors["text_variants"], train.reworded_fraction)
     language = tensors["language"][text_rows]
     if model.training and train.language_dropout > 0 and language.dim() == 3:
         keep = torch.rand(language.shape[:2]) >= train.language_dropout
@@ -339,7 +358,8 @@ def _validate(model, tensors: dict, indices: np.ndarray, train: TrainConfig) -> 
     return {name: total / len(indices) for name, total in sums.items()}
 
 
-def _plot(history: list[dict], val: list[dict], path: Path, title: str) -> None:
+def _plot(history: list[dict], val: list[dict], path: Path, title: str,
+          kept_step: Optional[int] = None) -> None:
     import matplotlib
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
@@ -359,6 +379,9 @@ def _plot(history: list[dict], val: list[dict], path: Path, title: str) -> None:
         best = min(val, key=lambda v: v["loss"])
         axis.plot([best["step"]], [best["loss"]], "*", color="tab:red", markersize=12,
                   label=f"best val {best['loss']:.4f} @ {best['step']}")
+    if kept_step is not None:  # with keep "last" the shipped weights are not the best's
+        axis.axvline(kept_step, color="tab:green", linestyle="--", linewidth=1.0,
+                     label=f"kept weights @ {kept_step}")
     if np.all(loss > 0):
         axis.set_yscale("log")
     axis.set_xlabel("step")
@@ -632,7 +655,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
     }
     title = (f"{config.fusion} / {config.head}, {len(train_eps)} train episodes, batch "
              f"{train_config.batch}, seed {train_config.seed}")
-    _plot(history, val_history, out / "loss.png", title)
+    _plot(history, val_history, out / "loss.png", title, log_data["kept_step"])
     phase("plots and log")
     log_data["phases_s"] = dict(phases)
     log_data["total_s"] = round(time.perf_counter() - started, 3)

@@ -2,8 +2,11 @@
 direction and the destination rather than on the exact nouns and verbs of the demonstrations.
 
 Only words of one meaning are swapped: object nouns, tray nouns, the leading verb of a skill,
-and in/into, on/onto. Colours, left/right and the word order are kept. The word lists hold no
-word of the evaluation's held-out paraphrases (a unit test checks), so those stay unseen.
+and in/into, on/onto. The leading verb may also be left out ("the red cube on the blue cube"):
+the thirtieth session found the committed policy reading such a verbless text, and one unseen
+verb-noun pair ("rest the C brick atop the D brick"), as a finished pick. Colours, left/right
+and the word order are kept. The word lists hold no word of the evaluation's held-out
+paraphrases (a unit test checks), so those stay unseen.
 """
 from __future__ import annotations
 
@@ -15,10 +18,11 @@ import numpy as np
 OBJECT_NOUNS = ("cube", "block", "piece", "object", "item", "square")
 TRAY_NOUNS = ("tray", "bin", "container")
 LEADING_VERBS = (
-    ("pick up", "grasp", "lift", "take", "grab", "collect", "fetch"),
-    ("place", "put", "drop", "release", "leave", "position"),
-    ("push", "slide", "nudge", "shove", "shift"),
+    ("pick up", "grasp", "lift", "take", "grab", "collect", "fetch", "pluck", "snatch", "hoist"),
+    ("place", "put", "drop", "release", "leave", "position", "settle", "park", "sit", "stand"),
+    ("push", "slide", "nudge", "shove", "shift", "bump", "budge"),
 )
+NO_VERB_SHARE = 0.25  # rewordings that leave the leading verb out
 PREPOSITIONS = (("in", "into"), ("on", "onto"))
 WORD_GROUPS = (OBJECT_NOUNS, TRAY_NOUNS) + PREPOSITIONS
 MAX_VARIANTS = 32
@@ -52,7 +56,8 @@ def paraphrases(text: str, count: int) -> list[str]:
         new = list(words)
         for i, group in slots:
             new[i] = str(rng.choice(group))
-        lead = [str(rng.choice(lead_group))] if lead_group else []
+        verbless = rng.random() < NO_VERB_SHARE
+        lead = [str(rng.choice(lead_group))] if lead_group and not verbless else []
         candidate = " ".join(lead + new[lead_length:]) if lead_group else " ".join(new)
         if candidate != text and candidate not in found:
             found.append(candidate)
