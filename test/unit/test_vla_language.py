@@ -170,9 +170,9 @@ def test_place_blend_weighs_the_detector_against_start_plus_offset():
 def test_removed_options_load_when_off_and_fail_clearly_when_on():
     stored = tokens_config().to_dict()
     # A config.json written while these options existed carries them at their "off" value.
-    old = {**stored, "head_language": True, "place_blend_noise": 0.0}
+    old = {**stored, "place_blend_noise": 0.0}
     assert VLAConfig.from_dict(old) == VLAConfig.from_dict(stored)
-    for name, value in (("head_language", False), ("place_blend_noise", 0.02)):
+    for name, value in (("place_blend_noise", 0.02),):
         with pytest.raises(ValueError, match=f"{name} was removed.*commit 1522412"):
             VLAConfig.from_dict({**stored, name: value})
     with pytest.raises(ValueError, match="unknown VLAConfig fields"):

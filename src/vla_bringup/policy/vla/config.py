@@ -42,10 +42,10 @@ ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
 # Options tried and removed (their results stay in docs/training_history.md), with the value that
 # meant "off": a saved config.json that carries one at that value still loads.
-# place_blend_noise: noise on the detector's place in the place_relative blend (14th session);
-# head_language False: a head that reads no words (14th). (skill_input, removed in the 15th
-# session, came back in the 29th.)
-REMOVED_FIELDS = {"place_blend_noise": 0.0, "head_language": True}
+# place_blend_noise: noise on the detector's place in the place_relative blend (14th session).
+# (skill_input, removed in the 15th session, came back in the 29th; head_language, removed in
+# the 15th, in the 30th.)
+REMOVED_FIELDS = {"place_blend_noise": 0.0}
 ACTION_DIM = 8  # joint spaces: 7 arm joints + gripper opening
 STATE_DIM = 8  # 7 arm joint positions + gripper opening (mean of the fingers)
 EE_ACTION_DIM = 5  # ee_delta: grasp point offset xyz, yaw offset, gripper opening
@@ -226,6 +226,18 @@ class VLAConfig:
     # (29th session) it did not help either (validation stacks, held-out phrasings: 8 of 32
     # against 11), so the recipe leaves it off.
     skill_input: bool = False
+    # False: the fusion's language tokens are learned constants, the same for every instruction,
+    # so the cross-attention asks the image the same questions whatever the words. The action
+    # and done heads then learn which cube and where from the position token (the pixel
+    # detector still reads the words) and which motion from the skill primitive; the words
+    # matter only where the detector reads them. Why: held-out stack places were read as
+    # finished picks ("rest the C brick atop the D brick", 0 of 11 validation episodes in the
+    # 29th and 30th sessions), and the head's reading of the words is what failed: with the
+    # planner's text the same frames gave a done probability of 0.001, with that text 0.91.
+    # Tried in the 14th session, when pushes and stacks still needed the words (the push's
+    # place and the lower cube came from the detector's place map, 5 and 3 cm off); since then
+    # both come from the plan (push_place "planned", cube_place "target_detector").
+    head_language: bool = True
     # Where the auxiliary head reads: "vision_language" (its own cross-attention of the
     # instruction over the image tokens; no robot state, so it cannot answer "near the gripper",
     # which is right for most frames of a demonstration), "keypoints" (a spatial softmax per
@@ -303,6 +315,11 @@ class VLAConfig:
         if self.action_anchors and not (self.start_memory and self.head == "continuous"):
             raise ValueError("action_anchors needs start_memory (the anchors are the token's "
                              "positions) and the continuous head (it offsets regressed rows)")
+        if not self.head_language and not (self.skill_input and self.position_token
+                                           and self.position_from == "pixels"):
+            raise ValueError("head_language False needs skill_input (which motion), "
+                             "position_token and position_from pixels (which cube and where: "
+                             "the detector is then the only reader of the words)")
         if self.push_place not in PUSH_PLACES:
             raise ValueError(f"push_place={self.push_place!r} is not one of {list(PUSH_PLACES)}")
         if self.push_offsets is not None:

@@ -44,11 +44,15 @@ class VLAModel(nn.Module):
         # shared linear layer, and one per other instruction reader (`_readers`).
         self.language_pool = None
         self.readers = self._readers()  # fixed by the config: not rebuilt on every forward
-        words = config.language_tokens
+        # A head_language=False model's fusion tokens are learned constants (language_pos):
+        # no projection, and no pool queries for them.
+        words = config.language_tokens if config.head_language else 0
+        self.language_proj = None
         if config.language_input == "tokens":
             self.language_pool = AttentionPool(config.language_dim, words + len(self.readers))
-            self.language_proj = nn.Linear(config.language_dim, d)
-        else:
+            if words:
+                self.language_proj = nn.Linear(config.language_dim, d)
+        elif words:
             self.language_proj = nn.Linear(config.language_dim, words * d)
         self.language_pos = nn.Parameter(torch.randn(config.language_tokens, d) * 0.02)
         self.state_proj = mlp(config.state_dim, d, d, 0.0)
@@ -231,12 +235,14 @@ class VLAModel(nn.Module):
         if tuple(language.shape) != expected:
             raise ValueError(f"language must be {expected} for language_input="
                              f"{self.config.language_input!r}, got {tuple(language.shape)}")
-        words = self.config.language_tokens
+        words = self.config.language_tokens if self.config.head_language else 0
         if self.language_pool is None:  # "sentence": each reader gets the sentence embedding
             pooled, readers = None, {name: language for name in self.readers}
         else:
             pooled = self.language_pool(language, language.abs().amax(-1) == 0)
             readers = {name: pooled[:, words + i] for i, name in enumerate(self.readers)}
+        if self.language_proj is None:  # head_language False: the same tokens for every text
+            return self.language_pos.expand(batch, -1, -1), readers
         if pooled is None:
             tokens = self.language_proj(language).view(batch, -1, self.config.d_model)
         else:
