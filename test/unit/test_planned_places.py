@@ -316,3 +316,32 @@ def test_a_cube_place_can_find_the_lower_cube_in_the_first_frames_of_its_pick(te
         else:
             run(unseen, _frames(3, 3))
         torch.testing.assert_close(place_latch(), found(place_frames))
+
+
+def test_a_place_can_take_its_held_target_from_the_grasp_point(text_encoder):
+    """place_target "grasp": during a place the target is the object in the hand, so its
+    position is the grasp point (forward kinematics), not the detector's reading of the words."""
+    with pytest.raises(ValueError, match="place_target"):
+        VLAConfig(**SMALL, place_target="hand")
+    with pytest.raises(ValueError, match="needs position_token"):
+        VLAConfig(**{**SMALL, "position_token": False, "start_memory": False,
+                     "place_memory": False}, place_target="grasp")
+    torch.manual_seed(0)
+    model = VLAModel(VLAConfig(**SMALL, place_target="grasp")).eval()
+    policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
+    grasp = torch.as_tensor(policy._state(HOME)[8:11], dtype=torch.float32)
+    place = SkillSpec("s1", "place", "rest the red brick atop the blue brick", "red_cube",
+                      "blue_cube")
+    latched = _latched(model, text_encoder, place)
+    torch.testing.assert_close(latched[:3], grasp)  # the start is where the hand was
+    # Without the option the start is the detector's reading, elsewhere.
+    pick = SkillSpec("s0", "pick", "pick up the red cube", "red_cube", "")
+    model.config = VLAConfig(**SMALL)
+    own = _latched(model, text_encoder, place)
+    assert torch.linalg.norm(own[:3] - grasp) > 1e-3
+    torch.testing.assert_close(own[3:], latched[3:])  # the place is left alone
+    # Other skills keep the detector's target.
+    model.config = VLAConfig(**SMALL, place_target="grasp")
+    with_option = _latched(model, text_encoder, pick)
+    model.config = VLAConfig(**SMALL)
+    torch.testing.assert_close(with_option, _latched(model, text_encoder, pick))

@@ -29,7 +29,7 @@ HISTORY_EVERY = 100  # steps between the kept entries of the per-step loss histo
 # Config fields that only the backend reads at inference: changing them needs no retraining.
 INFERENCE_SETTINGS = ("done_threshold", "temporal_ensemble", "push_place", "push_extra_m",
                       "cube_place", "cube_place_extra_ratio", "cube_place_view",
-                      "inference_period_s", "action_lead_s")
+                      "place_target", "inference_period_s", "action_lead_s")
 
 
 def export(checkpoint: Path, out: Path, dtype: str = "float16",

@@ -170,7 +170,7 @@ class VLAPolicy(PolicyBackend):
             # The latched start: None for models without start_memory (they ignore it) and on a
             # skill's first frame.
             outputs = self._forward(pixels, language, state, start_positions=self.latched_start(),
-                                    skill=skill)
+                                    skill=skill, held_target=self._held_target(observation, state))
             if self.config.start_memory and len(self._starts) < START_FRAMES:
                 latched = self.model.latched_positions(outputs).detach().clone()
                 self._starts.append(self._place_from_plan(latched, pixels, raw_state))
@@ -280,6 +280,14 @@ class VLAPolicy(PolicyBackend):
             latched[:, 3:5] += self.config.cube_place_extra_ratio * (
                 lower_cube[:, :2] - latched[:, :2])
         return latched
+
+    def _held_target(self, observation: Observation, state: torch.Tensor
+                     ) -> Optional[torch.Tensor]:
+        """(1, 3) m: the grasp point, as the place skill's target, under place_target "grasp"
+        (the object is in the hand); None otherwise (the detector's target is used)."""
+        if self.config.place_target != "grasp" or observation.skill.skill != "place":
+            return None
+        return state[:, STATE_DIM:STATE_DIM + 3]
 
     def latched_start(self) -> Optional[torch.Tensor]:
         """The start a start_memory model reads: the median of the skill's first predictions

@@ -37,6 +37,7 @@ DETECTOR_LANGUAGE = ("shared", "per_point")
 PUSH_PLACES = ("model", "planned")
 CUBE_PLACES = ("model", "target_detector")
 CUBE_PLACE_VIEWS = ("place", "pick_start")
+PLACE_TARGETS = ("model", "grasp")
 VISION_STAGES = ("head", "stride16")
 ACTION_SPACES = ("joint_delta", "joint_position", "ee_delta")
 ARM_DOF = 7
@@ -189,6 +190,14 @@ class VLAConfig:
     # only overshoots: 0 with this view (docs/training_history.md, twenty-seventh session). The
     # views show the scene before the pick: a lower cube the pick nudges is aimed at where it was.
     cube_place_view: str = "place"
+    # Inference only, with position_token: where a place skill's target (the object in the
+    # hand) is. "model": the detector's target map, which reads the skill's words. "grasp": the
+    # grasp point from the joint state (forward kinematics), 1.0 cm from the held cube's
+    # centre (median over the first place frames of 8 validation stacks; 1.9 cm at most).
+    # Why: with held-out words the detector lost the held cube, 13 cm off for "rest the C brick
+    # atop the D brick" and 6 cm for "lay the C box over the D box", against 3.3 cm with the
+    # planner's text (same frames; docs/training_history.md, thirtieth session).
+    place_target: str = "model"
     # Inference only: the least time (s) between two camera frames the policy reads. The policy
     # node infers no more often than this, whatever its inference_rate_hz, and `evaluate` uses
     # it unless told otherwise. Why: the model was tuned at this CPU's pace, where a frame is
@@ -345,6 +354,11 @@ class VLAConfig:
                              f"{self.inference_period_s}")
         if not (math.isfinite(self.action_lead_s) and 0.0 <= self.action_lead_s <= 1.0):
             raise ValueError(f"action_lead_s must be in [0, 1] s, got {self.action_lead_s}")
+        if self.place_target not in PLACE_TARGETS:
+            raise ValueError(f"place_target={self.place_target!r} is not one of "
+                             f"{list(PLACE_TARGETS)}")
+        if self.place_target != "model" and not self.position_token:
+            raise ValueError("place_target grasp needs position_token (the token it feeds)")
         if self.cube_place_view not in CUBE_PLACE_VIEWS:
             raise ValueError(f"cube_place_view={self.cube_place_view!r} is not one of "
                              f"{list(CUBE_PLACE_VIEWS)}")

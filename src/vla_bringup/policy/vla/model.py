@@ -134,7 +134,8 @@ class VLAModel(nn.Module):
                 given_positions: Optional[torch.Tensor] = None,
                 keypoint_crops: Optional[torch.Tensor] = None,
                 start_positions: Optional[torch.Tensor] = None,
-                skill: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                skill: Optional[torch.Tensor] = None,
+                held_target: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
         for a "tokens" model (B, L, 384) rows: the sentence, then token states, then zero rows
@@ -148,7 +149,9 @@ class VLAModel(nn.Module):
         prediction is used). `skill` (B,) int64: the index in policy.base.SKILLS of the skill
         primitive, for a `skill_input` model (made by `skill_indices`, which checks the names;
         the range is not checked here, as that would wait on the device); others ignore it.
-        Returns the head's outputs."""
+        `held_target` (B, 3), m: the target's position when the caller knows it (the object in
+        the hand, VLAConfig.place_target); it replaces the detector's target in the position
+        token and in the returned positions. Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -179,6 +182,10 @@ class VLAModel(nn.Module):
             positions = self.position_head(context.mean(1))
         if self.place_blend is not None:
             positions = self._blend_place(positions, readers["place"], start_positions)
+        if held_target is not None and positions is not None:
+            target = (held_target.to(positions.dtype) - self.position_mean[:3]) / \
+                self.position_std[:3]
+            positions = torch.cat([target, positions[:, 3:]], 1)
         anchors = None
         if self.position_proj is not None:
             source = positions.detach() if given_positions is None else given_positions
