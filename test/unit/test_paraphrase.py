@@ -38,14 +38,14 @@ def test_rewordings_keep_colour_direction_and_destination():
 def test_some_rewordings_leave_the_leading_verb_out():
     """A text without its verb must still mean the skill (the thirtieth session saw the policy
     read "the C cube on the D cube" as a finished pick)."""
-    for text, verbs in (("place the red cube on the blue cube", ("place", "put", "settle")),
-                        ("pick up the red cube", ("pick", "grasp", "snatch")),
-                        ("push the red cube to the left", ("push", "slide", "bump"))):
-        variants = paraphrases(text, 16)
+    new_verbs = {"settle", "park", "sit", "stand", "pluck", "snatch", "hoist", "bump", "budge"}
+    for text in ("place the red cube on the blue cube", "pick up the red cube",
+                 "push the red cube to the left"):
+        variants = paraphrases(text, 32)
         verbless = [v for v in variants if v.split()[0] == "the"]
         assert verbless and len(verbless) < len(variants)
         assert all(v.split()[1:2] == ["red"] for v in verbless)
-        assert any(v.split()[0] in verbs[1:] for v in variants)
+        assert any(v.split()[0] in new_verbs for v in variants), variants
 
 
 def test_counts_and_texts_without_rewordable_words():

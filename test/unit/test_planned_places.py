@@ -326,12 +326,29 @@ def test_a_place_can_take_its_held_target_from_the_grasp_point(text_encoder):
     with pytest.raises(ValueError, match="needs position_token"):
         VLAConfig(**{**SMALL, "position_token": False, "start_memory": False,
                      "place_memory": False}, place_target="grasp")
+    with pytest.raises(ValueError, match="action_space ee_delta"):  # no grasp point in the state
+        VLAConfig(**{**SMALL, "action_space": "joint_delta", "start_memory": False,
+                     "place_memory": False}, place_target="grasp")
     torch.manual_seed(0)
     model = VLAModel(VLAConfig(**SMALL, place_target="grasp")).eval()
     policy = VLAPolicy(model=model, text_encoder=text_encoder, device="cpu")
     grasp = torch.as_tensor(policy._state(HOME)[8:11], dtype=torch.float32)
     place = SkillSpec("s1", "place", "rest the red brick atop the blue brick", "red_cube",
                       "blue_cube")
+    # The model: the held target replaces the detector's, and the head reads it.
+    images = torch.rand(1, 3, 64, 64)
+    language = text_encoder(place.instruction).unsqueeze(0)
+    state = torch.as_tensor(policy._state(HOME), dtype=torch.float32).unsqueeze(0)
+    with torch.no_grad():
+        own = model(images, language, state)
+        held = model(images, language, state, held_target=grasp.unsqueeze(0))
+        expected = torch.cat([(grasp - model.position_mean[:3]) / model.position_std[:3],
+                              own["positions"][0, 3:]]).unsqueeze(0)
+        given = model(images, language, state, given_positions=expected)
+    torch.testing.assert_close(held["positions"], expected)
+    torch.testing.assert_close(held["actions"], given["actions"])
+    assert not torch.allclose(held["actions"], own["actions"])
+    # The backend: a place latches the grasp point as its target's start.
     latched = _latched(model, text_encoder, place)
     torch.testing.assert_close(latched[:3], grasp)  # the start is where the hand was
     # Without the option the start is the detector's reading, elsewhere.

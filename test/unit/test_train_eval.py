@@ -16,6 +16,8 @@ from vla_bringup.cli import evaluate as evaluate_cli
 from vla_bringup.sim import demonstrations
 from vla_bringup.core.skill_executor import GraspCheck, SkillTiming
 from vla_bringup.cli import train as train_cli
+from vla_bringup.cli.train_cache import cache_language
+from vla_bringup.policy.vla.paraphrase import paraphrases
 from vla_bringup.policy.base import Observation, SkillSpec
 from vla_bringup.policy.vla.backend import VLAPolicy
 from vla_bringup.policy.vla.model import load_checkpoint
@@ -176,7 +178,8 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
         train_cli.TrainConfig(language_dropout=1.0)
     with pytest.raises(ValueError, match="instruction_variants"):
         train_cli.TrainConfig(instruction_variants=-1)
-    for bad in ({"reworded_fraction": 0.5}, {"instruction_variants": 2, "reworded_fraction": 1.5}):
+    for bad in ({"reworded_fraction": 0.5}, {"instruction_variants": 2, "reworded_fraction": 1.5},
+                {"instruction_variants": 2, "reworded_fraction": True}):
         with pytest.raises(ValueError, match="reworded_fraction"):
             train_cli.TrainConfig(**bad)
     with pytest.raises(ValueError, match="language_dropout needs"):  # a sentence model
@@ -199,6 +202,14 @@ def test_token_language_model_trains_from_its_own_cache(demos, tmp_path):
     # The rewordings were encoded too, but the log counts the dataset's own instructions.
     originals = set(train_cli.load_dataset(demos).instructions)
     assert len(stored["texts"]) > len(originals) == log["dataset"]["distinct_instructions"]
+    # Column 0 is each text itself, the others only its rewordings (none left over).
+    table = cache_language(train_cli.load_dataset(demos), None, 12, 3)
+    assert table["computed"] == 0  # all cached by the training above
+    for own in set(table["index"].tolist()):
+        text, row = table["texts"][own], table["variants"][own]
+        assert row[0] == own
+        if paraphrases(text, 3):
+            assert own not in row[1:]
     counts = log["dataset"]
     assert counts["train_frames"] + counts["val_frames_used"] <= counts["frames"]
     model = load_checkpoint(tmp_path / "tokens")

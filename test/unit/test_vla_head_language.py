@@ -52,7 +52,8 @@ def test_with_positions_given_the_heads_ignore_the_words_and_the_detector_does_n
     # The word-free model has no projection of the words into the fusion, and its pool asks
     # only the detector's question.
     assert word_free.language_proj is None and reading.language_proj is not None
-    assert word_free.language_pool.queries.shape[0] == reading.language_pool.queries.shape[0] - 2
+    assert word_free.language_pool.queries.shape[0] == \
+        reading.language_pool.queries.shape[0] - reading.config.language_tokens
 
 
 @pytest.mark.parametrize("missing", ["skill_input", "position_token", "position_from"])

@@ -157,8 +157,10 @@ class TrainConfig:
                 not 0 <= self.instruction_variants <= MAX_VARIANTS:
             raise ValueError(f"instruction_variants must be an integer in [0, {MAX_VARIANTS}], "
                              f"got {self.instruction_variants!r}")
-        if self.reworded_fraction is not None and not (
-                self.instruction_variants > 0 and 0.0 <= self.reworded_fraction <= 1.0):
+        fraction = self.reworded_fraction
+        if fraction is not None and not (
+                isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+                and self.instruction_variants > 0 and 0.0 <= fraction <= 1.0):
             raise ValueError("reworded_fraction must be in [0, 1] and needs instruction_variants "
                              f"> 0, got {self.reworded_fraction!r}")
         for family, times in self.family_repeat.items():

@@ -256,8 +256,8 @@ def cache_language(demos: Demos, cache_dir: Optional[Path] = None, tokens: int =
     sentence and token rows (cached in <cache>/language-minilm[-sentence+tokensL].npz).
 
     With `variants`, also of up to that many rewordings of each (policy.vla.paraphrase):
-    "variants" then holds, per distinct instruction, the table rows of itself and its
-    rewordings (a short list is filled up by repeating from its start)."""
+    "variants" then holds, per distinct instruction, the table rows of itself (column 0) and
+    its rewordings (a short list of rewordings is filled up by repeating them)."""
     from vla_bringup.policy.vla.paraphrase import paraphrases
     originals = sorted(set(demos.instructions))
     reworded = {t: paraphrases(t, variants) for t in originals} if variants else {}
@@ -293,7 +293,10 @@ def cache_language(demos: Demos, cache_dir: Optional[Path] = None, tokens: int =
     if variants:
         rows = np.arange(len(texts))[:, None].repeat(variants + 1, axis=1)
         for text in originals:
-            own = [lookup[text]] + [lookup[t] for t in reworded[text]]
-            rows[lookup[text]] = np.resize(own, variants + 1)
+            # Column 0 is the text; the rest only rewordings (repeated when there are fewer
+            # than N), so reworded_fraction is the share that reads one. A text with none
+            # reads itself.
+            rewordings = [lookup[t] for t in reworded[text]] or [lookup[text]]
+            rows[lookup[text]] = [lookup[text]] + list(np.resize(rewordings, variants))
         result["variants"] = rows
     return result

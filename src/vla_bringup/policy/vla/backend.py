@@ -120,6 +120,8 @@ class VLAPolicy(PolicyBackend):
         self._skill_error: Optional[str] = None
         # cube_place "target_detector": what to ask the detector for on a place onto a cube
         self._place_query: Optional[str] = None
+        # place_target "grasp": the active skill is a place, whose target is in the hand
+        self._target_in_hand = False
         # cube_place_view "pick_start": frames (preprocessed pixels, raw state) kept from the
         # last pick's first ones, the (skill id, target) of that pick, how many of the active
         # pick's frames are still to come before keeping stops, and the lower cube found in
@@ -140,6 +142,8 @@ class VLAPolicy(PolicyBackend):
         self._starts, self._latched = [], None
         self._push_offset, self._skill_error = self._planned_push(skill)
         self._place_query = self._cube_place_query(skill)
+        self._target_in_hand = (self.config.place_target == "grasp" and skill is not None
+                                and skill.skill == "place")
         self._reset_pick_views(skill)
         for text in (skill.instruction if skill else None, self._place_query):
             if text is not None:
@@ -170,7 +174,7 @@ class VLAPolicy(PolicyBackend):
             # The latched start: None for models without start_memory (they ignore it) and on a
             # skill's first frame.
             outputs = self._forward(pixels, language, state, start_positions=self.latched_start(),
-                                    skill=skill, held_target=self._held_target(observation, state))
+                                    skill=skill, held_target=self._held_target(state))
             if self.config.start_memory and len(self._starts) < START_FRAMES:
                 latched = self.model.latched_positions(outputs).detach().clone()
                 self._starts.append(self._place_from_plan(latched, pixels, raw_state))
@@ -281,13 +285,12 @@ class VLAPolicy(PolicyBackend):
                 lower_cube[:, :2] - latched[:, :2])
         return latched
 
-    def _held_target(self, observation: Observation, state: torch.Tensor
-                     ) -> Optional[torch.Tensor]:
-        """(1, 3) m: the grasp point, as the place skill's target, under place_target "grasp"
-        (the object is in the hand); None otherwise (the detector's target is used)."""
-        if self.config.place_target != "grasp" or observation.skill.skill != "place":
-            return None
-        return state[:, STATE_DIM:STATE_DIM + 3]
+    def _held_target(self, state: torch.Tensor) -> Optional[torch.Tensor]:
+        """(1, 3) m: the grasp point (an ee_delta state's columns after the joints), as a place
+        skill's target under place_target "grasp" (the object is in the hand); None otherwise
+        (the detector's target is used). It is used on every frame of the place, also after
+        the release (the model was evaluated so)."""
+        return state[:, STATE_DIM:STATE_DIM + 3] if self._target_in_hand else None
 
     def latched_start(self) -> Optional[torch.Tensor]:
         """The start a start_memory model reads: the median of the skill's first predictions
@@ -323,10 +326,15 @@ class VLAPolicy(PolicyBackend):
     def warmup(self, image_shape: tuple[int, int] = (224, 224), runs: int = 2) -> None:
         """Run dummy inferences so the first real frame does not pay for lazy initialisation."""
         dummy = np.zeros((*image_shape, 3), dtype=np.uint8)
-        skill = SkillSpec("warmup", "pick", "pick up the red cube", "red_cube")
+        skills = [SkillSpec("warmup", "pick", "pick up the red cube", "red_cube")]
+        if self.config.place_target == "grasp":  # a place's forward differs (compiled apart)
+            skills.append(SkillSpec("warmup-place", "place", "place the red cube in the tray",
+                                    "red_cube", "tray"))
         joints = np.zeros(len(self.config.joint_names))
-        for _ in range(runs):
-            self.infer(Observation(0.0, list(self.config.joint_names), joints, skill, dummy))
+        for skill in skills:
+            self.reset(skill)
+            for _ in range(runs):
+                self.infer(Observation(0.0, list(self.config.joint_names), joints, skill, dummy))
         self.reset(None)  # nothing of the dummy frames may carry over to the first real skill
 
 

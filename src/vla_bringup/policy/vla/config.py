@@ -190,10 +190,11 @@ class VLAConfig:
     # only overshoots: 0 with this view (docs/training_history.md, twenty-seventh session). The
     # views show the scene before the pick: a lower cube the pick nudges is aimed at where it was.
     cube_place_view: str = "place"
-    # Inference only, with position_token: where a place skill's target (the object in the
-    # hand) is. "model": the detector's target map, which reads the skill's words. "grasp": the
-    # grasp point from the joint state (forward kinematics), 1.0 cm from the held cube's
-    # centre (median over the first place frames of 8 validation stacks; 1.9 cm at most).
+    # Inference only, with position_token and ee_delta: where a place skill's target (the
+    # object in the hand) is. "model": the detector's target map, which reads the skill's
+    # words. "grasp": the grasp point from the joint state (forward kinematics), used on every
+    # frame of the place, also after the release; 1.0 cm from the held cube's centre (median
+    # over the first place frames of 8 validation stacks; 1.9 cm at most).
     # Why: with held-out words the detector lost the held cube, 13 cm off for "rest the C brick
     # atop the D brick" and 6 cm for "lay the C box over the D box", against 3.3 cm with the
     # planner's text (same frames; docs/training_history.md, thirtieth session).
@@ -357,8 +358,10 @@ class VLAConfig:
         if self.place_target not in PLACE_TARGETS:
             raise ValueError(f"place_target={self.place_target!r} is not one of "
                              f"{list(PLACE_TARGETS)}")
-        if self.place_target != "model" and not self.position_token:
-            raise ValueError("place_target grasp needs position_token (the token it feeds)")
+        if self.place_target != "model" and not (self.position_token
+                                                 and self.action_space == "ee_delta"):
+            raise ValueError("place_target grasp needs position_token (the token it feeds) and "
+                             "action_space ee_delta (whose state carries the grasp point)")
         if self.cube_place_view not in CUBE_PLACE_VIEWS:
             raise ValueError(f"cube_place_view={self.cube_place_view!r} is not one of "
                              f"{list(CUBE_PLACE_VIEWS)}")

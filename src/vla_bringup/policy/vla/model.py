@@ -150,8 +150,9 @@ class VLAModel(nn.Module):
         primitive, for a `skill_input` model (made by `skill_indices`, which checks the names;
         the range is not checked here, as that would wait on the device); others ignore it.
         `held_target` (B, 3), m: the target's position when the caller knows it (the object in
-        the hand, VLAConfig.place_target); it replaces the detector's target in the position
-        token and in the returned positions. Returns the head's outputs."""
+        the hand, VLAConfig.place_target; an ee_delta model's grasp point); it replaces the
+        detector's target in the position token and in the returned positions.
+        Returns the head's outputs."""
         if vision_features is None:
             vision_features = self.vision.frozen_features(images)
         features = self.vision.trainable_features(vision_features)
@@ -180,12 +181,11 @@ class VLAModel(nn.Module):
             positions = self.position_head(grounded.mean(1))  # normalised units
         elif self.position_head is not None:
             positions = self.position_head(context.mean(1))
+        if held_target is not None and positions is not None:
+            target = (held_target.float() - self.position_mean[:3]) / self.position_std[:3]
+            positions = torch.cat([target.to(positions.dtype), positions[:, 3:]], 1)
         if self.place_blend is not None:
             positions = self._blend_place(positions, readers["place"], start_positions)
-        if held_target is not None and positions is not None:
-            target = (held_target.to(positions.dtype) - self.position_mean[:3]) / \
-                self.position_std[:3]
-            positions = torch.cat([target, positions[:, 3:]], 1)
         anchors = None
         if self.position_proj is not None:
             source = positions.detach() if given_positions is None else given_positions
