@@ -46,7 +46,7 @@ class VLAModel(nn.Module):
         self.readers = self._readers()  # fixed by the config: not rebuilt on every forward
         # A head_language=False model's fusion tokens are learned constants (language_pos):
         # no projection, and no pool queries for them.
-        words = config.language_tokens if config.head_language else 0
+        words = self._fusion_words = config.language_tokens if config.head_language else 0
         self.language_proj = None
         if config.language_input == "tokens":
             self.language_pool = AttentionPool(config.language_dim, words + len(self.readers))
@@ -242,7 +242,7 @@ class VLAModel(nn.Module):
         if tuple(language.shape) != expected:
             raise ValueError(f"language must be {expected} for language_input="
                              f"{self.config.language_input!r}, got {tuple(language.shape)}")
-        words = self.config.language_tokens if self.config.head_language else 0
+        words = self._fusion_words
         if self.language_pool is None:  # "sentence": each reader gets the sentence embedding
             pooled, readers = None, {name: language for name in self.readers}
         else:
