@@ -362,3 +362,25 @@ def test_a_place_can_take_its_held_target_from_the_grasp_point(text_encoder):
     with_option = _latched(model, text_encoder, pick)
     model.config = VLAConfig(**SMALL)
     torch.testing.assert_close(with_option, _latched(model, text_encoder, pick))
+
+
+def test_grasp_onto_cubes_takes_the_grasp_point_only_for_places_onto_a_cube(text_encoder):
+    """place_target "grasp_onto_cubes": a stack's held cube is the grasp point; a tray place
+    keeps the detector's reading (its target need not be known to a few centimetres)."""
+    torch.manual_seed(0)
+    model = VLAModel(VLAConfig(**SMALL)).eval()
+    onto_cube = SkillSpec("s1", "place", "rest the red brick atop the blue brick", "red_cube",
+                          "blue_cube")
+    into_tray = SkillSpec("s1", "place", "place the red cube in the tray", "red_cube", "tray")
+    grasp = torch.as_tensor(VLAPolicy(model=model, text_encoder=text_encoder,
+                                      device="cpu")._state(HOME)[8:11], dtype=torch.float32)
+    latched = {}
+    for setting in ("model", "grasp", "grasp_onto_cubes"):
+        model.config = VLAConfig(**SMALL, place_target=setting)
+        latched[setting] = {skill.destination: _latched(model, text_encoder, skill)
+                            for skill in (onto_cube, into_tray)}
+    torch.testing.assert_close(latched["grasp_onto_cubes"]["blue_cube"][:3], grasp)
+    torch.testing.assert_close(latched["grasp_onto_cubes"]["blue_cube"],
+                               latched["grasp"]["blue_cube"])
+    torch.testing.assert_close(latched["grasp_onto_cubes"]["tray"], latched["model"]["tray"])
+    assert torch.linalg.norm(latched["model"]["tray"][:3] - grasp) > 1e-3

@@ -142,8 +142,7 @@ class VLAPolicy(PolicyBackend):
         self._starts, self._latched = [], None
         self._push_offset, self._skill_error = self._planned_push(skill)
         self._place_query = self._cube_place_query(skill)
-        self._target_in_hand = (self.config.place_target == "grasp" and skill is not None
-                                and skill.skill == "place")
+        self._target_in_hand = self._place_from_hand(skill)
         self._reset_pick_views(skill)
         for text in (skill.instruction if skill else None, self._place_query):
             if text is not None:
@@ -219,6 +218,14 @@ class VLAPolicy(PolicyBackend):
                 or not (skill.destination or "").endswith("_cube")):
             return None
         return pick_text(skill.destination)
+
+    def _place_from_hand(self, skill: Optional[SkillSpec]) -> bool:
+        """Whether the skill's target is the grasp point (place_target): a place's, under
+        "grasp"; under "grasp_onto_cubes", only a place onto a cube."""
+        if skill is None or skill.skill != "place" or self.config.place_target == "model":
+            return False
+        return (self.config.place_target == "grasp"
+                or (skill.destination or "").endswith("_cube"))
 
     def _reset_pick_views(self, skill: Optional[SkillSpec]) -> None:
         """Under cube_place_view "pick_start": a pick keeps its first PICK_VIEW_FRAMES frames
@@ -327,9 +334,9 @@ class VLAPolicy(PolicyBackend):
         """Run dummy inferences so the first real frame does not pay for lazy initialisation."""
         dummy = np.zeros((*image_shape, 3), dtype=np.uint8)
         skills = [SkillSpec("warmup", "pick", "pick up the red cube", "red_cube")]
-        if self.config.place_target == "grasp":  # a place's forward differs (compiled apart)
-            skills.append(SkillSpec("warmup-place", "place", "place the red cube in the tray",
-                                    "red_cube", "tray"))
+        if self.config.place_target != "model":  # a place's forward differs (compiled apart)
+            skills.append(SkillSpec("warmup-place", "place", "place the red cube on the blue cube",
+                                    "red_cube", "blue_cube"))
         joints = np.zeros(len(self.config.joint_names))
         for skill in skills:
             self.reset(skill)
