@@ -383,4 +383,5 @@ def test_grasp_onto_cubes_takes_the_grasp_point_only_for_places_onto_a_cube(text
     torch.testing.assert_close(latched["grasp_onto_cubes"]["blue_cube"],
                                latched["grasp"]["blue_cube"])
     torch.testing.assert_close(latched["grasp_onto_cubes"]["tray"], latched["model"]["tray"])
+    torch.testing.assert_close(latched["grasp"]["tray"][:3], grasp)  # "grasp": every place
     assert torch.linalg.norm(latched["model"]["tray"][:3] - grasp) > 1e-3

@@ -49,6 +49,12 @@ PICK_VIEW_FRAMES = START_FRAMES
 PICK_VIEW_MIN_OPENING_M = 0.9 * PANDA_FINGER_OPEN
 
 
+def _onto_cube(skill: Optional[SkillSpec]) -> bool:
+    """A place whose destination is a cube (the planner names cubes "<colour>_cube")."""
+    return (skill is not None and skill.skill == "place"
+            and (skill.destination or "").endswith("_cube"))
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"device must be auto, cpu or cuda[:N], got {device!r}")
@@ -120,7 +126,7 @@ class VLAPolicy(PolicyBackend):
         self._skill_error: Optional[str] = None
         # cube_place "target_detector": what to ask the detector for on a place onto a cube
         self._place_query: Optional[str] = None
-        # place_target "grasp": the active skill is a place, whose target is in the hand
+        # place_target: the active skill's target is the object in the hand (_place_from_hand)
         self._target_in_hand = False
         # cube_place_view "pick_start": frames (preprocessed pixels, raw state) kept from the
         # last pick's first ones, the (skill id, target) of that pick, how many of the active
@@ -214,8 +220,7 @@ class VLAPolicy(PolicyBackend):
     def _cube_place_query(self, skill: Optional[SkillSpec]) -> Optional[str]:
         """Under cube_place "target_detector", for a place onto a cube: the text that asks the
         target detector for that cube (the planner's pick text for it)."""
-        if (skill is None or skill.skill != "place" or self.config.cube_place != "target_detector"
-                or not (skill.destination or "").endswith("_cube")):
+        if self.config.cube_place != "target_detector" or not _onto_cube(skill):
             return None
         return pick_text(skill.destination)
 
@@ -224,8 +229,7 @@ class VLAPolicy(PolicyBackend):
         "grasp"; under "grasp_onto_cubes", only a place onto a cube."""
         if skill is None or skill.skill != "place" or self.config.place_target == "model":
             return False
-        return (self.config.place_target == "grasp"
-                or (skill.destination or "").endswith("_cube"))
+        return self.config.place_target == "grasp" or _onto_cube(skill)
 
     def _reset_pick_views(self, skill: Optional[SkillSpec]) -> None:
         """Under cube_place_view "pick_start": a pick keeps its first PICK_VIEW_FRAMES frames
@@ -293,10 +297,11 @@ class VLAPolicy(PolicyBackend):
         return latched
 
     def _held_target(self, state: torch.Tensor) -> Optional[torch.Tensor]:
-        """(1, 3) m: the grasp point (an ee_delta state's columns after the joints), as a place
-        skill's target under place_target "grasp" (the object is in the hand); None otherwise
-        (the detector's target is used). It is used on every frame of the place, also after
-        the release (the model was evaluated so)."""
+        """(1, 3) m: the grasp point (an ee_delta state's columns after the joints), as the
+        target of a place that place_target takes from the hand (_place_from_hand); None
+        otherwise (the detector's target is used). It is used on every frame of the place,
+        also after the release (using it only while the fingers hold did not help on
+        validation seeds)."""
         return state[:, STATE_DIM:STATE_DIM + 3] if self._target_in_hand else None
 
     def latched_start(self) -> Optional[torch.Tensor]:

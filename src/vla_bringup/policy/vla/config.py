@@ -364,8 +364,9 @@ class VLAConfig:
                              f"{list(PLACE_TARGETS)}")
         if self.place_target != "model" and not (self.position_token
                                                  and self.action_space == "ee_delta"):
-            raise ValueError("place_target grasp needs position_token (the token it feeds) and "
-                             "action_space ee_delta (whose state carries the grasp point)")
+            raise ValueError(f"place_target {self.place_target} needs position_token (the "
+                             "token it feeds) and action_space ee_delta (whose state carries "
+                             "the grasp point)")
         if self.cube_place_view not in CUBE_PLACE_VIEWS:
             raise ValueError(f"cube_place_view={self.cube_place_view!r} is not one of "
                              f"{list(CUBE_PLACE_VIEWS)}")
