@@ -182,7 +182,7 @@ class VLAModel(nn.Module):
         elif self.position_head is not None:
             positions = self.position_head(context.mean(1))
         if held_target is not None and positions is not None:
-            target = (held_target.float() - self.position_mean[:3]) / self.position_std[:3]
+            target = self._normalised(held_target.float(), slice(0, 3))
             positions = torch.cat([target.to(positions.dtype), positions[:, 3:]], 1)
         if self.place_blend is not None:
             positions = self._blend_place(positions, readers["place"], start_positions)
@@ -267,12 +267,17 @@ class VLAModel(nn.Module):
         weight = torch.sigmoid(blend[:, :1])
         detector = metres[:, 3:6]
         place = weight * detector + (1 - weight) * (anchor + blend[:, 1:] * RELATIVE_SCALE)
-        place = (place - self.position_mean[3:6]) / self.position_std[3:6]
+        place = self._normalised(place, slice(3, 6))
         return torch.cat([positions[:, :3], place.to(positions.dtype)], 1)
 
     def _metres(self, positions: torch.Tensor) -> torch.Tensor:
         """Normalised positions (B, 6) -> metres, in float32."""
         return positions.float() * self.position_std + self.position_mean
+
+    def _normalised(self, metres: torch.Tensor, columns: slice = slice(0, 6)) -> torch.Tensor:
+        """Positions in metres -> normalised units, the inverse of `_metres`; `columns` says
+        which of the six (target xyz, place xyz) `metres` holds."""
+        return (metres - self.position_mean[columns]) / self.position_std[columns]
 
     def _held_cue_columns(self) -> list[int]:
         """State columns the pixel detector's world map reads: the finger opening and, for an
@@ -297,7 +302,7 @@ class VLAModel(nn.Module):
             return positions
         metres = self._token_metres(positions, start)
         if self.config.place_memory and start is not None:
-            positions = (metres - self.position_mean) / self.position_std
+            positions = self._normalised(metres)
         grasp = state[:, STATE_DIM:STATE_DIM + 3].float()
         relative = (metres.view(-1, 2, 3) - grasp.unsqueeze(1)).flatten(1) / RELATIVE_SCALE
         parts = [positions.float(), relative]
