@@ -335,7 +335,9 @@ def _rewrite_skill_column(root, values_of) -> None:
         pq.write_table(table, path)
 
 
-def test_a_skill_input_model_trains_on_each_frames_own_primitive(demos, tmp_path, monkeypatch):
+@pytest.mark.parametrize("option", ["skill_input", "skill_heads"])
+def test_a_model_that_reads_the_primitive_trains_on_each_frames_own(option, demos, tmp_path,
+                                                                    monkeypatch):
     from vla_bringup.policy.base import SKILLS
     from vla_bringup.policy.vla.model import VLAModel
     assert set(train_cli.load_dataset(demos).skills) == {"push"}  # the fixture's one family
@@ -357,14 +359,14 @@ def test_a_skill_input_model_trains_on_each_frames_own_primitive(demos, tmp_path
     monkeypatch.setattr(train_cli, "_losses", asking)
     monkeypatch.setattr(VLAModel, "forward", reading)
     config = train_cli.TrainConfig(**{**TINY_TRAIN, "steps": 2})
-    log = train_cli.train(mixed, tmp_path / "skill", {**TINY_MODEL, "skill_input": True}, config,
+    log = train_cli.train(mixed, tmp_path / "skill", {**TINY_MODEL, option: True}, config,
                           progress=False, log=lambda *a: None)
     monkeypatch.undo()
     assert all(np.isfinite(h["loss"]) for h in log["history"])
     assert asked and given == asked  # training and validation batches alike
     assert any(len(set(batch)) > 1 for batch in asked)
     model = load_checkpoint(tmp_path / "skill")
-    assert model.config.skill_input and np.all(np.isfinite(_infer_once(model).positions))
+    assert getattr(model.config, option) and np.all(np.isfinite(_infer_once(model).positions))
 
 
 def test_a_dataset_without_known_primitives_cannot_train_a_skill_input_model(demos, tmp_path):
@@ -380,7 +382,7 @@ def test_a_dataset_without_known_primitives_cannot_train_a_skill_input_model(dem
         shutil.copytree(demos, root, ignore=shutil.ignore_patterns("cache"))
     _rewrite_skill_column(old, lambda rows: None)
     assert train_cli.load_dataset(old).skills is None
-    refused(old, "skill_input needs the column 'skill', which .*old.* lack")
+    refused(old, "skill_input / skill_heads need the column 'skill', which .*old.* lack")
     _rewrite_skill_column(odd, lambda rows: ["push"] * (rows - 1) + ["wave"])
     refused(odd, "odd: the column 'skill' holds unknown skill primitives \\['wave'\\]")
     # Read with another dataset, the one that lacks it is named, not the first.

@@ -62,6 +62,8 @@ def test_a_word_free_head_needs_the_primitive_and_the_detector(missing):
     settings[missing] = "keypoints" if missing == "position_from" else False
     with pytest.raises(ValueError, match="head_language False needs"):
         VLAConfig(**settings)
+    if missing == "skill_input":  # the primitive may come as skill_heads instead
+        assert not VLAConfig(**{**settings, "skill_heads": True}).head_language
 
 
 def test_a_word_free_checkpoint_loads_as_itself(tmp_path):

@@ -93,8 +93,8 @@ def inputs(model: VLAModel, device: torch.device, dtype: torch.dtype):
     shape = (1, *model.config.language_shape)
     language = torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)
     state = torch.randn(1, model.config.state_dim, generator=generator) * 0.1
-    # A skill_input model also reads the skill primitive ("pick"); others take None.
-    skill = skill_indices(["pick"], device) if model.config.skill_input else None
+    # A model that reads the skill primitive gets "pick"; others take None.
+    skill = skill_indices(["pick"], device) if model.config.reads_skill else None
     return pixels, language.to(device), state.to(device), skill
 
 

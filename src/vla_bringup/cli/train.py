@@ -215,15 +215,15 @@ def _optimizer(model, train: TrainConfig):
 
 
 def skill_tensor(demos):
-    """(N,) int64 primitive indices of every frame, for a skill_input model; called before any
-    cache is built, so that a dataset without the column or with an unknown primitive is
+    """(N,) int64 primitive indices of every frame, for a model that reads the primitive; called
+    before any cache is built, so that a dataset without the column or with an unknown primitive is
     refused at once, naming that dataset (several may be read as one)."""
     import torch
     from vla_bringup.policy.vla.model import skill_indices
     lacking = [str(part.root) for part, _ in demos.parts() if part.skills is None]
     if lacking:
-        raise DatasetError(f"skill_input needs the column 'skill', which {', '.join(lacking)} "
-                           "lacks (regenerate it with generate_data)")
+        raise DatasetError("skill_input / skill_heads need the column 'skill', which "
+                           f"{', '.join(lacking)} lacks (regenerate it with generate_data)")
     parts = []
     for part, _ in demos.parts():
         try:
@@ -468,7 +468,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         # It hides token-state rows; a sentence model has only the one row that always stays.
         raise ValueError("language_dropout needs a model with language_input 'tokens' (a "
                          f"'{config.language_input}' model would silently ignore it)")
-    if config.skill_input:
+    if config.reads_skill:
         skills = skill_tensor(demos)
     if config.position_aux and demos.positions is None:
         raise DatasetError(f"position_aux needs the columns {list(POSITION_COLUMNS)}, which "
@@ -519,7 +519,7 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
         "done": torch.from_numpy(done_labels.astype(np.float32)),
         "progress": torch.from_numpy(progress_labels.astype(np.float32)),
     }
-    if config.skill_input:
+    if config.reads_skill:
         tensors["skill"] = skills
     if config.position_aux:
         mean, std = np.array(config.position_mean), np.array(config.position_std)

@@ -42,7 +42,7 @@ class Demos:
     # for a dataset without them (the auxiliary position loss then cannot be used)
     positions: Optional[np.ndarray] = None
     # (N,) the skill primitive of each frame ("pick" | "place" | "push"); None for a dataset
-    # without the column (a skill_input model cannot be trained on it)
+    # without the column (a model that reads the primitive cannot be trained on it)
     skills: Optional[list[str]] = None
     # Several datasets read as one (load_datasets): each one and the index of its first episode
     # here. Empty for a single dataset. root and info are then the first one's.

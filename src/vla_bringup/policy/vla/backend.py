@@ -174,7 +174,7 @@ class VLAPolicy(PolicyBackend):
             self._remember_pick_view(pixels, raw_state)
             if self._mark_step is not None:
                 self._mark_step()  # a new CUDA-graph step: the previous outputs are consumed
-            skill = (self._skill_index(observation.skill.skill) if self.config.skill_input
+            skill = (self._skill_index(observation.skill.skill) if self.config.reads_skill
                      else None)
             # The latched start: None for models without start_memory (they ignore it) and on a
             # skill's first frame.

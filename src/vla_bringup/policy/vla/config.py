@@ -240,6 +240,16 @@ class VLAConfig:
     # (29th session) it did not help either (validation stacks, held-out phrasings: 8 of 32
     # against 11), so the recipe leaves it off.
     skill_input: bool = False
+    # One set of action, done and progress outputs per skill primitive (the head's last linear
+    # layers; the decoder is shared), picked by the primitive the skill controller names. Why:
+    # with one set, the only thing that tells a place's first frames (cube held and lifted) from
+    # a pick's last ones (the same picture, "done") is the words, so training pushes the head to
+    # read the primitive out of them, and an unseen place text ("rest the C brick atop the D
+    # brick") was read as a finished pick (0 of 50 such evaluation stacks, thirty-first session).
+    # skill_input only added the primitive beside the words, and the head kept using the words.
+    # With skill_heads (thirty-second session) that text's done probability on a place's first
+    # frames fell from 0.91 to 0.002, and it stacked 8 of 11 validation episodes (0 before).
+    skill_heads: bool = False
     # False: the fusion's language tokens are learned constants, the same for every instruction,
     # so the cross-attention asks the image the same questions whatever the words. The action
     # and done heads then learn which cube and where from the position token (the pixel
@@ -329,9 +339,9 @@ class VLAConfig:
         if self.action_anchors and not (self.start_memory and self.head == "continuous"):
             raise ValueError("action_anchors needs start_memory (the anchors are the token's "
                              "positions) and the continuous head (it offsets regressed rows)")
-        if not self.head_language and not (self.skill_input and self.position_token
+        if not self.head_language and not (self.reads_skill and self.position_token
                                            and self.position_from == "pixels"):
-            raise ValueError("head_language False needs skill_input (which motion), "
+            raise ValueError("head_language False needs skill_input or skill_heads (which motion), "
                              "position_token and position_from pixels (which cube and where: "
                              "the detector is then the only reader of the words)")
         if self.push_place not in PUSH_PLACES:
@@ -439,6 +449,11 @@ class VLAConfig:
             raise ValueError("action_low must be below action_high everywhere")
 
     # ------------------------------------------------------------------ sizes
+    @property
+    def reads_skill(self) -> bool:
+        """Whether the forward needs the skill primitive (skill_input or skill_heads)."""
+        return self.skill_input or self.skill_heads
+
     @property
     def action_dim(self) -> int:
         return EE_ACTION_DIM if self.action_space == "ee_delta" else ACTION_DIM

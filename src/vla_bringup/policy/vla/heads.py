@@ -7,6 +7,10 @@
   `action_bins` (256) uniform bins between the dataset's low and high for that step and
   dimension; decoding takes the centre of the most likely bin.
 The summary query gives the `skill_done` logit (RT-1's terminate output) and a progress logit.
+With `skill_heads` every output layer has one copy per skill primitive, and the primitive the
+skill controller names picks the copy (the decoder stays shared). That triples the last layer:
+small for the continuous head, but a discrete mlp head's last layer (H x D x 256 outputs) would
+grow by tens of millions of parameters.
 """
 from __future__ import annotations
 
@@ -42,10 +46,12 @@ class ActionTokenizer(nn.Module):
 
 
 class ActionHead(nn.Module):
-    def __init__(self, config, extra_per_step: int = 0) -> None:
+    def __init__(self, config, extra_per_step: int = 0, copies: int = 1) -> None:
         """`extra_per_step` more outputs per chunk row, returned apart as "extra" (B, H, n):
-        the anchor logits of an `action_anchors` model."""
+        the anchor logits of an `action_anchors` model. `copies` > 1: that many sets of outputs,
+        one per skill primitive; `forward` then needs the primitive's index."""
         super().__init__()
+        self.copies = int(copies)
         d, h = config.d_model, config.action_horizon
         self.horizon, self.kind, self.arch = h, config.head, config.head_arch
         self.bins, self.action_dim = config.action_bins, config.action_dim
@@ -58,22 +64,29 @@ class ActionHead(nn.Module):
                                                activation="gelu", batch_first=True,
                                                norm_first=True)
             self.decoder = nn.TransformerDecoder(layer, config.head_layers, norm=nn.LayerNorm(d))
-            self.actions = nn.Linear(d, per_step + self.extra)
-            self.summary = nn.Linear(d, 2)
+            self.actions = nn.Linear(d, self.copies * (per_step + self.extra))
+            self.summary = nn.Linear(d, self.copies * 2)
         else:
-            outputs = h * (per_step + self.extra) + 2
+            outputs = self.copies * (h * (per_step + self.extra) + 2)
             self.net = nn.Sequential(nn.LayerNorm(d), mlp(d, outputs, 4 * d, config.dropout))
 
-    def forward(self, context: torch.Tensor) -> dict[str, torch.Tensor]:
-        batch = context.shape[0]
+    def forward(self, context: torch.Tensor,
+                primitive: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """`primitive` (B,) int64: which copy of the outputs, for a head with `copies` > 1 (the
+        index in policy.base.SKILLS; its range is not checked here, as that would wait on the
+        device)."""
+        batch, width = context.shape[0], self.per_step + self.extra
         if self.arch == "transformer":
             queries = self.queries.to(context.dtype).unsqueeze(0).expand(batch, -1, -1)
             out = self.decoder(queries, context)
-            rows, summary = self.actions(out[:, :self.horizon]), self.summary(out[:, -1])
+            rows = self.actions(out[:, :self.horizon]).reshape(batch, self.horizon,
+                                                               self.copies, width)
+            summary = self.summary(out[:, -1]).reshape(batch, self.copies, 2)
         else:
-            flat = self.net(context.mean(1))
-            rows = flat[:, :-2].reshape(batch, self.horizon, self.per_step + self.extra)
-            summary = flat[:, -2:]
+            flat = self.net(context.mean(1)).reshape(batch, self.copies, -1)
+            rows = flat[..., :-2].reshape(batch, self.copies, self.horizon, width).transpose(1, 2)
+            summary = flat[..., -2:]
+        rows, summary = self._select(rows, summary, primitive)
         result = {"done_logit": summary[:, 0], "progress_logit": summary[:, 1]}
         if self.extra:
             result["extra"], rows = rows[..., self.per_step:], rows[..., :self.per_step]
@@ -83,6 +96,19 @@ class ActionHead(nn.Module):
         else:
             result["actions"] = rows  # normalised units
         return result
+
+    def _select(self, rows: torch.Tensor, summary: torch.Tensor,
+                primitive: torch.Tensor | None):
+        """rows (B, H, copies, n), summary (B, copies, 2) -> (B, H, n), (B, 2)."""
+        if self.copies == 1:
+            return rows[:, :, 0], summary[:, 0]
+        if primitive is None:
+            raise ValueError(f"this head has {self.copies} copies of its outputs, one per skill "
+                             "primitive: pass the primitive's index")
+        batch, horizon, _, width = rows.shape
+        index = primitive.view(-1, 1, 1)
+        picked = rows.gather(2, index.unsqueeze(-1).expand(batch, horizon, 1, width))
+        return picked[:, :, 0], summary.gather(1, index.expand(batch, 1, 2))[:, 0]
 
 
 def head_loss(outputs: dict[str, torch.Tensor], actions_norm: torch.Tensor,

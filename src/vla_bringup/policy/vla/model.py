@@ -62,7 +62,8 @@ class VLAModel(nn.Module):
             self.skill_embedding = nn.Embedding(len(SKILLS), d)
             nn.init.normal_(self.skill_embedding.weight, std=0.02)
         self.fusion = build_fusion(config, grid)
-        self.head = ActionHead(config, len(ANCHORS) if config.action_anchors else 0)
+        self.head = ActionHead(config, len(ANCHORS) if config.action_anchors else 0,
+                               copies=len(SKILLS) if config.skill_heads else 1)
         # The auxiliary position head (see VLAConfig.position_from for the four sources).
         self.position_head = self.position_grounding = self.position_keypoints = None
         self.position_pixels = None
@@ -147,8 +148,9 @@ class VLAModel(nn.Module):
         when the skill started, for a `start_memory` model (B, 6 with the place, for a
         `place_memory` one); None means this is the skill's first frame (the frame's own
         prediction is used). `skill` (B,) int64: the index in policy.base.SKILLS of the skill
-        primitive, for a `skill_input` model (made by `skill_indices`, which checks the names;
-        the range is not checked here, as that would wait on the device); others ignore it.
+        primitive, for a `skill_input` or `skill_heads` model (made by `skill_indices`, which
+        checks the names; the range is not checked here, as that would wait on the device);
+        others ignore it.
         `held_target` (B, 3), m: the target's position when the caller knows it (the object in
         the hand, VLAConfig.place_target; an ee_delta model's grasp point); it replaces the
         detector's target in the position token and in the returned positions.
@@ -162,8 +164,10 @@ class VLAModel(nn.Module):
         lang, readers = self._language(language.to(dtype), batch)
         normalised_state = self._normalised_state(state).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
+        if self.config.reads_skill:
+            self._check_skill(skill, batch)
         if self.skill_embedding is not None:
-            state_token = state_token + self._skill_vectors(skill, batch)
+            state_token = state_token + self.skill_embedding(skill).unsqueeze(1)
         context = self.fusion(vision, lang, state_token)
         positions = keypoint_logits = keypoint_pixels = None
         if self.position_pixels is not None:
@@ -194,7 +198,7 @@ class VLAModel(nn.Module):
             context = torch.cat([context, token.unsqueeze(1)], 1)
             if self.config.action_anchors:
                 anchors = self._anchor_vectors(source, state, start_positions)
-        outputs = self.head(context)
+        outputs = self.head(context, skill if self.config.skill_heads else None)
         if anchors is not None:
             self._anchor_actions(outputs, anchors)
         if positions is not None:
@@ -205,13 +209,13 @@ class VLAModel(nn.Module):
             outputs["keypoint_pixels"] = keypoint_pixels
         return outputs
 
-    def _skill_vectors(self, skill: Optional[torch.Tensor], batch: int) -> torch.Tensor:
-        """(B, 1, d): the primitive's learned vector, for a skill_input model."""
+    @staticmethod
+    def _check_skill(skill: Optional[torch.Tensor], batch: int) -> None:
+        """A skill_input or skill_heads model needs the primitive of every row."""
         if skill is None or tuple(skill.shape) != (batch,) or skill.dtype != torch.int64:
             got = None if skill is None else f"{tuple(skill.shape)} {skill.dtype}"
             raise ValueError(f"this model reads the skill primitive: pass skill as ({batch},) "
                              f"int64 indices in {SKILLS} (skill_indices), got {got}")
-        return self.skill_embedding(skill).unsqueeze(1)
 
     def _normalised_state(self, state: torch.Tensor) -> torch.Tensor:
         return (state - self.state_mean) / self.state_std
@@ -441,7 +445,8 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu",
 
 
 def skill_indices(skills: list[str], device: str | torch.device = "cpu") -> torch.Tensor:
-    """Skill primitive names -> (B,) int64 indices in policy.base.SKILLS (skill_input models)."""
+    """Skill primitive names -> (B,) int64 indices in policy.base.SKILLS (models that read the
+    primitive: skill_input, skill_heads)."""
     unknown = sorted({repr(name) for name in skills if name not in SKILLS})
     if unknown:
         raise ValueError(f"unknown skill primitives [{', '.join(unknown)}]; known: {SKILLS}")
