@@ -1,20 +1,19 @@
-"""`skill_heads`: one set of action, done and progress outputs per skill primitive.
+"""`skill_heads`: one copy of the action, done and progress outputs per skill primitive.
 
-Why it exists: with one set, a place's first frames and a pick's last ones look alike, and only
+Why it exists: with one copy, a place's first frames and a pick's last ones look alike, and only
 the words told them apart, so an unseen place text was read as a finished pick. These tests
-check that each primitive's outputs come from its own set and no other, for every head kind,
-that a row's primitive picks its set within a mixed batch, and that a missing primitive fails.
+check that each primitive's outputs come from its own copy and no other, for every head kind,
+that a row's primitive picks its copy within a mixed batch, and that a missing primitive fails.
 """
 import numpy as np
 import pytest
 import torch
 
-from vla_bringup.policy.base import SKILLS, Observation, SkillSpec
-from vla_bringup.policy.vla.backend import VLAPolicy
+from vla_bringup.policy.base import SKILLS
 from vla_bringup.policy.vla.config import VLAConfig
 from vla_bringup.policy.vla.model import load_checkpoint, skill_indices
 
-from test_vla_skill_input import HOME, _forward, tiny_model
+from test_vla_skill_input import _forward, backend_chunks, tiny_model
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -34,7 +33,7 @@ def test_each_primitive_reads_its_own_outputs_and_no_others(kind):
     assert not torch.allclose(_action_output(before["pick"]), _action_output(before["place"]))
     for name in OUTPUTS:
         assert not torch.allclose(before["pick"][name], before["place"][name]), name
-    # A row's own primitive picks its set within a mixed batch.
+    # A row's own primitive picks its copy within a mixed batch.
     mixed = _forward(model, skill_indices(["pick", "place"]))
     torch.testing.assert_close(_action_output(mixed)[0], _action_output(before["pick"])[0])
     torch.testing.assert_close(_action_output(mixed)[1], _action_output(before["place"])[1])
@@ -82,17 +81,9 @@ def test_without_the_option_the_head_keeps_its_shapes_and_old_configs_load():
     assert not VLAConfig.from_dict(stored).skill_heads
 
 
-def test_the_backend_picks_the_set_of_the_skill_it_runs():
+def test_the_backend_picks_the_copy_of_the_skill_it_runs():
     model = tiny_model(skill_heads=True)
-    policy = VLAPolicy(model=model, device="cpu")
-    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    joints = list(model.config.joint_names)
-
-    def chunk(primitive: str):
-        skill = SkillSpec(f"s-{primitive}", primitive, "pick up the red cube", "red_cube", "left")
-        policy.reset(skill)
-        return policy.infer(Observation(0.0, joints, HOME, skill, image))
-
+    chunk = backend_chunks(model)
     pick, push = chunk("pick"), chunk("push")
     assert np.all(np.isfinite(pick.positions)) and np.all(np.isfinite(push.positions))
     assert not np.allclose(pick.positions, push.positions)

@@ -89,18 +89,22 @@ def test_weights_of_other_shapes_are_refused_by_name(tmp_path):
         load_checkpoint(folder, pretrained=False)
 
 
-def test_the_backend_feeds_the_observations_own_primitive():
-    model = tiny_model(skill_input=True)
+def backend_chunks(model: VLAModel):
+    """A function primitive -> the backend's chunk for one skill of that primitive, with the
+    same text, image and joints every time: only the primitive differs."""
     policy = VLAPolicy(model=model, device="cpu")
     image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     joints = list(model.config.joint_names)
 
     def chunk(primitive: str):
-        # The same text, image and joints: only the primitive differs.
         skill = SkillSpec(f"s-{primitive}", primitive, TEXT, "red_cube", "left")
         policy.reset(skill)
         return policy.infer(Observation(0.0, joints, HOME, skill, image))
+    return chunk
 
+
+def test_the_backend_feeds_the_observations_own_primitive():
+    chunk = backend_chunks(tiny_model(skill_input=True))
     pick, push = chunk("pick"), chunk("push")
     assert np.all(np.isfinite(pick.positions)) and np.all(np.isfinite(push.positions))
     assert not np.allclose(pick.positions, push.positions)

@@ -240,7 +240,7 @@ class VLAConfig:
     # (29th session) it did not help either (validation stacks, held-out phrasings: 8 of 32
     # against 11), so the recipe leaves it off.
     skill_input: bool = False
-    # One set of action, done and progress outputs per skill primitive (the head's last linear
+    # One copy of the action, done and progress outputs per skill primitive (the head's last linear
     # layers; the decoder is shared), picked by the primitive the skill controller names. Why:
     # with one set, the only thing that tells a place's first frames (cube held and lifted) from
     # a pick's last ones (the same picture, "done") is the words, so training pushes the head to

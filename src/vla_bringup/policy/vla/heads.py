@@ -48,8 +48,8 @@ class ActionTokenizer(nn.Module):
 class ActionHead(nn.Module):
     def __init__(self, config, extra_per_step: int = 0, copies: int = 1) -> None:
         """`extra_per_step` more outputs per chunk row, returned apart as "extra" (B, H, n):
-        the anchor logits of an `action_anchors` model. `copies` > 1: that many sets of outputs,
-        one per skill primitive; `forward` then needs the primitive's index."""
+        the anchor logits of an `action_anchors` model. `copies` > 1: that many copies of the
+        outputs, one per skill primitive; `forward` then needs the primitive's index."""
         super().__init__()
         self.copies = int(copies)
         d, h = config.d_model, config.action_horizon
