@@ -444,6 +444,22 @@ def test_evaluate_writes_the_report_with_the_expert_as_upper_bound(trained, tmp_
     assert all(e["measures"]["pushed_m"] >= 0.08 for e in expert)  # what the check compared
 
 
+def test_evaluate_without_the_expert_runs_only_the_policy(trained, tmp_path):
+    folder, _, _ = trained
+    out = tmp_path / "eval"
+    code = evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--families", "push",
+                              "--phrasings", "train", "--out", str(out), "--skill-timeout", "10",
+                              "--no-expert", "--no-progress"])
+    assert code == 0
+    report = json.loads((out / "eval.json").read_text())
+    assert [e["backend"] for e in report["episodes"]] == ["policy"]
+    assert report["results"]["push"]["train"]["expert"]["episodes"] == 0
+    assert report["expert"]["runs"].startswith("not run")
+    header, rows = evaluate_cli.table_rows(report["results"], ["push"], ["train"])
+    assert header == ["task", "policy, seen phrasings"] and len(rows[0]) == 2
+    assert (out / "eval_table.png").stat().st_size > 0
+
+
 def test_failures_are_told_apart_by_kind():
     episodes = [{"success": True, "crashed": False, "task_met_at_failure": None},
                 {"success": False, "crashed": False, "task_met_at_failure": True},

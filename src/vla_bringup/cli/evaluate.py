@@ -226,12 +226,13 @@ def _cell(rate: dict) -> str:
 
 
 def table_rows(results: dict, families: list[str], phrasings: list[str]) -> tuple[list, list]:
-    columns = [f"policy, {PHRASING_NAMES[p]}" for p in phrasings] + \
-        [f"expert, {PHRASING_NAMES[p]}" for p in phrasings]
+    """The table's header and rows; without expert episodes (--no-expert), no expert columns."""
+    backends = ["policy"] + (["expert"] if any(
+        results["all"][p]["expert"]["episodes"] for p in phrasings) else [])
+    columns = [f"{backend}, {PHRASING_NAMES[p]}" for backend in backends for p in phrasings]
     rows = []
     for family in [*families, "all"]:
-        cells = [_cell(results[family][p]["policy"]) for p in phrasings] + \
-            [_cell(results[family][p]["expert"]) for p in phrasings]
+        cells = [_cell(results[family][p][backend]) for backend in backends for p in phrasings]
         rows.append([FAMILY_NAMES.get(family, family), *cells])
     return ["task", *columns], rows
 
@@ -267,7 +268,9 @@ def plot_table(report: dict, path: Path) -> None:
     kind = "validation" if seeds.get("validation") else "held-out"
     title = (f"Closed-loop success, {report['checkpoint']['name']} "
              f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} {kind} seeds per family "
-             f"from {seeds['base']}; expert = scripted upper bound, same seeds"
+             f"from {seeds['base']}" + ("; expert = scripted upper bound, same seeds"
+                                          if report["timing"]["expert"]["episodes"] else
+                                          "; expert not run")
              + _latency_note(report))
     # wrapped to the figure's width (about 13 characters per inch at this font size)
     axis.set_title(textwrap.fill(title, int(13 * figure.get_figwidth())), fontsize=8)
@@ -281,8 +284,10 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
              sim_overrides: Optional[dict] = None, skill_timeout: Optional[float] = None,
              expert_per_phrasing: bool = False, progress: bool = True, log=print,
              validation: bool = False, regrasp_attempts: Optional[int] = None,
-             release_check: bool = RELEASE_CHECK) -> dict:
-    """`regrasp_attempts`: the skill controller's regrasps after a pick said done with empty
+             release_check: bool = RELEASE_CHECK, expert: bool = True) -> dict:
+    """`expert`: also run the scripted expert on the same seeds (the table's upper bound;
+    False for quicker comparisons of checkpoints, which then have no expert columns).
+    `regrasp_attempts`: the skill controller's regrasps after a pick said done with empty
     fingers (None: its default, GraspCheck; negative: no check at all). `release_check`: its
     check that a place said done has let go of the object (the default, as in the graph)."""
     from vla_bringup.sim.demonstrations import (EVAL_SEED_BASE, VALIDATION_SEED_BASE,
@@ -306,7 +311,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
         for family in families:
             for phrasing in phrasings:
                 jobs.append(("policy", family, phrasing, index))
-            for phrasing in (phrasings if expert_per_phrasing else ["any"]):
+            for phrasing in (phrasings if expert_per_phrasing else ["any"]) if expert else []:
                 jobs.append(("expert", family, phrasing, index))
     started = time.perf_counter()
     episodes: list[dict] = []
@@ -380,8 +385,9 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                   "list": [seed_base + i for i in range(seeds)],
                   "note": "seed i of every family and phrasing is scene seed base + i"},
         "results": results,
-        "expert": {"runs": "per phrasing" if expert_per_phrasing else "once per family and "
-                   "seed, reported under every phrasing (it never reads the instruction text)"},
+        "expert": {"runs": "not run (--no-expert)" if not expert else "per phrasing"
+                   if expert_per_phrasing else "once per family and seed, reported under "
+                   "every phrasing (it never reads the instruction text)"},
         "crashed_episodes": sum(e["crashed"] for e in episodes),
         "timing": {"wall_s": round(wall, 3), "workers": workers, "device": device,
                    "policy": timing("policy"), "expert": timing("expert"),
@@ -440,6 +446,9 @@ def main(argv=None) -> int:
                              "policy node's inference_rate_hz on a fast device (default 0: "
                              "every frame)")
     parser.add_argument("--expert-per-phrasing", action="store_true")
+    parser.add_argument("--no-expert", action="store_true",
+                        help="skip the scripted expert (no upper bound in the table; for "
+                             "quicker comparisons of checkpoints)")
     parser.add_argument("--validation", action="store_true",
                         help="run the validation seeds (for choosing settings), not the "
                              "evaluation's")
@@ -470,7 +479,7 @@ def main(argv=None) -> int:
                  overrides, args.skill_timeout, args.expert_per_phrasing,
                  progress=not args.no_progress, validation=args.validation,
                  regrasp_attempts=args.regrasp_attempts,
-                 release_check=not args.no_release_check)
+                 release_check=not args.no_release_check, expert=not args.no_expert)
     except (FileNotFoundError, ValueError) as error:
         print(f"[evaluate] ERROR: {error}", file=sys.stderr)
         return 2
