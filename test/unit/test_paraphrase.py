@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vla_bringup.policy.vla.paraphrase import TRAILING_PHRASES, paraphrases, vocabulary
+from vla_bringup.policy.vla.paraphrase import paraphrases, vocabulary
 from vla_bringup.sim.demonstrations import SKILL_TEMPLATES, TASK_TEMPLATES
 
 FIELDS = {"c": "red", "d": "blue", "dir": "left"}
@@ -28,8 +28,7 @@ def test_rewordings_keep_colour_direction_and_destination():
             assert variants == paraphrases(text, 8)  # the same every call (cached embeddings)
             assert text not in variants and len(set(variants)) == len(variants)
             for variant in variants:
-                longest_trailer = max(len(phrase.split()) for phrase in TRAILING_PHRASES)
-                assert len(variant.split()) <= len(text.split()) + 1 + longest_trailer
+                assert len(variant.split()) <= len(text.split()) + 1
                 assert [w for w in variant.split() if w in ("red", "blue", "left")] == \
                     [w for w in text.split() if w in ("red", "blue", "left")]
                 assert ("tray" in text or "bin" in text) == any(
@@ -55,15 +54,3 @@ def test_counts_and_texts_without_rewordable_words():
     assert paraphrases("stack it", 3) == []
     with pytest.raises(ValueError, match="count"):
         paraphrases("pick up the red cube", 100)
-
-
-def test_some_rewordings_end_in_a_phrase_that_changes_nothing():
-    """The detector lost the cube when a pick text ended in an unseen phrase (thirty-third
-    session); rewordings teach it that trailing words do not name the object."""
-    for text in ("pick up the red cube", "put it in the tray", "push the red cube to the left"):
-        variants = paraphrases(text, 32)
-        trailed = [v for v in variants if any(v.endswith(" " + p) for p in TRAILING_PHRASES)]
-        assert trailed and len(trailed) < len(variants) / 2
-        for phrase in TRAILING_PHRASES:
-            assert not set(phrase.split()) & {"red", "left", "right", "tray", "bin", "in", "on",
-                                              "into", "onto"}

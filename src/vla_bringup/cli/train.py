@@ -67,7 +67,6 @@ from vla_bringup.cli.train_data import (  # noqa: F401
 from vla_bringup.policy.vla.paraphrase import MAX_VARIANTS
 from vla_bringup.sim.tasks import FAMILIES
 
-REWORDED_INPUTS = ("all", "readers")
 STATS_FIELDS = ("state_mean", "state_std", "action_mean", "action_std", "action_low",
                 "action_high")
 
@@ -114,13 +113,6 @@ class TrainConfig:
     # rest reading their own text (the graph sends the planner's text, so it should stay the
     # most frequent). None: the text and each rewording equally often, 1 / (N + 1) each.
     reworded_fraction: Optional[float] = None
-    # With instruction_variants: who reads the rewording. "all": the whole model. "readers":
-    # only the parts besides the fusion that read the instruction (the pixel detector, the place
-    # blend); the fusion, and so the action head, reads the text itself. Why: rewordings taught
-    # the detector unseen nouns ("raise the C brick from the table": 1.2 cm against 2.5 cm,
-    # thirteenth session), but with the whole model reading them closed-loop success fell
-    # (thirteenth and thirtieth sessions); with "readers" the head trains as without them.
-    reworded_inputs: str = "all"
     # Task family -> how many times its training frames appear per epoch (1 when absent), to
     # give a family that is learnt more slowly (push) more steps without more data.
     family_repeat: dict = dataclasses.field(default_factory=dict)
@@ -171,11 +163,6 @@ class TrainConfig:
                 and self.instruction_variants > 0 and 0.0 <= fraction <= 1.0):
             raise ValueError("reworded_fraction must be in [0, 1] and needs instruction_variants "
                              f"> 0, got {self.reworded_fraction!r}")
-        if self.reworded_inputs not in REWORDED_INPUTS:
-            raise ValueError(f"reworded_inputs must be one of {REWORDED_INPUTS}, "
-                             f"got {self.reworded_inputs!r}")
-        if self.reworded_inputs != "all" and self.instruction_variants == 0:
-            raise ValueError("reworded_inputs 'readers' needs instruction_variants > 0")
         for family, times in self.family_repeat.items():
             if family not in FAMILIES or not isinstance(times, int) or not 1 <= times <= 10:
                 raise ValueError(f"family_repeat maps a family of {FAMILIES} to an integer 1-10, "
@@ -302,33 +289,20 @@ def _reworded_rows(text_rows, variants, fraction: Optional[float]):
     return variants[text_rows, column]
 
 
-def _dropped_rows(language, model, train: TrainConfig):
-    """`language` with each token-state row hidden at the rate TrainConfig.language_dropout
-    (training only)."""
-    import torch
-    if not (model.training and train.language_dropout > 0 and language.dim() == 3):
-        return language
-    keep = torch.rand(language.shape[:2]) >= train.language_dropout
-    keep[:, 0] = True  # the sentence row: an example always has some language
-    return language * keep.unsqueeze(-1)  # zero rows are masked by the pools
-
-
 def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=None) -> dict:
     import torch
     from vla_bringup.policy.vla.heads import head_loss
     from vla_bringup.policy.vla.keypoints import keypoint_losses
     rows = torch.from_numpy(idx)
     features = torch.from_numpy(tensors["features"][idx]).float()
-    text_rows = reader_rows = tensors["text_index"][rows]
+    text_rows = tensors["text_index"][rows]
     if model.training and "text_variants" in tensors:
-        reader_rows = _reworded_rows(text_rows, tensors["text_variants"],
-                                     train.reworded_fraction)
-        if train.reworded_inputs == "all":
-            text_rows = reader_rows
-    language = _dropped_rows(tensors["language"][text_rows], model, train)
-    reader_language = None
-    if reader_rows is not text_rows:
-        reader_language = _dropped_rows(tensors["language"][reader_rows], model, train)
+        text_rows = _reworded_rows(text_rows, tensors["text_variants"], train.reworded_fraction)
+    language = tensors["language"][text_rows]
+    if model.training and train.language_dropout > 0 and language.dim() == 3:
+        keep = torch.rand(language.shape[:2]) >= train.language_dropout
+        keep[:, 0] = True  # the sentence row: an example always has some language
+        language = language * keep.unsqueeze(-1)  # zero rows are masked by the pools
     state = tensors["state"][rows].clone()
     actions = tensors["actions"][rows].clone()
     if noise is not None:
@@ -348,8 +322,7 @@ def _losses(model, tensors: dict, idx: np.ndarray, train: TrainConfig, noise=Non
         start = start + noise[:, 10:10 + start.shape[1]]
     skill = tensors["skill"][rows] if "skill" in tensors else None
     outputs = model(None, language, state, vision_features=features, given_positions=given,
-                    keypoint_crops=crops, start_positions=start, skill=skill,
-                    reader_language=reader_language)
+                    keypoint_crops=crops, start_positions=start, skill=skill)
     bins = model.tokenizer.encode(actions) if model.config.head == "discrete" else None
     losses = head_loss(outputs, model.normalise_actions(actions), bins, tensors["done"][rows],
                        tensors["progress"][rows], train.done_weight, train.progress_weight,
@@ -512,9 +485,6 @@ def train(data: str | Path | list, out: str | Path, model_overrides: Optional[di
     # --- model (seeded) and caches
     _set_seed(train_config.seed)
     model = VLAModel(config)
-    if train_config.reworded_inputs == "readers" and not model.readers:
-        raise ValueError("reworded_inputs 'readers' needs a model whose instruction has readers "
-                         "besides the fusion (position_from 'pixels' or place_relative)")
     counts = model.parameter_counts()
     log(f"[train] model: {config.vision_encoder} {config.image_size}px, fusion {config.fusion}, "
         f"head {config.head}/{config.head_arch}, {counts['trainable']:,} trainable parameters")

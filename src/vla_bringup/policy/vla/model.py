@@ -136,8 +136,7 @@ class VLAModel(nn.Module):
                 keypoint_crops: Optional[torch.Tensor] = None,
                 start_positions: Optional[torch.Tensor] = None,
                 skill: Optional[torch.Tensor] = None,
-                held_target: Optional[torch.Tensor] = None,
-                reader_language: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
+                held_target: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """images (B, 3, S, S) from `preprocess` (or `vision_features`, the output of
         `self.vision.frozen_features`, cached by a trainer); language (B, 384) MiniLM embeddings;
         for a "tokens" model (B, L, 384) rows: the sentence, then token states, then zero rows
@@ -163,8 +162,6 @@ class VLAModel(nn.Module):
         vision = self.vision_proj(features.flatten(2).transpose(1, 2).to(dtype)) + self.vision_pos
         batch = vision.shape[0]
         lang, readers = self._language(language.to(dtype), batch)
-        if reader_language is not None:
-            readers = self._language(reader_language.to(dtype), batch, readers_only=True)[1]
         normalised_state = self._normalised_state(state).to(dtype)
         state_token = self.state_proj(normalised_state).unsqueeze(1) + self.state_pos
         if self.config.reads_skill:
@@ -241,11 +238,10 @@ class VLAModel(nn.Module):
                         if config.detector_language == "per_point" else ["detector"])
         return detector + (["place"] if config.place_relative else [])
 
-    def _language(self, language: torch.Tensor, batch: int, readers_only: bool = False
-                  ) -> tuple[Optional[torch.Tensor], dict[str, torch.Tensor]]:
-        """-> the fusion's language tokens (B, language_tokens, d), None with `readers_only`,
-        and each reader's instruction vector (B, 384): the sentence embedding itself for a
-        "sentence" model."""
+    def _language(self, language: torch.Tensor, batch: int
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> the fusion's language tokens (B, language_tokens, d) and each reader's instruction
+        vector (B, 384): the sentence embedding itself for a "sentence" model."""
         expected = (batch, *self.config.language_shape)
         if tuple(language.shape) != expected:
             raise ValueError(f"language must be {expected} for language_input="
@@ -256,8 +252,6 @@ class VLAModel(nn.Module):
         else:
             pooled = self.language_pool(language, language.abs().amax(-1) == 0)
             readers = {name: pooled[:, words + i] for i, name in enumerate(self.readers)}
-        if readers_only:
-            return None, readers
         if self.language_proj is None:  # head_language False: the same tokens for every text
             return self.language_pos.expand(batch, -1, -1), readers
         if pooled is None:

@@ -2,10 +2,9 @@
 direction and the destination rather than on the exact nouns and verbs of the demonstrations.
 
 Only words of one meaning are swapped: object nouns, tray nouns, the leading verb of a skill,
-and in/into, on/onto; a share of rewordings also end in a phrase that changes nothing
-("please", "off the surface"). The leading verb may also be left out ("the red cube on the
-blue cube"): the thirtieth session found the committed policy reading such a verbless text, and
-one unseen verb-noun pair ("rest the C brick atop the D brick"), as a finished pick. Colours, left/right
+and in/into, on/onto. The leading verb may also be left out ("the red cube on the blue cube"):
+the thirtieth session found the committed policy reading such a verbless text, and one unseen
+verb-noun pair ("rest the C brick atop the D brick"), as a finished pick. Colours, left/right
 and the word order are kept. The word lists hold no word of the evaluation's held-out
 paraphrases (a unit test checks), so those stay unseen.
 """
@@ -24,14 +23,6 @@ LEADING_VERBS = (
     ("push", "slide", "nudge", "shove", "shift", "bump", "budge"),
 )
 NO_VERB_SHARE = 0.25  # rewordings that leave the leading verb out
-# Words a speaker adds that change nothing: courtesy, manner, where the object sits. Why: the
-# detector lost the cube when a pick text ended in an unseen phrase ("raise the C brick from
-# the table": 6.8 cm median, against 2.0 cm for "raise the C brick"; thirty-third session).
-# None names a colour, a side, a container or a preposition of the destinations (in, on).
-TRAILING_PHRASES = ("please", "now", "for me", "carefully", "gently", "straight away",
-                    "off the surface", "where it sits", "up off the desk", "as shown",
-                    "when ready", "thanks")
-TRAILING_SHARE = 0.3  # rewordings that end in one of them
 PREPOSITIONS = (("in", "into"), ("on", "onto"))
 WORD_GROUPS = (OBJECT_NOUNS, TRAY_NOUNS) + PREPOSITIONS
 MAX_VARIANTS = 32
@@ -40,7 +31,6 @@ MAX_VARIANTS = 32
 def vocabulary() -> set[str]:
     """Every word these groups may put into an instruction."""
     words = {w for group in WORD_GROUPS for w in group}
-    words |= {w for phrase in TRAILING_PHRASES for w in phrase.split()}
     return words | {w for group in LEADING_VERBS for phrase in group for w in phrase.split()}
 
 
@@ -69,8 +59,6 @@ def paraphrases(text: str, count: int) -> list[str]:
         verbless = rng.random() < NO_VERB_SHARE
         lead = [str(rng.choice(lead_group))] if lead_group and not verbless else []
         candidate = " ".join(lead + new[lead_length:]) if lead_group else " ".join(new)
-        if rng.random() < TRAILING_SHARE:
-            candidate += " " + str(rng.choice(TRAILING_PHRASES))
         if candidate != text and candidate not in found:
             found.append(candidate)
         if len(found) == count:
