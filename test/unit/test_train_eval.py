@@ -458,6 +458,8 @@ def test_evaluate_without_the_expert_runs_only_the_policy(trained, tmp_path):
     header, rows = evaluate_cli.table_rows(report["results"], ["push"], ["train"])
     assert header == ["task", "policy, seen phrasings"] and len(rows[0]) == 2
     assert (out / "eval_table.png").stat().st_size > 0
+    assert evaluate_cli.main(["--checkpoint", str(folder), "--seeds", "1", "--out", str(out),
+                              "--no-expert", "--expert-per-phrasing", "--no-progress"]) == 2
 
 
 def test_failures_are_told_apart_by_kind():

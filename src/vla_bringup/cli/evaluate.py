@@ -299,6 +299,8 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
     checkpoint, out = Path(checkpoint), Path(out)
     if seeds < 1 or workers < 1:
         raise ValueError("--seeds and --workers must be >= 1")
+    if expert_per_phrasing and not expert:
+        raise ValueError("--expert-per-phrasing and --no-expert contradict each other")
     for name in ("config.json", "model.safetensors"):
         if not (checkpoint / name).is_file():
             raise FileNotFoundError(
