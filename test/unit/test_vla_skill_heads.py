@@ -39,11 +39,7 @@ def test_each_primitive_reads_its_own_outputs_and_no_others(kind):
     torch.testing.assert_close(_action_output(mixed)[1], _action_output(before["place"])[1])
     torch.testing.assert_close(mixed["done_logit"][1], before["place"]["done_logit"][1])
     # Changing the last layer's weights of every copy but pick's leaves pick's outputs alone.
-    assert SKILLS.index("pick") == 0
-    with torch.no_grad():
-        for layer in _output_layers(model):
-            copies = layer.weight.view(3, -1, layer.weight.shape[-1])
-            copies[1:] += 0.5
+    _shift_other_copies(model, "pick")
     after = {name: _forward(model, skill_indices([name, name])) for name in ("pick", "place")}
     torch.testing.assert_close(_action_output(after["pick"]), _action_output(before["pick"]))
     torch.testing.assert_close(after["pick"]["done_logit"], before["pick"]["done_logit"])
@@ -55,6 +51,16 @@ def _output_layers(model):
     if head.arch == "transformer":
         return [head.actions, head.summary]
     return [head.net[-1][-1] if isinstance(head.net[-1], torch.nn.Sequential) else head.net[-1]]
+
+
+def _shift_other_copies(model, keep: str) -> None:
+    """Add 0.5 to the last layers' weights of every primitive's copy but `keep`'s."""
+    with torch.no_grad():
+        for layer in _output_layers(model):
+            copies = layer.weight.view(len(SKILLS), -1, layer.weight.shape[-1])
+            for index, name in enumerate(SKILLS):
+                if name != keep:
+                    copies[index] += 0.5
 
 
 def test_a_missing_primitive_fails_clearly_and_a_checkpoint_keeps_the_copies(tmp_path):
@@ -89,11 +95,6 @@ def test_the_backend_picks_the_copy_of_the_skill_it_runs():
     assert not np.allclose(pick.positions, push.positions)
     np.testing.assert_allclose(chunk("pick").positions, pick.positions)
     # Poison every copy but push's: the push chunk stays, so the backend sent "push".
-    with torch.no_grad():
-        for layer in _output_layers(model):
-            copies = layer.weight.view(3, -1, layer.weight.shape[-1])
-            for index, name in enumerate(SKILLS):
-                if name != "push":
-                    copies[index] += 0.5
+    _shift_other_copies(model, "push")
     np.testing.assert_allclose(chunk("push").positions, push.positions)
     assert not np.allclose(chunk("pick").positions, pick.positions)

@@ -225,10 +225,14 @@ def _cell(rate: dict) -> str:
     return f"{100 * rate['success_rate']:.0f}% ({rate['successes']}/{rate['episodes']})"
 
 
+def _expert_ran(results: dict, phrasings: list[str]) -> bool:
+    """False for a run with --no-expert: the table then has no expert columns."""
+    return any(results["all"][p]["expert"]["episodes"] for p in phrasings)
+
+
 def table_rows(results: dict, families: list[str], phrasings: list[str]) -> tuple[list, list]:
     """The table's header and rows; without expert episodes (--no-expert), no expert columns."""
-    backends = ["policy"] + (["expert"] if any(
-        results["all"][p]["expert"]["episodes"] for p in phrasings) else [])
+    backends = ["policy"] + (["expert"] if _expert_ran(results, phrasings) else [])
     columns = [f"{backend}, {PHRASING_NAMES[p]}" for backend in backends for p in phrasings]
     rows = []
     for family in [*families, "all"]:
@@ -269,7 +273,8 @@ def plot_table(report: dict, path: Path) -> None:
     title = (f"Closed-loop success, {report['checkpoint']['name']} "
              f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} {kind} seeds per family "
              f"from {seeds['base']}" + ("; expert = scripted upper bound, same seeds"
-                                          if report["timing"]["expert"]["episodes"] else
+                                          if _expert_ran(report["results"], report["phrasings"])
+                                          else
                                           "; expert not run")
              + _latency_note(report))
     # wrapped to the figure's width (about 13 characters per inch at this font size)
@@ -308,12 +313,21 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                 "docs/training.md shows and pass --checkpoint, or ARGS=\"--checkpoint DIR\" "
                 "to make eval)")
     settings = sim_settings(checkpoint, sim_overrides, skill_timeout, seed_base)
+    # The expert never reads the text: once per family and seed ("any") unless asked per phrasing.
+    expert_phrasings = [] if not expert else phrasings if expert_per_phrasing else ["any"]
+    if not expert:
+        expert_runs = "not run (--no-expert)"
+    elif expert_per_phrasing:
+        expert_runs = "per phrasing"
+    else:
+        expert_runs = ("once per family and seed, reported under every phrasing (it never reads "
+                       "the instruction text)")
     jobs: list[tuple[str, str, str, int]] = []
     for index in range(seeds):
         for family in families:
             for phrasing in phrasings:
                 jobs.append(("policy", family, phrasing, index))
-            for phrasing in (phrasings if expert_per_phrasing else ["any"]) if expert else []:
+            for phrasing in expert_phrasings:
                 jobs.append(("expert", family, phrasing, index))
     started = time.perf_counter()
     episodes: list[dict] = []
@@ -387,9 +401,7 @@ def evaluate(checkpoint: str | Path, seeds: int, families: list[str],
                   "list": [seed_base + i for i in range(seeds)],
                   "note": "seed i of every family and phrasing is scene seed base + i"},
         "results": results,
-        "expert": {"runs": "not run (--no-expert)" if not expert else "per phrasing"
-                   if expert_per_phrasing else "once per family and seed, reported under "
-                   "every phrasing (it never reads the instruction text)"},
+        "expert": {"runs": expert_runs},
         "crashed_episodes": sum(e["crashed"] for e in episodes),
         "timing": {"wall_s": round(wall, 3), "workers": workers, "device": device,
                    "policy": timing("policy"), "expert": timing("expert"),
