@@ -270,12 +270,12 @@ def plot_table(report: dict, path: Path) -> None:
             cell.set_facecolor("#dde4ee")
     seeds = report["seeds"]
     kind = "validation" if seeds.get("validation") else "held-out"
+    upper_bound = "expert = scripted upper bound, same seeds"
     title = (f"Closed-loop success, {report['checkpoint']['name']} "
              f"({report['checkpoint']['sha256'][:12]}), {seeds['count']} {kind} seeds per family "
-             f"from {seeds['base']}" + ("; expert = scripted upper bound, same seeds"
-                                          if _expert_ran(report["results"], report["phrasings"])
-                                          else
-                                          "; expert not run")
+             f"from {seeds['base']}; " + (upper_bound if _expert_ran(report["results"],
+                                                                     report["phrasings"])
+                                          else "expert not run")
              + _latency_note(report))
     # wrapped to the figure's width (about 13 characters per inch at this font size)
     axis.set_title(textwrap.fill(title, int(13 * figure.get_figwidth())), fontsize=8)
